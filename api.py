@@ -1,0 +1,136 @@
+"""The OpenAI-compatible /v1 API: models and chat completions, plain JSON or streamed as SSE.
+
+Usable by the official `openai` Python client unchanged (point `base_url` at
+`http://host:port/v1`). The prompt goes through the same memory trimming and the same
+generation engine as the chat page. With WEBBOT_API_KEY set, every call needs
+`Authorization: Bearer <key>`.
+"""
+
+import hmac
+import time
+import uuid
+
+from flask import Blueprint, current_app, jsonify, request
+
+import settings
+from engine import EngineBusy
+from memory import MessageTooLong
+from streaming import event_stream, pieces, sse
+from validation import BadInput, json_body, message_text, sampling_params
+
+bp = Blueprint("api", __name__, url_prefix="/v1")
+ROLES = ("system", "user", "assistant")
+
+
+@bp.before_request
+def check_key():
+    key = current_app.config.get("WEBBOT_API_KEY")
+    if not key:
+        return
+    given = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+        raise BadInput(401, "Missing or wrong API key; send the header Authorization: Bearer <your WEBBOT_API_KEY>.",
+                       "invalid_api_key", {"WWW-Authenticate": "Bearer"})
+
+
+def _bot():
+    bot = current_app.extensions["webbot"].bot
+    if not bot.ready:
+        raise BadInput(503, "The model is still loading; try again in a moment.", "model_loading", {"Retry-After": "5"})
+    return bot
+
+
+@bp.get("/models")
+def models():
+    bot = current_app.extensions["webbot"].bot
+    return jsonify(object="list", data=[{"id": bot.name, "object": "model", "created": 0, "owned_by": "webbot"}])
+
+
+def _text(content, index: int) -> str:
+    """Message content as text: a string, or a list of OpenAI text parts."""
+    if isinstance(content, list):
+        if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                   for p in content):
+            raise BadInput(400, f"messages[{index}].content may only hold text parts "
+                                "({\"type\": \"text\", \"text\": \"...\"}); images and audio are not supported.",
+                           "unsupported_content")
+        content = "".join(p["text"] for p in content)
+    if not isinstance(content, str):
+        raise BadInput(400, f"messages[{index}].content must be a string.", "invalid_message")
+    return content
+
+
+def parse_messages(body: dict) -> tuple[str, list[dict], str]:
+    """(system prompt, earlier turns, the new user message) from an OpenAI messages list."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadInput(400, "'messages' must be a non-empty list of {\"role\", \"content\"} objects.", "invalid_messages")
+    system, turns = [], []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            raise BadInput(400, f"messages[{index}] needs a 'role' of system, user or assistant.", "invalid_role")
+        text = _text(message.get("content"), index)
+        if message["role"] == "system":
+            system.append(text)
+        else:
+            turns.append({"role": message["role"], "content": text})
+    if not turns or turns[-1]["role"] != "user":
+        raise BadInput(400, "The last message must have the role 'user'.", "invalid_messages")
+    return "\n\n".join(system), turns[:-1], message_text(turns[-1]["content"], "messages[-1].content")
+
+
+@bp.post("/chat/completions")
+def chat_completions():
+    body = json_body()
+    if body.get("n", 1) != 1:
+        raise BadInput(400, "Only n=1 is supported; ask once per reply.", "invalid_n")
+    system, history, message = parse_messages(body)
+    params = sampling_params(body, default_temperature=1.0)
+    bot = _bot()
+    try:
+        plan = bot.plan(history, message, system)
+    except MessageTooLong as exc:
+        raise BadInput(413, f"{str(exc).capitalize()}. Shorten the last message.", "context_length_exceeded") from None
+    try:
+        stream = bot.generate(plan, params)
+    except EngineBusy:
+        raise BadInput(503, "The server is busy with other replies; try again in a few seconds.", "busy",
+                       {"Retry-After": "10"}) from None
+    ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    head = {"id": ident, "created": created, "model": bot.name}
+
+    if not body.get("stream"):
+        try:
+            text = "".join(stream)
+        finally:
+            stream.cancel()
+        return jsonify(**head, object="chat.completion", usage=stream.usage(), choices=[{
+            "index": 0, "message": {"role": "assistant", "content": text},
+            "finish_reason": _finish_reason(stream)}])
+
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+    def chunk(delta: dict, finish_reason=None, **extra) -> str:
+        return sse({**head, "object": "chat.completion.chunk",
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}], **extra})
+
+    def events():
+        yield chunk({"role": "assistant", "content": ""})
+        for piece in pieces(stream, settings.STREAM_HEARTBEAT_S):
+            yield ": waiting for the model\n\n" if piece is None else chunk({"content": piece})
+        if stream.finish_reason == "error":
+            yield sse({"error": {"message": "The model failed while writing this reply.", "type": "server_error",
+                                 "code": None}})
+            return
+        if include_usage:
+            yield chunk({}, _finish_reason(stream))
+            yield sse({**head, "object": "chat.completion.chunk", "choices": [], "usage": stream.usage()})
+        else:
+            yield chunk({}, _finish_reason(stream), usage=stream.usage())
+        yield sse("[DONE]")
+
+    return event_stream(events(), stream.cancel)
+
+
+def _finish_reason(stream) -> str:
+    return "length" if stream.finish_reason == "length" else "stop"

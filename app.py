@@ -1,0 +1,175 @@
+"""The Flask app: configuration, sessions, storage, page routes, health and error handlers.
+
+`create_app(config=None, bot=None, transcriber=None)` builds an app around injected
+collaborators; `python app.py` builds the real ones, starts loading the model in the
+background (so /healthz answers 503 until it is ready) and serves on
+WEBBOT_HOST:WEBBOT_PORT.
+"""
+
+import logging
+import threading
+from datetime import timedelta
+from pathlib import Path
+from types import SimpleNamespace
+
+from cachelib import FileSystemCache
+from flask import Flask, abort, jsonify, render_template, request
+from flask_session import Session
+from werkzeug.exceptions import HTTPException
+
+import api
+import conversations
+import settings
+from chat_bot import ChatBot
+from store import Store
+from validation import BadInput
+from web import current_owner, error_response
+
+log = logging.getLogger("webbot")
+
+
+class ActiveReplies:
+    """The reply being generated for each conversation, so Stop can find it."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._streams = {}
+
+    def claim(self, conversation_id: str, stream) -> bool:
+        """Register a reply; False when the conversation already has one running."""
+        with self._lock:
+            if conversation_id in self._streams:
+                return False
+            self._streams[conversation_id] = stream
+            return True
+
+    def release(self, conversation_id: str, stream) -> None:
+        """Forget a finished reply."""
+        with self._lock:
+            if self._streams.get(conversation_id) is stream:
+                del self._streams[conversation_id]
+
+    def get(self, conversation_id: str):
+        """The running reply of a conversation, or None."""
+        with self._lock:
+            return self._streams.get(conversation_id)
+
+
+def bot_from_config(config: dict) -> ChatBot:
+    """A ChatBot (not yet loaded) from the WEBBOT_* settings."""
+    return ChatBot(config["WEBBOT_MODEL"], config["WEBBOT_DEVICE"], config["WEBBOT_DTYPE"],
+                   config["WEBBOT_MAX_TOKENS"], config["WEBBOT_MEMORY_RATIO"], config["WEBBOT_SYSTEM_PROMPT"])
+
+
+def create_app(config: dict | None = None, bot: ChatBot | None = None, transcriber=None) -> Flask:
+    """Build the app around a bot (loaded or loading) and a store in the data dir."""
+    app = Flask(__name__)
+    app.config.update(settings.from_env())
+    app.config.update(config or {})
+    data_dir = Path(app.config["WEBBOT_DATA_DIR"])
+    data_dir.mkdir(parents=True, exist_ok=True)
+    app.secret_key = settings.secret_key(data_dir)
+    app.config.setdefault("SESSION_TYPE", "cachelib")
+    app.config.setdefault("SESSION_CACHELIB", FileSystemCache(str(data_dir / "sessions"), threshold=100_000))
+    app.config.update(
+        SESSION_PERMANENT=True, PERMANENT_SESSION_LIFETIME=timedelta(days=90), SESSION_USE_SIGNER=True,
+        SESSION_COOKIE_NAME="webbot_session", SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
+        MAX_CONTENT_LENGTH=settings.MAX_REQUEST_BYTES,
+    )
+    Session(app)
+    store = Store(app.config.get("WEBBOT_DATABASE_URL") or f"sqlite:///{data_dir / 'webbot.db'}")
+    interrupted = store.close_interrupted()
+    if interrupted:
+        log.info("marked %d replies interrupted by the last shutdown as stopped", interrupted)
+    app.extensions["webbot"] = SimpleNamespace(
+        bot=bot or bot_from_config(app.config), store=store, active=ActiveReplies(), transcriber=transcriber)
+
+    app.register_blueprint(conversations.bp)
+    app.register_blueprint(api.bp)
+    _register_pages(app)
+    _register_errors(app)
+    return app
+
+
+def _register_pages(app: Flask) -> None:
+    state = app.extensions["webbot"]
+
+    @app.get("/")
+    def index():
+        return _chat_page(None)
+
+    @app.get("/c/<conversation_id>")
+    def conversation_page(conversation_id):
+        if state.store.get_conversation(current_owner(), conversation_id) is None:
+            abort(404, description="There is no such conversation here; start a new one from the sidebar.")
+        return _chat_page(conversation_id)
+
+    def _chat_page(conversation_id):
+        owner = current_owner()
+        return render_template("chat.html", conversations=state.store.list_conversations(owner),
+                               current=conversation_id, model=state.bot.name,
+                               max_message_chars=settings.MAX_MESSAGE_CHARS)
+
+    @app.get("/healthz")
+    def healthz():
+        bot = state.bot
+        if bot.ready:
+            return jsonify(status="ok", model=bot.name)
+        if bot.error:
+            return jsonify(status="error", model=bot.name, error=bot.error), 503
+        return jsonify(status="loading", model=bot.name), 503, {"Retry-After": "5"}
+
+
+def _register_errors(app: Flask) -> None:
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        messages = {
+            404: "Nothing is here; check the address.",
+            405: f"{request.method} is not allowed here.",
+            413: f"The request is too large; send at most {settings.MAX_REQUEST_BYTES // 1024} KB.",
+        }
+        default = messages.get(exc.code, exc.description)
+        message = exc.description if exc.description and exc.description != type(exc).description else default
+        kind = "not_found_error" if exc.code == 404 else "invalid_request_error"
+        headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
+        return error_response(exc.code, message, kind, headers=headers)
+
+    @app.errorhandler(BadInput)
+    def bad_input(exc: BadInput):
+        kind = "not_found_error" if exc.status == 404 else "invalid_request_error"
+        return error_response(exc.status, exc.message, kind, exc.code, exc.headers)
+
+    @app.errorhandler(Exception)
+    def server_error(exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "Something went wrong on the server; the error is in its log.", "server_error")
+
+
+def start_loading(app: Flask) -> threading.Thread:
+    """Load the app's model in the background; /healthz is 503 until it is ready."""
+    bot = app.extensions["webbot"].bot
+
+    def load():
+        try:
+            bot.load()
+        except Exception:
+            pass  # ChatBot.load logged it; /healthz reports bot.error
+
+    thread = threading.Thread(target=load, name="model-load", daemon=True)
+    thread.start()
+    return thread
+
+
+def main() -> None:
+    """Serve the app with Flask's threaded server."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app()
+    host, port = app.config["WEBBOT_HOST"], app.config["WEBBOT_PORT"]
+    log.info("web chat robot on http://%s:%d (model %s loading in the background)",
+             host, port, app.config["WEBBOT_MODEL"])
+    start_loading(app)
+    app.run(host=host, port=port, threaded=True, use_reloader=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""ChatBot: one instruction-tuned LLM and its tokenizer, loaded once, answering with memory.
+
+Loads any causal LM from a hub id, a local directory or a `.gguf` file; builds prompts
+with the tokenizer's own chat template and trims them to the context (`memory.py`);
+streams replies through a single generation engine (`engine.py`). No Flask imports, and
+nothing heavy happens until `load()`.
+"""
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+from engine import Engine, SamplingParams, Stream
+from memory import Memory, MemoryPlan
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "unsloth/Llama-3.2-1B-Instruct"
+DEFAULT_SYSTEM_PROMPT = "You are a helpful, concise assistant. Answer in Markdown when it helps."
+# Tokens that end a turn in common chat templates; used beside the model's own eos ids.
+END_OF_TURN_TOKENS = ("<|eot_id|>", "<|end_of_text|>", "<|eom_id|>", "<|im_end|>", "<|endoftext|>",
+                      "<end_of_turn>", "<|end|>", "</s>")
+LOAD_HEARTBEAT_S = 10
+
+
+def resolve_device_dtype(device: str = "auto", dtype: str = "auto") -> tuple[str, str]:
+    """Pick the device and dtype: CUDA with bf16 when there is a GPU; on CPU, fp32.
+
+    On CPU, fp32 is measured 5x faster than bf16 for prefill on an AVX2 machine without
+    native bf16 (DESIGN.md section 4), at twice the memory.
+    """
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    return device, dtype
+
+
+def split_gguf(model: str) -> tuple[str, str | None]:
+    """A local `.gguf` path becomes (its directory, its file name); anything else is unchanged."""
+    path = Path(model).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"no GGUF file at {path}")
+        return str(path.parent), path.name
+    return model, None
+
+
+class ChatBot:
+    """Holds the model and answers conversations; call `load()` once before use."""
+
+    def __init__(self, model: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto",
+                 max_tokens: int = 8192, memory_ratio: float = 0.25,
+                 system_prompt: str = DEFAULT_SYSTEM_PROMPT):
+        self.model_id = model
+        self.requested = (device, dtype)
+        self.max_tokens = max_tokens
+        self.memory_ratio = memory_ratio
+        self.system_prompt = system_prompt
+        self.device = self.dtype = None
+        self.memory: Memory | None = None
+        self.engine: Engine | None = None
+        self.error: str | None = None
+        self._loaded = threading.Event()
+
+    @property
+    def ready(self) -> bool:
+        """True once the model is loaded and can answer."""
+        return self._loaded.is_set()
+
+    @property
+    def name(self) -> str:
+        """The id clients see: the hub id, or the directory or file name of a local model."""
+        path = Path(self.model_id)
+        return path.name if path.exists() else self.model_id
+
+    def load(self) -> "ChatBot":
+        """Load tokenizer and model (downloading them if needed); logs progress while it works."""
+        if self.ready:
+            return self
+        started = time.monotonic()
+        done = threading.Event()
+
+        def heartbeat():
+            while not done.wait(LOAD_HEARTBEAT_S):
+                log.info("still loading %s (%.0f s so far)", self.model_id, time.monotonic() - started)
+
+        threading.Thread(target=heartbeat, daemon=True, name="load-heartbeat").start()
+        try:
+            self._load()
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.exception("could not load model %s", self.model_id)
+            raise
+        finally:
+            done.set()
+        log.info("model %s ready on %s (%s) in %.1f s; context %d tokens, prompt budget %d",
+                 self.model_id, self.device, self.dtype, time.monotonic() - started,
+                 self.max_tokens, self.memory.budget)
+        return self
+
+    def _load(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device, self.dtype = resolve_device_dtype(*self.requested)
+        if self.device == "cpu" and os.environ.get("OMP_NUM_THREADS") is None:
+            torch.set_num_threads(os.cpu_count() or 1)
+        source, gguf_file = split_gguf(self.model_id)
+        extra = {"gguf_file": gguf_file} if gguf_file else {}
+        log.info("loading %s on %s (%s)", self.model_id, self.device, self.dtype)
+        tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(f"{self.model_id} has no chat template; use an instruction-tuned model")
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, self.dtype), **extra)
+        model.to(self.device).eval()
+
+        context = getattr(model.config, "max_position_embeddings", None)
+        if context and context < self.max_tokens:
+            log.warning("%s handles %d tokens of context; using that instead of %d",
+                        self.model_id, context, self.max_tokens)
+            self.max_tokens = context
+        self.memory = Memory(tokenizer, self.max_tokens, self.memory_ratio)
+        self.engine = Engine(model, tokenizer, end_of_turn_ids(model, tokenizer))
+        self._loaded.set()
+
+    @property
+    def reply_reserve(self) -> int:
+        """Tokens kept free for the reply."""
+        return self.max_tokens - self.memory.budget
+
+    def plan(self, history: list[dict], message: str, system_prompt: str | None = None) -> MemoryPlan:
+        """What the model would see for `message` after `history` (raises MessageTooLong)."""
+        system = self.system_prompt if system_prompt is None else system_prompt
+        return self.memory.plan(history, message, system)
+
+    def generate(self, plan: MemoryPlan, params: SamplingParams) -> Stream:
+        """Start a reply to a planned prompt; the returned stream yields text pieces."""
+        room = self.max_tokens - plan.prompt_tokens
+        params.max_new_tokens = max(1, min(params.max_new_tokens or self.reply_reserve, room))
+        return self.engine.submit(plan.prompt_ids, params)
+
+
+def end_of_turn_ids(model, tokenizer) -> list[int]:
+    """Token ids that end a reply: the model's eos ids plus known end-of-turn tokens it has."""
+    ids: list[int] = []
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    for value in (configured, tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.append(value)
+        elif value:
+            ids.extend(value)
+    vocab = tokenizer.get_vocab()
+    ids.extend(vocab[token] for token in END_OF_TURN_TOKENS if token in vocab)
+    return list(dict.fromkeys(ids))

@@ -1,0 +1,176 @@
+"""The chat page's JSON routes: conversations (list, new, rename, delete), sending and stopping.
+
+Sending a message streams the reply as server-sent events: `start` (the stored user
+message and the memory gauge), `token` (text, and now and then the Markdown so far as
+sanitised HTML), then `done` or `error`. The reply is written to the database while it
+streams, so a crash or a closed tab loses at most a couple of seconds of it, and a
+closed tab or the Stop button halts generation on the server.
+"""
+
+import time
+
+from flask import Blueprint, current_app, jsonify
+
+import settings
+from engine import EngineBusy
+from memory import MessageTooLong
+from rendering import render_markdown
+from store import title_from
+from streaming import event_stream, pieces, sse
+from validation import BadInput, json_body, message_text, sampling_params
+from web import current_owner
+
+bp = Blueprint("conversations", __name__, url_prefix="/api")
+HTML_EVERY_S = 0.25  # how often a streaming reply's Markdown is re-rendered for the page
+
+
+def _state():
+    return current_app.extensions["webbot"]
+
+
+def _own(conversation_id: str) -> dict:
+    conversation = _state().store.get_conversation(current_owner(), conversation_id)
+    if conversation is None:
+        raise BadInput(404, "There is no such conversation here; it may have been deleted.", "conversation_not_found")
+    return conversation
+
+
+def message_view(message: dict) -> dict:
+    """A stored message as the page shows it: assistant text rendered to safe HTML."""
+    view = {key: message[key] for key in ("id", "role", "content", "status", "created_at")}
+    if message["role"] == "assistant":
+        view["html"] = render_markdown(message["content"])
+    return view
+
+
+def history_of(messages: list[dict]) -> list[dict]:
+    """Stored messages as chat-template messages."""
+    return [{"role": m["role"], "content": m["content"]} for m in messages if m["role"] in ("user", "assistant")]
+
+
+@bp.get("/conversations")
+def list_conversations():
+    return jsonify(conversations=_state().store.list_conversations(current_owner()))
+
+
+@bp.post("/conversations")
+def new_conversation():
+    body = json_body()
+    title = body.get("title") or "New chat"
+    if not isinstance(title, str) or len(title) > settings.MAX_TITLE_CHARS:
+        raise BadInput(400, f"'title' must be text of at most {settings.MAX_TITLE_CHARS} characters.", "invalid_title")
+    return jsonify(_state().store.create_conversation(current_owner(), title.strip() or "New chat")), 201
+
+
+@bp.get("/conversations/<conversation_id>")
+def get_conversation(conversation_id):
+    conversation = _own(conversation_id)
+    state = _state()
+    stored = state.store.messages(conversation_id)
+    memory = None
+    if state.bot.ready:
+        memory = state.bot.plan(history_of(stored), "").as_dict()
+    return jsonify(conversation=conversation, messages=[message_view(m) for m in stored], memory=memory,
+                   generating=state.active.get(conversation_id) is not None)
+
+
+@bp.patch("/conversations/<conversation_id>")
+def rename_conversation(conversation_id):
+    _own(conversation_id)
+    body = json_body()
+    title = body.get("title")
+    if not isinstance(title, str) or not title.strip() or len(title) > settings.MAX_TITLE_CHARS:
+        raise BadInput(400, f"'title' must be non-empty text of at most {settings.MAX_TITLE_CHARS} characters.",
+                       "invalid_title")
+    _state().store.rename(current_owner(), conversation_id, title.strip())
+    return jsonify(_own(conversation_id))
+
+
+@bp.delete("/conversations/<conversation_id>")
+def delete_conversation(conversation_id):
+    _own(conversation_id)
+    state = _state()
+    running = state.active.get(conversation_id)
+    if running is not None:
+        running.cancel()
+    state.store.delete(current_owner(), conversation_id)
+    return "", 204
+
+
+@bp.post("/conversations/<conversation_id>/stop")
+def stop(conversation_id):
+    _own(conversation_id)
+    running = _state().active.get(conversation_id)
+    if running is not None:
+        running.cancel()
+    return jsonify(stopped=running is not None)
+
+
+@bp.post("/conversations/<conversation_id>/messages")
+def send_message(conversation_id):
+    conversation = _own(conversation_id)
+    body = json_body()
+    content = message_text(body.get("content"))
+    params = sampling_params(body)
+    state = _state()
+    bot, store = state.bot, state.store
+    if not bot.ready:
+        raise BadInput(503, "The model is still loading; try again in a moment.", "model_loading", {"Retry-After": "5"})
+    try:
+        plan = bot.plan(history_of(store.messages(conversation_id)), content)
+    except MessageTooLong as exc:
+        raise BadInput(413, f"{str(exc).capitalize()}. Shorten it or split it into several messages.",
+                       "message_too_long") from None
+    try:
+        stream = bot.generate(plan, params)
+    except EngineBusy:
+        raise BadInput(503, "The server is busy with other replies; try again in a few seconds.", "busy",
+                       {"Retry-After": "10"}) from None
+    if not state.active.claim(conversation_id, stream):
+        stream.cancel()
+        raise BadInput(409, "A reply is still being written in this conversation; stop it or wait for it.", "busy")
+
+    user = store.add_message(conversation_id, "user", content)
+    title = conversation["title"]
+    if title == "New chat":
+        title = title_from(content)
+        store.rename(conversation["owner"], conversation_id, title)
+    reply = store.add_message(conversation_id, "assistant", "", status="streaming")
+    finished = {}
+
+    def finish(status: str) -> None:
+        if not finished:
+            finished["status"] = status
+            store.finish_message(reply["id"], stream.text, status)
+
+    def events():
+        yield sse({"user": message_view(user), "reply_id": reply["id"], "title": title,
+                   "memory": plan.as_dict()}, "start")
+        last_html = last_save = time.monotonic()
+        for piece in pieces(stream, settings.STREAM_HEARTBEAT_S):
+            if piece is None:
+                yield ": waiting for the model\n\n"
+                continue
+            event = {"text": piece}
+            now = time.monotonic()
+            if now - last_html >= HTML_EVERY_S:
+                event["html"], last_html = render_markdown(stream.text), now
+            if now - last_save >= settings.PARTIAL_SAVE_S:
+                store.finish_message(reply["id"], stream.text, "streaming")
+                last_save = now
+            yield sse(event, "token")
+        if stream.finish_reason == "error":
+            finish("error")
+            yield sse({"message": "The model failed while writing this reply; the error is in the server log."},
+                      "error")
+            return
+        finish("stopped" if stream.finish_reason == "cancelled" else "complete")
+        done = message_view({**reply, "content": stream.text, "status": finished["status"]})
+        yield sse({"message": done, "finish_reason": stream.finish_reason, "usage": stream.usage()}, "done")
+
+    def on_close():
+        stream.cancel()  # no effect once finished; halts generation when the client left early
+        finish("stopped")
+        state.active.release(conversation_id, stream)
+
+    return event_stream(events(), on_close)

@@ -1,0 +1,62 @@
+"""Configuration: the WEBBOT_* environment variables, each with a default that works.
+
+A `.env` file in the working directory may set them too (read without overriding what
+the environment already says). Limits the app enforces are named constants here, so
+they are checked in one place and documented in one place.
+"""
+
+import os
+import secrets
+from pathlib import Path
+
+from chat_bot import DEFAULT_MODEL, DEFAULT_SYSTEM_PROMPT
+
+MAX_MESSAGE_CHARS = 32_000  # a message longer than this is refused before tokenising
+MAX_TITLE_CHARS = 200
+MAX_REQUEST_BYTES = 2 * 1024 * 1024  # JSON bodies; audio uploads get their own limit
+STREAM_HEARTBEAT_S = 10  # SSE comment sent while a request waits, so proxies keep it open
+PARTIAL_SAVE_S = 2.0  # how often a streaming reply is written to the database
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """KEY=value lines of a .env file (comments and blank lines ignored)."""
+    values = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#") and "=" in line:
+                key, value = line.split("=", 1)
+                values[key.strip()] = value.strip().strip("'\"")
+    return values
+
+
+def from_env(environ: dict | None = None) -> dict:
+    """Flask config keys for every WEBBOT_* setting."""
+    env = {**read_dotenv(Path(".env")), **(os.environ if environ is None else environ)}
+    data_dir = Path(env.get("WEBBOT_DATA_DIR", "instance")).resolve()
+    return {
+        "WEBBOT_MODEL": env.get("WEBBOT_MODEL", DEFAULT_MODEL),
+        "WEBBOT_DEVICE": env.get("WEBBOT_DEVICE", "auto"),
+        "WEBBOT_DTYPE": env.get("WEBBOT_DTYPE", "auto"),
+        "WEBBOT_MAX_TOKENS": int(env.get("WEBBOT_MAX_TOKENS", 8192)),
+        "WEBBOT_MEMORY_RATIO": float(env.get("WEBBOT_MEMORY_RATIO", 0.25)),
+        "WEBBOT_SYSTEM_PROMPT": env.get("WEBBOT_SYSTEM_PROMPT", DEFAULT_SYSTEM_PROMPT),
+        "WEBBOT_HOST": env.get("WEBBOT_HOST", "127.0.0.1"),
+        "WEBBOT_PORT": int(env.get("WEBBOT_PORT", 5000)),
+        "WEBBOT_DATA_DIR": str(data_dir),
+        "WEBBOT_API_KEY": env.get("WEBBOT_API_KEY") or None,
+    }
+
+
+def secret_key(data_dir: Path) -> bytes:
+    """The session-signing key: generated once, kept in the data dir, readable by the owner only."""
+    path = data_dir / "secret_key"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass  # made earlier, or just now by another worker
+    else:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()

