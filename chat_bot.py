@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from engine import Engine, SamplingParams, Stream
+from engine import MAX_WAITING, Engine, SamplingParams, Stream
 from memory import Memory, MemoryPlan
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,9 @@ class ChatBot:
 
     def __init__(self, model: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto",
                  max_tokens: int = 8192, memory_ratio: float = 0.25,
-                 system_prompt: str = DEFAULT_SYSTEM_PROMPT):
+                 system_prompt: str = DEFAULT_SYSTEM_PROMPT, max_waiting: int = MAX_WAITING):
         self.model_id = model
+        self.max_waiting = max_waiting
         self.requested = (device, dtype)
         self.max_tokens = max_tokens
         self.memory_ratio = memory_ratio
@@ -125,7 +126,7 @@ class ChatBot:
                         self.model_id, context, self.max_tokens)
             self.max_tokens = context
         self.memory = Memory(tokenizer, self.max_tokens, self.memory_ratio)
-        self.engine = Engine(model, tokenizer, end_of_turn_ids(model, tokenizer))
+        self.engine = Engine(model, tokenizer, end_of_turn_ids(model, tokenizer), self.max_waiting)
         self._loaded.set()
 
     @property

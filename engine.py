@@ -163,6 +163,8 @@ class Engine:
         self.model, self.tokenizer = model, tokenizer
         self.eos_ids = list(eos_ids)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        if max_waiting < 1:
+            raise ValueError("max_waiting must be at least 1")
         self.requests: queue.Queue = queue.Queue(maxsize=max_waiting)
         self.active: Stream | None = None
         self._worker = threading.Thread(target=self._run, name="generation", daemon=True)

@@ -5,12 +5,13 @@ and the rest (the budget) is prompt: the system prompt, as many of the newest tu
 fit, and the new message. Oldest whole turns go first. Nothing here touches storage:
 trimming only decides what the model sees.
 
-Turns are dropped in chunks so the kept prefix stays byte-identical for many turns (a
-later KV cache can reuse it). The history is cut into blocks of about `chunk_ratio` of
-the budget at fixed places, decided only by the turns before them; the first kept turn
-is always a block start, so it moves only when a whole block has to go.
+Turns are dropped in chunks so the kept prefix stays token-identical for many turns (a
+KV cache can reuse it): once the history overflows, the oldest whole turns covering a
+whole number of chunks (`chunk_ratio` of the budget) are left out, so the first kept
+turn moves only after the history has grown by another chunk.
 """
 
+from bisect import bisect_left
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -90,36 +91,36 @@ class Memory:
             self._turn_costs.move_to_end(key)
         return cost
 
-    def _block_starts(self, costs: list[int]) -> list[int]:
-        """Indices of turns that begin a new block of about `chunk` tokens."""
-        starts, before = [], 0
-        for index, cost in enumerate(costs):
-            if index == 0 or before // self.chunk != (before - costs[index - 1]) // self.chunk:
-                starts.append(index)
-            before += cost
-        return starts
-
     def plan(self, history: list[dict], new_message: str, system_prompt: str | None = None) -> MemoryPlan:
         """Choose the newest turns that fit beside the system prompt and the new message."""
         head = [{"role": "system", "content": system_prompt}] if system_prompt else []
         new = [{"role": "user", "content": new_message}]
         minimal = self.render(head + new)
         if len(minimal) > self.budget:
-            own = self._turn_cost(new)
+            own = len(minimal) - len(self.render(head + [{"role": "user", "content": ""}]))
             raise MessageTooLong(own, self.budget - (len(minimal) - own))
 
         turns = group_turns(history)
-        costs = [self._turn_cost(turn) for turn in turns]
-        starts = self._block_starts(costs)
-        # Block starts first (stable prefix); single turns after the last one only if no block fits.
-        candidates = starts + [i for i in range(starts[-1] + 1 if starts else 0, len(turns) + 1)]
-        suffix = [sum(costs[i:]) for i in range(len(turns) + 1)]
-        for start in candidates:
-            if len(minimal) + suffix[start] > self.budget + 8:  # estimate; exact check below
-                continue
+        cumulative = [0]
+        for turn in turns:
+            cumulative.append(cumulative[-1] + self._turn_cost(turn))
+        start = bisect_left(cumulative, self._tokens_to_drop(head, cumulative[-1]))
+        # The new message may be long: drop more turns for this reply only, one at a time.
+        for start in range(min(start, len(turns)), len(turns) + 1):
             kept = [m for turn in turns[start:] for m in turn]
             ids = self.render(head + kept + new)
             if len(ids) <= self.budget:
                 first = sum(len(turn) for turn in turns[:start])
                 return MemoryPlan(ids, self.budget, first, first, head + kept + new)
         return MemoryPlan(minimal, self.budget, len(history), len(history), head + new)
+
+    def _tokens_to_drop(self, head: list[dict], history_tokens: int) -> int:
+        """How many of the oldest history tokens to leave out: a whole number of chunks.
+
+        Depends only on the system prompt and the stored history (not on the new message),
+        so the first kept turn stays put until the history has grown by another chunk.
+        Half a chunk is kept free for the new message.
+        """
+        fixed = len(self.render(head + [{"role": "user", "content": ""}]))
+        overflow = fixed + history_tokens + self.chunk // 2 - self.budget
+        return 0 if overflow <= 0 else -(-overflow // self.chunk) * self.chunk

@@ -1,0 +1,150 @@
+"""The generation engine on a real (tiny, random-weight) Llama with the real Llama 3.2 tokenizer."""
+
+import threading
+import time
+
+import pytest
+import torch
+
+from chat_bot import ChatBot, resolve_device_dtype, split_gguf
+from engine import EngineBusy, SamplingParams, TextDecoder
+
+
+def test_streamed_text_equals_plain_greedy_generate(tiny_bot):
+    plan = tiny_bot.plan([], "Tell me a story about a robot.")
+    stream = tiny_bot.generate(plan, SamplingParams(max_new_tokens=40, temperature=0))
+    streamed = "".join(stream)
+    model, tokenizer = tiny_bot.engine.model, tiny_bot.memory.tokenizer
+    with torch.inference_mode():
+        output = model.generate(torch.tensor([plan.prompt_ids]), max_new_tokens=40, do_sample=False,
+                                eos_token_id=tiny_bot.engine.eos_ids, pad_token_id=tiny_bot.engine.pad_id)
+    expected = tokenizer.decode(output[0, len(plan.prompt_ids):], skip_special_tokens=True)
+    assert streamed == expected and streamed.strip()
+    assert stream.finish_reason == "length" and stream.completion_tokens == 40
+    assert stream.usage() == {"prompt_tokens": plan.prompt_tokens, "completion_tokens": 40,
+                              "total_tokens": plan.prompt_tokens + 40}
+
+
+def test_pieces_are_whole_utf8_characters(llama_tokenizer):
+    text = "Grüße aus 東京 🤖🎉 — naïve café ✓"
+    ids = llama_tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) > 10
+    decoder = TextDecoder(llama_tokenizer, [])
+    pieces = [decoder.push(i) for i in ids]
+    assert all("\ufffd" not in p for p in pieces)
+    assert "".join(pieces) + decoder.flush() == text
+    # Multi-byte emoji take several tokens: some pushes must have held text back.
+    assert any(p == "" for p in pieces)
+
+
+def test_stop_strings_are_cut_and_never_shown_in_part(llama_tokenizer):
+    decoder = TextDecoder(llama_tokenizer, ["END OF"])
+    ids = llama_tokenizer("one two END OF three", add_special_tokens=False)["input_ids"]
+    shown = ""
+    for token_id in ids:
+        shown += decoder.push(token_id)
+        assert "END" not in shown
+        if decoder.stopped:
+            break
+    assert decoder.stopped and shown == "one two " and decoder.flush() == ""
+
+
+def test_held_back_text_is_released_when_no_stop_string_follows(llama_tokenizer):
+    decoder = TextDecoder(llama_tokenizer, ["ENDX"])
+    ids = llama_tokenizer("a b END", add_special_tokens=False)["input_ids"]
+    shown = "".join(decoder.push(i) for i in ids)
+    assert shown == "a b " and decoder.flush() == "END"
+
+
+def test_stop_string_ends_generation(tiny_bot):
+    plan = tiny_bot.plan([], "Say something long.")
+    free = "".join(tiny_bot.generate(plan, SamplingParams(max_new_tokens=30, temperature=0)))
+    word = free.split()[3]
+    stream = tiny_bot.generate(plan, SamplingParams(max_new_tokens=30, temperature=0, stop=[word]))
+    text = "".join(stream)
+    assert text == free[:free.index(word)] and stream.finish_reason == "stop"
+    assert stream.completion_tokens < 30
+
+
+def test_cancel_halts_generation_within_a_step(tiny_bot):
+    plan = tiny_bot.plan([], "Go on forever.")
+    stream = tiny_bot.generate(plan, SamplingParams(max_new_tokens=5000, temperature=0))
+    assert stream.next_piece(timeout=30) is not None
+    stream.cancel()
+    rest = list(stream)
+    assert stream.finish_reason == "cancelled"
+    assert stream.completion_tokens < 5000 and len(rest) < 100
+    assert tiny_bot.engine.active is None  # the model is free for the next request
+
+
+def test_requests_never_run_the_model_at_once(tiny_bot):
+    """Many threads at once: the model's forward is only ever entered by one of them."""
+    model = tiny_bot.engine.model
+    inside, most, lock = [0], [0], threading.Lock()
+    original = model.forward
+
+    def counting_forward(*args, **kwargs):
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        try:
+            time.sleep(0.001)
+            return original(*args, **kwargs)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    model.forward = counting_forward
+    try:
+        results = []
+
+        def ask(n):
+            plan = tiny_bot.plan([], f"Question number {n}")
+            results.append("".join(tiny_bot.generate(plan, SamplingParams(max_new_tokens=8, temperature=0))))
+
+        threads = [threading.Thread(target=ask, args=(n,)) for n in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        del model.forward
+    assert len(results) == 6 and most[0] == 1
+
+
+def test_a_full_queue_refuses_new_requests(tiny_model_dir):
+    bot = ChatBot(str(tiny_model_dir), max_tokens=1024, max_waiting=1).load()
+    plan = bot.plan([], "hello")
+    running = bot.generate(plan, SamplingParams(max_new_tokens=3000))
+    assert running.next_piece(timeout=30) is not None or running.done  # the worker has taken it
+    waiting = bot.generate(plan, SamplingParams(max_new_tokens=5))
+    with pytest.raises(EngineBusy):
+        bot.generate(plan, SamplingParams(max_new_tokens=5))
+    running.cancel()
+    assert "".join(waiting) is not None and waiting.finish_reason == "length"
+
+
+def test_reply_length_never_exceeds_the_context(tiny_bot):
+    plan = tiny_bot.plan([], "hi")
+    stream = tiny_bot.generate(plan, SamplingParams(max_new_tokens=100_000))
+    assert stream.params.max_new_tokens == tiny_bot.max_tokens - plan.prompt_tokens
+    stream.cancel()
+    list(stream)
+
+
+def test_auto_device_and_dtype_on_this_machine():
+    device, dtype = resolve_device_dtype()
+    if torch.cuda.is_available():
+        assert (device, dtype) == ("cuda", "bfloat16")
+    else:
+        assert (device, dtype) == ("cpu", "float32")  # measured 5x faster prefill than bf16 here
+    assert resolve_device_dtype("cpu", "bfloat16") == ("cpu", "bfloat16")
+
+
+def test_gguf_paths_are_split_into_directory_and_file(tmp_path):
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    assert split_gguf(str(model)) == (str(tmp_path), "m.gguf")
+    assert split_gguf("unsloth/Llama-3.2-1B-Instruct") == ("unsloth/Llama-3.2-1B-Instruct", None)
+    with pytest.raises(FileNotFoundError):
+        split_gguf(str(tmp_path / "missing.gguf"))
