@@ -99,7 +99,7 @@ function sidebarItem(conversation) {
   rename.type = "button"; rename.className = "rename"; rename.title = "Rename"; rename.textContent = "✎";
   rename.setAttribute("aria-label", "Rename");
   const remove = document.createElement("button");
-  remove.type = "button"; remove.className = "delete"; remove.title = "Delete"; remove.textContent = "🗑";
+  remove.type = "button"; remove.className = "delete"; remove.title = "Delete"; remove.textContent = "×";
   remove.setAttribute("aria-label", "Delete");
   item.append(link, rename, remove);
   return item;

@@ -1,0 +1,150 @@
+"""The chat page in headless Chromium (Debian's package, driven by Playwright) against a real server
+running the real SmolLM2 instruct model: typing, streaming, Stop, reload, sidebar, inert markup.
+
+Set WEBBOT_SCREENSHOTS=1 to write the README's screenshot to docs/screenshots/.
+"""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import requests
+
+from store import Store
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--no-first-run", "--disable-sync"]
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                reason="Debian's chromium is not installed (run_tests.sh installs it)")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1100, "height": 760})
+    page = context.new_page()
+    page.problems = []
+    page.on("console", lambda m: m.type == "error" and page.problems.append(m.text))
+    page.on("pageerror", lambda e: page.problems.append(str(e)))
+    page.dialogs = []
+    yield page
+    context.close()
+    assert page.problems == [], page.problems
+
+
+def ask(page, text):
+    page.fill("#input", text)
+    page.press("#input", "Enter")
+
+
+def test_ask_see_the_reply_stream_in_and_find_it_after_reload(page, smollm2_server):
+    page.goto(smollm2_server.url)
+    # Count how often the reply's text grows while it streams.
+    page.evaluate("""() => {
+        window.__updates = 0;
+        new MutationObserver(() => {
+            const reply = document.querySelector('.message.assistant.streaming');
+            if (reply) window.__updates++;
+        }).observe(document.getElementById('messages'), {subtree: true, childList: true, characterData: true});
+    }""")
+    ask(page, "What is the capital of France?")
+    page.wait_for_selector(".message.assistant.streaming", timeout=60_000)
+    page.wait_for_selector(".message.assistant:not(.streaming)", timeout=120_000)
+    reply = page.inner_text(".message.assistant .body")
+    assert "Paris" in reply
+    assert page.evaluate("window.__updates") >= 3  # arrived token by token
+    assert page.input_value("#input") == ""
+    assert "/c/" in page.url
+    title = page.inner_text("#conversation-list li.active .title")
+    assert title == "What is the capital of France?"
+    assert "tokens" in page.inner_text("#gauge-text")
+
+    if os.environ.get("WEBBOT_SCREENSHOTS"):
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "chat.png"))
+
+    page.reload()
+    page.wait_for_selector(".message.assistant")
+    assert page.inner_text(".message.user .body") == "What is the capital of France?"
+    assert "Paris" in page.inner_text(".message.assistant .body")
+
+
+def test_shift_enter_makes_a_new_line_and_stop_halts_the_reply(page, smollm2_server):
+    page.goto(smollm2_server.url)
+    page.fill("#input", "Write a very long story about a dragon.")
+    page.press("#input", "Shift+Enter")
+    page.type("#input", "Make it ten chapters.")
+    assert page.input_value("#input") == "Write a very long story about a dragon.\nMake it ten chapters."
+    page.press("#input", "Enter")
+    page.wait_for_selector(".message.assistant.streaming", timeout=60_000)
+    page.wait_for_function("document.querySelector('.message.assistant .body').innerText.length > 40",
+                           timeout=60_000)
+    page.click("#stop")
+    page.wait_for_selector(".message.assistant .status", timeout=30_000)
+    assert "Stopped" in page.inner_text(".message.assistant .status")
+    assert page.is_visible("#send") and not page.is_visible("#stop")
+    cid = page.url.rsplit("/", 1)[1]
+    cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+    stored = requests.get(f"{smollm2_server.url}/api/conversations/{cid}", cookies=cookies).json()
+    assert stored["generating"] is False and stored["messages"][-1]["status"] == "stopped"
+    assert stored["messages"][0]["content"].endswith("\nMake it ten chapters.")
+
+
+def test_sidebar_new_rename_switch_delete(page, smollm2_server):
+    page.goto(smollm2_server.url)
+    page.click("#new-chat")
+    page.wait_for_selector("#conversation-list li.active")
+    first = page.url.rsplit("/", 1)[1]
+    page.once("dialog", lambda d: d.accept("Travel plans"))
+    page.click("#conversation-list li.active .rename")
+    page.wait_for_function("document.querySelector('#conversation-list li.active .title').innerText === 'Travel plans'")
+    page.click("#new-chat")
+    page.wait_for_function(f"!location.pathname.endsWith('{first}')")
+    assert page.locator("#conversation-list li").count() == 2
+    page.click(f"#conversation-list li[data-id='{first}'] .title")
+    page.wait_for_function(f"location.pathname.endsWith('{first}')")
+    page.once("dialog", lambda d: d.accept())
+    page.click(f"#conversation-list li[data-id='{first}'] .delete")
+    page.wait_for_function("document.querySelectorAll('#conversation-list li').length === 1")
+    page.reload()
+    assert page.locator("#conversation-list li").count() == 1
+    assert page.locator(f"#conversation-list li[data-id='{first}']").count() == 0
+
+
+def test_markup_from_user_and_model_never_runs(page, smollm2_server):
+    payloads = ['<script>window.__xss = 1</script>', '<img src=x onerror="window.__xss = 1">',
+                '<svg onload="window.__xss = 1"></svg>', '[click me](javascript:window.__xss=1)']
+    dialogs = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.goto(smollm2_server.url)
+    ask(page, " ".join(payloads))
+    page.wait_for_selector(".message.assistant:not(.streaming)", timeout=120_000)
+    cid = page.url.rsplit("/", 1)[1]
+    # Model output carrying the same payloads, stored exactly as a finished reply is.
+    store = Store(f"sqlite:///{smollm2_server.env['WEBBOT_DATA_DIR']}/webbot.db")
+    store.add_message(cid, "user", "show me html")
+    store.add_message(cid, "assistant", "Sure:\n\n" + "\n\n".join(payloads) + "\n\n```html\n<b>code</b>\n```")
+    page.reload()
+    page.wait_for_selector(".message.assistant >> nth=1")
+    links = page.locator(".message a")
+    for i in range(links.count()):
+        links.nth(i).click()
+    assert page.evaluate("window.__xss") is None and dialogs == []
+    assert page.locator(".message script, .message img, .message svg").count() == 0
+    user_text = page.inner_text(".message.user .body")
+    assert '<img src=x onerror="window.__xss = 1">' in user_text  # shown as text
+    model_html = page.inner_html(".message.assistant >> nth=1")
+    assert "&lt;script&gt;" in model_html and "<pre><code" in model_html

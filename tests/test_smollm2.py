@@ -1,0 +1,61 @@
+"""A real instruct model (SmolLM2-135M-Instruct) answers through the page's stream and the openai client.
+
+The server is a real `python app.py` process on a free port; greedy decoding keeps the
+answers repeatable.
+"""
+
+import openai
+import requests
+
+from chat_bot import ChatBot
+from engine import SamplingParams
+from tests.conftest import read_sse
+
+QUESTION = "What is the capital of France?"
+
+
+def test_page_stream_answers_paris(smollm2_server):
+    session = requests.Session()
+    assert session.get(smollm2_server.url + "/healthz").json() == {"status": "ok", "model": "smollm2"}
+    cid = session.post(smollm2_server.url + "/api/conversations", json={}).json()["id"]
+    response = session.post(f"{smollm2_server.url}/api/conversations/{cid}/messages",
+                            json={"content": QUESTION, "temperature": 0}, stream=True)
+    assert response.headers["Content-Type"].startswith("text/event-stream")
+    assert response.headers["X-Accel-Buffering"] == "no"
+    events = read_sse(response.iter_lines())
+    tokens = [d["text"] for e, d in events if e == "token"]
+    assert len(tokens) >= 3  # streamed piece by piece, not in one block
+    done = events[-1][1]
+    assert events[-1][0] == "done" and done["finish_reason"] == "stop"  # ended at <|im_end|>
+    assert "Paris" in "".join(tokens) and "Paris" in done["message"]["html"]
+    assert "<|im_end|>" not in done["message"]["content"]
+
+
+def test_openai_client_answers_paris_streamed_and_not(smollm2_server):
+    client = openai.OpenAI(base_url=smollm2_server.url + "/v1", api_key="unused")
+    messages = [{"role": "user", "content": QUESTION}]
+    reply = client.chat.completions.create(model="smollm2", messages=messages, temperature=0, max_tokens=40)
+    assert "Paris" in reply.choices[0].message.content and reply.choices[0].finish_reason == "stop"
+    stream = client.chat.completions.create(model="smollm2", messages=messages, temperature=0, max_tokens=40,
+                                            stream=True)
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert "Paris" in text and text == reply.choices[0].message.content
+
+
+def test_memory_carries_earlier_turns(smollm2_server):
+    client = openai.OpenAI(base_url=smollm2_server.url + "/v1", api_key="unused")
+    reply = client.chat.completions.create(model="smollm2", temperature=0, max_tokens=30, messages=[
+        {"role": "user", "content": QUESTION},
+        {"role": "assistant", "content": "The capital of France is Paris."},
+        {"role": "user", "content": "Repeat the city you just named, one word."}])
+    assert "Paris" in reply.choices[0].message.content
+
+
+def test_loads_straight_from_a_gguf_file():
+    """WEBBOT_MODEL may name a .gguf file: transformers dequantises it on load."""
+    from tests import assets
+
+    bot = ChatBot(str(assets.smollm2_gguf()), max_tokens=2048).load()
+    assert bot.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    text = "".join(bot.generate(bot.plan([], QUESTION), SamplingParams(max_new_tokens=30, temperature=0)))
+    assert "Paris" in text
