@@ -11,6 +11,7 @@ whole number of chunks (`chunk_ratio` of the budget) are left out, so the first 
 turn moves only after the history has grown by another chunk.
 """
 
+import threading
 from bisect import bisect_left
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ class Memory:
         self.chunk = max(1, int(self.budget * chunk_ratio))
         self.template_kwargs = template_kwargs or {}
         self._turn_costs: OrderedDict[tuple, int] = OrderedDict()
+        self._lock = threading.Lock()  # request threads plan at once; the cost cache is shared
 
     def render(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
         """Token ids of messages rendered with the model's own chat template."""
@@ -93,6 +95,10 @@ class Memory:
 
     def plan(self, history: list[dict], new_message: str, system_prompt: str | None = None) -> MemoryPlan:
         """Choose the newest turns that fit beside the system prompt and the new message."""
+        with self._lock:
+            return self._plan(history, new_message, system_prompt)
+
+    def _plan(self, history: list[dict], new_message: str, system_prompt: str | None) -> MemoryPlan:
         head = [{"role": "system", "content": system_prompt}] if system_prompt else []
         new = [{"role": "user", "content": new_message}]
         minimal = self.render(head + new)
