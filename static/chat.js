@@ -164,7 +164,8 @@ async function send(text) {
   showNotice("");
   const conversation = current || await newConversation();
   const controller = new AbortController();
-  streaming = { controller, conversation };
+  let markFinished;
+  streaming = { controller, conversation, finished: new Promise((resolve) => { markFinished = resolve; }) };
   setBusy(true);
   let reply = null, pending = null, full = "";
   try {
@@ -216,16 +217,26 @@ async function send(text) {
   } finally {
     streaming = null;
     setBusy(false);
+    markFinished();
     input.focus();
   }
 }
 
 async function stop() {
   if (!streaming) return;
-  const { controller, conversation } = streaming;
-  // Tell the server first (so it stops even behind a buffering proxy), then drop the stream.
-  try { await api("POST", `/api/conversations/${conversation}/stop`); } catch (e) { /* closing stops it too */ }
-  controller.abort();
+  const current = streaming;
+  stopButton.disabled = true;
+  // Ask the server to stop; the stream then ends with the stored partial reply. Closing the
+  // connection stops it too, so that is the fallback when the server does not answer soon.
+  const fallback = setTimeout(() => current.controller.abort(), 5000);
+  try {
+    await api("POST", `/api/conversations/${current.conversation}/stop`);
+  } catch (e) {
+    current.controller.abort();
+  }
+  await current.finished;
+  clearTimeout(fallback);
+  stopButton.disabled = false;
 }
 
 form.addEventListener("submit", (event) => {

@@ -40,8 +40,8 @@ class Server:
             try:
                 if requests.get(self.url + "/healthz", timeout=2).status_code == 200:
                     return self
-            except requests.ConnectionError:
-                pass
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not listening yet, or busy loading
             time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"server not ready in {timeout} s:\n{self.log_path.read_text()}")

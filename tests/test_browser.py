@@ -6,6 +6,7 @@ Set WEBBOT_SCREENSHOTS=1 to write the README's screenshot to docs/screenshots/.
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -98,8 +99,14 @@ def test_shift_enter_makes_a_new_line_and_stop_halts_the_reply(page, smollm2_ser
     assert page.is_visible("#send") and not page.is_visible("#stop")
     cid = page.url.rsplit("/", 1)[1]
     cookies = {c["name"]: c["value"] for c in page.context.cookies()}
-    stored = requests.get(f"{smollm2_server.url}/api/conversations/{cid}", cookies=cookies).json()
+    for _ in range(50):  # the server releases the reply right after its last event
+        stored = requests.get(f"{smollm2_server.url}/api/conversations/{cid}", cookies=cookies).json()
+        if not stored["generating"]:
+            break
+        time.sleep(0.1)
     assert stored["generating"] is False and stored["messages"][-1]["status"] == "stopped"
+    partial = stored["messages"][-1]["content"]
+    assert len(partial) > 40 and partial.split()[-1].strip("*#_`") in page.inner_text(".message.assistant .body")
     assert stored["messages"][0]["content"].endswith("\nMake it ten chapters.")
 
 
