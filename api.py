@@ -90,7 +90,7 @@ def chat_completions():
     try:
         plan = bot.plan(history, message, system)
     except MessageTooLong as exc:
-        raise BadInput(413, f"{str(exc).capitalize()}. Shorten the last message.", "context_length_exceeded") from None
+        raise BadInput(413, f"{exc.sentence()}. Shorten the last message.", "context_length_exceeded") from None
     try:
         stream = bot.generate(plan, params)
     except EngineBusy:

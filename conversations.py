@@ -119,7 +119,7 @@ def send_message(conversation_id):
     try:
         plan = bot.plan(history_of(store.messages(conversation_id)), content)
     except MessageTooLong as exc:
-        raise BadInput(413, f"{str(exc).capitalize()}. Shorten it or split it into several messages.",
+        raise BadInput(413, f"{exc.sentence()}. Shorten it or split it into several messages.",
                        "message_too_long") from None
     try:
         stream = bot.generate(plan, params)

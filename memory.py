@@ -24,6 +24,11 @@ class MessageTooLong(ValueError):
         self.tokens, self.limit = tokens, limit
         super().__init__(f"your message is {tokens} tokens; the limit is {limit}")
 
+    def sentence(self) -> str:
+        """The message as the start of a sentence."""
+        text = str(self)
+        return text[0].upper() + text[1:]
+
 
 @dataclass
 class MemoryPlan:

@@ -88,7 +88,8 @@ def start_server(tmp_path):
 def smollm2_server(smollm2_dir, tmp_path_factory):
     """One server process on the real SmolLM2-135M-Instruct, shared by a module's tests."""
     tmp = tmp_path_factory.mktemp("smollm2-server")
-    server = Server(smollm2_dir, tmp / "data", tmp / "server.log").start()
+    # A 2,048-token context keeps replies (at most a quarter of it) short enough for a test.
+    server = Server(smollm2_dir, tmp / "data", tmp / "server.log", WEBBOT_MAX_TOKENS="2048").start()
     yield server
     server.stop()
 

@@ -1,0 +1,104 @@
+"""Which dtype is fastest on this machine: prefill and decode of the same model in fp32 and bf16.
+
+This is the measurement behind WEBBOT_DTYPE=auto (bf16 on CUDA, fp32 on CPU). Both
+dtypes are loaded side by side and run interleaved, rep by rep, so machine noise hits
+them alike.
+
+    .venv/bin/python -m bench.bench_dtype                 # Llama-3.2-1B shape, random weights
+    .venv/bin/python -m bench.bench_dtype --prefill 256 --decode 16 --reps 2
+
+Prints a table and writes JSON to bench/results/.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+from bench.bench_serving import RESULTS, llama32_1b_random_dir
+
+
+def rss_gb() -> float:
+    """Resident memory of this process in GB."""
+    with open(f"/proc/{os.getpid()}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1e6
+    return float("nan")
+
+
+def time_prefill_decode(model, prompt_len: int, decode: int, device: str) -> dict:
+    """Seconds for one prefill of `prompt_len` tokens, and decode tokens/s after it."""
+    import torch
+
+    ids = torch.randint(1000, 100_000, (1, prompt_len), device=device)
+    with torch.inference_mode():
+        started = time.perf_counter()
+        out = model(ids, use_cache=True)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        prefill = time.perf_counter() - started
+        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        started = time.perf_counter()
+        for _ in range(decode):
+            out = model(token, past_key_values=cache, use_cache=True)
+            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        decode_s = time.perf_counter() - started
+    return {"prefill_tok_s": prompt_len / prefill, "decode_tok_s": decode / decode_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="local model directory (default: Llama-3.2-1B shape, random weights)")
+    parser.add_argument("--prefill", type=int, default=256, help="prompt tokens per prefill")
+    parser.add_argument("--decode", type=int, default=16, help="tokens decoded after the prefill")
+    parser.add_argument("--reps", type=int, default=2)
+    args = parser.parse_args()
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model_dir = Path(args.model).expanduser() if args.model else llama32_1b_random_dir()
+    models, memory = {}, {}
+    for dtype in ("float32", "bfloat16"):
+        before = rss_gb()
+        models[dtype] = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).to(device).eval()
+        memory[dtype] = rss_gb() - before
+    print(f"model {model_dir.name} on {device}, {torch.get_num_threads()} threads", flush=True)
+    runs = {dtype: [] for dtype in models}
+    for dtype, model in models.items():
+        time_prefill_decode(model, 16, 2, device)  # warm-up
+    for rep in range(args.reps):
+        for dtype, model in models.items():
+            runs[dtype].append(time_prefill_decode(model, args.prefill, args.decode, device))
+            print(f"rep {rep + 1} {dtype}: prefill {runs[dtype][-1]['prefill_tok_s']:.1f} tok/s, "
+                  f"decode {runs[dtype][-1]['decode_tok_s']:.2f} tok/s", flush=True)
+
+    report = {"model": model_dir.name, "device": device, "threads": torch.get_num_threads(),
+              "machine": platform.machine(), "prefill_tokens": args.prefill, "decode_tokens": args.decode,
+              "dtypes": {}}
+    print(f"\n{'dtype':<10}{'prefill tok/s':>15}{'decode tok/s':>14}{'weights GB (RSS)':>18}")
+    for dtype, rows in runs.items():
+        summary = {"prefill_tok_s": statistics.median(r["prefill_tok_s"] for r in rows),
+                   "decode_tok_s": statistics.median(r["decode_tok_s"] for r in rows),
+                   "memory_gb": memory[dtype], "runs": rows}
+        report["dtypes"][dtype] = summary
+        print(f"{dtype:<10}{summary['prefill_tok_s']:>15.1f}{summary['decode_tok_s']:>14.2f}{memory[dtype]:>18.1f}")
+    fp32, bf16 = report["dtypes"]["float32"], report["dtypes"]["bfloat16"]
+    report["fp32_over_bf16_prefill"] = fp32["prefill_tok_s"] / bf16["prefill_tok_s"]
+    report["fp32_over_bf16_decode"] = fp32["decode_tok_s"] / bf16["decode_tok_s"]
+    print(f"fp32 / bf16: prefill {report['fp32_over_bf16_prefill']:.2f}x, decode {report['fp32_over_bf16_decode']:.2f}x")
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"dtype-{model_dir.name}-{device}.json"
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
