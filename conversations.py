@@ -147,14 +147,16 @@ def send_message(conversation_id):
         yield sse({"user": message_view(user), "reply_id": reply["id"], "title": title,
                    "memory": plan.as_dict()}, "start")
         last_html = last_save = time.monotonic()
+        sent = ""  # the worker may be ahead of the events; the HTML must match what was sent
         for piece in pieces(stream, settings.STREAM_HEARTBEAT_S):
             if piece is None:
                 yield ": waiting for the model\n\n"
                 continue
+            sent += piece
             event = {"text": piece}
             now = time.monotonic()
             if now - last_html >= HTML_EVERY_S:
-                event["html"], last_html = render_markdown(stream.text), now
+                event["html"], last_html = render_markdown(sent), now
             if now - last_save >= settings.PARTIAL_SAVE_S:
                 store.finish_message(reply["id"], stream.text, "streaming")
                 last_save = now

@@ -253,3 +253,19 @@ def test_a_reply_left_streaming_by_a_crash_is_marked_stopped_on_start(make_app, 
     restarted = make_app(data_dir=data)
     messages = restarted.extensions["webbot"].store.messages(cid)
     assert messages[-1]["status"] == "stopped" and messages[-1]["content"] == "half a rep"
+
+
+def test_streamed_html_always_matches_the_text_sent_so_far(client):
+    from rendering import render_markdown
+
+    cid = new_conversation(client)
+    events = send(client, cid, "Write at length.", max_tokens=400)
+    text, checked = "", 0
+    for event, data in events:
+        if event == "token":
+            text += data["text"]
+            if "html" in data:
+                assert data["html"] == render_markdown(text)
+                checked += 1
+    assert checked >= 2  # the page got several Markdown renders while the reply streamed
+    assert events[-1][1]["message"]["html"] == render_markdown(text)
