@@ -168,7 +168,9 @@ def send_message(conversation_id):
             return
         finish("stopped" if stream.finish_reason == "cancelled" else "complete")
         done = message_view({**reply, "content": stream.text, "status": finished["status"]})
-        yield sse({"message": done, "finish_reason": stream.finish_reason, "usage": stream.usage()}, "done")
+        after = bot.plan(history_of(store.messages(conversation_id)), "").as_dict()  # the gauge for the next turn
+        yield sse({"message": done, "finish_reason": stream.finish_reason, "usage": stream.usage(),
+                   "memory": after}, "done")
 
     def on_close():
         stream.cancel()  # no effect once finished; halts generation when the client left early

@@ -12,7 +12,6 @@ Prints a table and writes JSON to bench/results/.
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import time
@@ -21,13 +20,9 @@ from pathlib import Path
 from bench.bench_serving import RESULTS, llama32_1b_random_dir
 
 
-def rss_gb() -> float:
-    """Resident memory of this process in GB."""
-    with open(f"/proc/{os.getpid()}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1e6
-    return float("nan")
+def weights_gb(model) -> float:
+    """Bytes held by the model's parameters, in GB."""
+    return sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9
 
 
 def time_prefill_decode(model, prompt_len: int, decode: int, device: str) -> dict:
@@ -65,11 +60,9 @@ def main() -> None:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model_dir = Path(args.model).expanduser() if args.model else llama32_1b_random_dir()
-    models, memory = {}, {}
-    for dtype in ("float32", "bfloat16"):
-        before = rss_gb()
-        models[dtype] = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).to(device).eval()
-        memory[dtype] = rss_gb() - before
+    models = {dtype: AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).to(device).eval()
+              for dtype in ("float32", "bfloat16")}
+    memory = {dtype: weights_gb(model) for dtype, model in models.items()}
     print(f"model {model_dir.name} on {device}, {torch.get_num_threads()} threads", flush=True)
     runs = {dtype: [] for dtype in models}
     for dtype, model in models.items():
@@ -83,13 +76,13 @@ def main() -> None:
     report = {"model": model_dir.name, "device": device, "threads": torch.get_num_threads(),
               "machine": platform.machine(), "prefill_tokens": args.prefill, "decode_tokens": args.decode,
               "dtypes": {}}
-    print(f"\n{'dtype':<10}{'prefill tok/s':>15}{'decode tok/s':>14}{'weights GB (RSS)':>18}")
+    print(f"\n{'dtype':<10}{'prefill tok/s':>15}{'decode tok/s':>14}{'weights GB':>12}")
     for dtype, rows in runs.items():
         summary = {"prefill_tok_s": statistics.median(r["prefill_tok_s"] for r in rows),
                    "decode_tok_s": statistics.median(r["decode_tok_s"] for r in rows),
                    "memory_gb": memory[dtype], "runs": rows}
         report["dtypes"][dtype] = summary
-        print(f"{dtype:<10}{summary['prefill_tok_s']:>15.1f}{summary['decode_tok_s']:>14.2f}{memory[dtype]:>18.1f}")
+        print(f"{dtype:<10}{summary['prefill_tok_s']:>15.1f}{summary['decode_tok_s']:>14.2f}{memory[dtype]:>12.2f}")
     fp32, bf16 = report["dtypes"]["float32"], report["dtypes"]["bfloat16"]
     report["fp32_over_bf16_prefill"] = fp32["prefill_tok_s"] / bf16["prefill_tok_s"]
     report["fp32_over_bf16_decode"] = fp32["decode_tok_s"] / bf16["decode_tok_s"]

@@ -202,6 +202,7 @@ async function send(text) {
       } else if (event === "done") {
         reply.querySelector(".body").innerHTML = data.message.html;
         setStatus(reply, data.message.status);
+        showGauge(data.memory);
       } else if (event === "error") {
         setStatus(reply, "error");
         showNotice(data.message);

@@ -68,6 +68,7 @@ def test_send_streams_tokens_and_stores_both_messages(client):
     streamed = "".join(d["text"] for e, d in events if e == "token")
     assert done["message"]["content"] == streamed and done["finish_reason"] == "length"
     assert done["usage"]["completion_tokens"] == 12
+    assert done["memory"]["used"] > start["memory"]["used"]  # the gauge now counts the reply too
     stored = client.get(f"/api/conversations/{cid}").json
     assert [m["role"] for m in stored["messages"]] == ["user", "assistant"]
     assert stored["messages"][1]["content"] == streamed and stored["messages"][1]["status"] == "complete"

@@ -73,14 +73,17 @@ def test_ask_see_the_reply_stream_in_and_find_it_after_reload(page, smollm2_serv
     assert title == "What is the capital of France?"
     assert "tokens" in page.inner_text("#gauge-text")
 
-    if os.environ.get("WEBBOT_SCREENSHOTS"):
+    if os.environ.get("WEBBOT_SCREENSHOTS"):  # the README's picture: one more turn, with code
+        ask(page, "Write a Python function that reverses a string.")
+        page.wait_for_selector(".message.assistant >> nth=1")
+        page.wait_for_selector(".message.assistant.streaming", state="detached", timeout=120_000)
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / "chat.png"))
 
     page.reload()
     page.wait_for_selector(".message.assistant")
-    assert page.inner_text(".message.user .body") == "What is the capital of France?"
-    assert "Paris" in page.inner_text(".message.assistant .body")
+    assert page.inner_text(".message.user .body >> nth=0") == "What is the capital of France?"
+    assert "Paris" in page.inner_text(".message.assistant .body >> nth=0")
 
 
 def test_shift_enter_makes_a_new_line_and_stop_halts_the_reply(page, smollm2_server):
@@ -160,3 +163,23 @@ def test_markup_from_user_and_model_never_runs(page, smollm2_server):
     assert '<img src=x onerror="window.__xss = 1">' in user_text  # shown as text
     model_html = page.inner_html(".message.assistant >> nth=1")
     assert "&lt;script&gt;" in model_html and "<pre><code" in model_html
+
+
+def test_gauge_says_how_many_messages_are_outside_memory(page, smollm2_server):
+    page.goto(smollm2_server.url)
+    page.click("#new-chat")
+    page.wait_for_selector("#conversation-list li.active")
+    cid = page.url.rsplit("/", 1)[1]
+    assert page.inner_text("#gauge-dropped") == ""
+    store = Store(f"sqlite:///{smollm2_server.env['WEBBOT_DATA_DIR']}/webbot.db")
+    for n in range(30):  # far more than the 1,536-token budget holds
+        store.add_message(cid, "user", f"Question {n}: " + "tell me about the sea " * 10)
+        store.add_message(cid, "assistant", f"Answer {n}: " + "the sea is wide and deep " * 10)
+    page.reload()
+    page.wait_for_selector(".message.assistant >> nth=29")
+    dropped = page.inner_text("#gauge-dropped")
+    count = int(dropped.split()[0])
+    assert dropped == f"{count} earlier messages are outside memory" and 0 < count < 60 and count % 2 == 0
+    used, budget = page.inner_text("#gauge-text").replace(" tokens", "").split(" / ")
+    assert int(used) <= int(budget) == 1536
+    assert "oldest turns are left out" in page.get_attribute("#gauge", "title")
