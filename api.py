@@ -16,7 +16,7 @@ import settings
 from engine import EngineBusy
 from memory import MessageTooLong
 from streaming import event_stream, pieces, sse
-from validation import BadInput, json_body, message_text, sampling_params
+from validation import BadInput, json_body, message_text, require_ready, sampling_params
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
 ROLES = ("system", "user", "assistant")
@@ -33,11 +33,6 @@ def check_key():
                        "invalid_api_key", {"WWW-Authenticate": "Bearer"})
 
 
-def _bot():
-    bot = current_app.extensions["webbot"].bot
-    if not bot.ready:
-        raise BadInput(503, "The model is still loading; try again in a moment.", "model_loading", {"Retry-After": "5"})
-    return bot
 
 
 @bp.get("/models")
@@ -86,7 +81,8 @@ def chat_completions():
         raise BadInput(400, "Only n=1 is supported; ask once per reply.", "invalid_n")
     system, history, message = parse_messages(body)
     params = sampling_params(body, default_temperature=1.0)
-    bot = _bot()
+    bot = current_app.extensions["webbot"].bot
+    require_ready(bot)
     try:
         plan = bot.plan(history, message, system)
     except MessageTooLong as exc:

@@ -17,7 +17,7 @@ from memory import MessageTooLong
 from rendering import render_markdown
 from store import title_from
 from streaming import event_stream, pieces, sse
-from validation import BadInput, json_body, message_text, sampling_params
+from validation import BadInput, json_body, message_text, require_ready, sampling_params
 from web import current_owner
 
 bp = Blueprint("conversations", __name__, url_prefix="/api")
@@ -111,11 +111,10 @@ def send_message(conversation_id):
     conversation = _own(conversation_id)
     body = json_body()
     content = message_text(body.get("content"))
-    params = sampling_params(body)
+    params = sampling_params(body, default_temperature=current_app.config["WEBBOT_TEMPERATURE"])
     state = _state()
     bot, store = state.bot, state.store
-    if not bot.ready:
-        raise BadInput(503, "The model is still loading; try again in a moment.", "model_loading", {"Retry-After": "5"})
+    require_ready(bot)
     try:
         plan = bot.plan(history_of(store.messages(conversation_id)), content)
     except MessageTooLong as exc:

@@ -41,6 +41,7 @@ def from_env(environ: dict | None = None) -> dict:
         "WEBBOT_MAX_TOKENS": int(env.get("WEBBOT_MAX_TOKENS", 8192)),
         "WEBBOT_MEMORY_RATIO": float(env.get("WEBBOT_MEMORY_RATIO", 0.25)),
         "WEBBOT_SYSTEM_PROMPT": env.get("WEBBOT_SYSTEM_PROMPT", DEFAULT_SYSTEM_PROMPT),
+        "WEBBOT_TEMPERATURE": float(env.get("WEBBOT_TEMPERATURE", 0.7)),
         "WEBBOT_HOST": env.get("WEBBOT_HOST", "127.0.0.1"),
         "WEBBOT_PORT": int(env.get("WEBBOT_PORT", 5000)),
         "WEBBOT_DATA_DIR": str(data_dir),

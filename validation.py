@@ -18,6 +18,16 @@ class BadInput(Exception):
         self.status, self.message, self.code, self.headers = status, message, code, headers or {}
 
 
+def require_ready(bot) -> None:
+    """A 503 that says whether the model is still loading or failed to load."""
+    if bot.ready:
+        return
+    if bot.error:
+        raise BadInput(503, f"The model {bot.model_id} could not be loaded ({bot.error}); check WEBBOT_MODEL "
+                            "and the server log, then restart the server.", "model_failed")
+    raise BadInput(503, "The model is still loading; try again in a moment.", "model_loading", {"Retry-After": "5"})
+
+
 def json_body() -> dict:
     """The request's JSON object, or a 415/400 that says how to send one."""
     if not request.is_json:

@@ -283,5 +283,31 @@ list.addEventListener("click", async (event) => {
 
 window.addEventListener("popstate", (event) => open((event.state && event.state.id) || null, false));
 
+// Until the model is ready, say so (and why, if loading failed) instead of failing on send.
+async function watchModel() {
+  try {
+    const response = await fetch("/healthz");
+    const health = await response.json();
+    if (response.ok) {
+      if (notice.dataset.model) {
+        delete notice.dataset.model;
+        showNotice("");
+        if (current) open(current, false); // now the memory gauge can be counted
+      }
+      return;
+    }
+    notice.dataset.model = "1";
+    if (health.status === "error") {
+      showNotice(`The model could not be loaded: ${health.error}`);
+      return;
+    }
+    showNotice("The model is still loading; you can type, and send once it is ready.");
+  } catch (error) {
+    showNotice("The server is not answering; check that it is running.");
+  }
+  setTimeout(watchModel, 3000);
+}
+
 history.replaceState({ id: current }, "", current ? `/c/${current}` : "/");
 if (current) open(current, false);
+watchModel();

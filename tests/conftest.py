@@ -74,10 +74,10 @@ def start_server(tmp_path):
     """Start real server processes; all are stopped after the test."""
     servers = []
 
-    def start(model: Path, data_dir: Path | None = None, **env) -> Server:
+    def start(model: Path, data_dir: Path | None = None, ready: tuple[int, ...] = (200,), **env) -> Server:
         server = Server(model, data_dir or tmp_path / "data", tmp_path / f"server{len(servers)}.log", **env)
         servers.append(server)
-        return server.start()
+        return server.start(ready=ready)
 
     yield start
     for server in servers:
@@ -88,8 +88,10 @@ def start_server(tmp_path):
 def smollm2_server(smollm2_dir, tmp_path_factory):
     """One server process on the real SmolLM2-135M-Instruct, shared by a module's tests."""
     tmp = tmp_path_factory.mktemp("smollm2-server")
-    # A 2,048-token context keeps replies (at most a quarter of it) short enough for a test.
-    server = Server(smollm2_dir, tmp / "data", tmp / "server.log", WEBBOT_MAX_TOKENS="2048").start()
+    # A 2,048-token context keeps replies (at most a quarter of it) short enough for a test;
+    # greedy decoding keeps a 135M model's answers repeatable (at 0.7 it names Paris half the time).
+    server = Server(smollm2_dir, tmp / "data", tmp / "server.log", WEBBOT_MAX_TOKENS="2048",
+                    WEBBOT_TEMPERATURE="0").start()
     yield server
     server.stop()
 

@@ -29,7 +29,8 @@ class Server:
                     "WEBBOT_HOST": "127.0.0.1", "WEBBOT_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1", **env}
         self.process = None
 
-    def start(self, timeout: float = 180) -> "Server":
+    def start(self, timeout: float = 180, ready: tuple[int, ...] = (200,)) -> "Server":
+        """Start and wait until /healthz answers with one of the `ready` statuses."""
         self.log = open(self.log_path, "ab")
         self.process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=self.env,
                                         stdout=self.log, stderr=subprocess.STDOUT)
@@ -38,7 +39,7 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_path.read_text()}")
             try:
-                if requests.get(self.url + "/healthz", timeout=2).status_code == 200:
+                if requests.get(self.url + "/healthz", timeout=2).status_code in ready:
                     return self
             except (requests.ConnectionError, requests.Timeout):
                 pass  # not listening yet, or busy loading

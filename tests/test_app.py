@@ -45,8 +45,13 @@ def test_healthz_reports_a_failed_load(make_app, tmp_path):
     bot = ChatBot(str(tmp_path / "no-such-model"))
     with pytest.raises(Exception):
         bot.load()
-    response = make_app(bot=bot).test_client().get("/healthz")
+    client = make_app(bot=bot).test_client()
+    response = client.get("/healthz")
     assert response.status_code == 503 and response.json["status"] == "error" and response.json["error"]
+    cid = new_conversation(client)
+    response = client.post(f"/api/conversations/{cid}/messages", json={"content": "hi"})
+    assert response.status_code == 503 and "could not be loaded" in response.json["error"]["message"]
+    assert "WEBBOT_MODEL" in response.json["error"]["message"]
 
 
 def test_chat_page_lists_the_sessions_conversations(client):
@@ -270,3 +275,13 @@ def test_streamed_html_always_matches_the_text_sent_so_far(client):
                 checked += 1
     assert checked >= 2  # the page got several Markdown renders while the reply streamed
     assert events[-1][1]["message"]["html"] == render_markdown(text)
+
+
+def test_page_temperature_comes_from_the_setting(make_app):
+    client = make_app(WEBBOT_TEMPERATURE=0.0).test_client()
+    replies = []
+    for _ in range(2):
+        cid = new_conversation(client)
+        with client.post(f"/api/conversations/{cid}/messages", json={"content": "Same question", "max_tokens": 20}) as r:
+            replies.append(read_sse(r.get_data(as_text=True).splitlines(True))[-1][1]["message"]["content"])
+    assert replies[0] == replies[1] and replies[0]  # greedy: the same words twice

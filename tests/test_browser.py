@@ -183,3 +183,38 @@ def test_gauge_says_how_many_messages_are_outside_memory(page, smollm2_server):
     used, budget = page.inner_text("#gauge-text").replace(" tokens", "").split(" / ")
     assert int(used) <= int(budget) == 1536
     assert "oldest turns are left out" in page.get_attribute("#gauge", "title")
+
+
+def test_page_says_when_the_model_failed_to_load(browser, start_server, tmp_path):
+    server = start_server(tmp_path / "no-such-model", ready=(503,))
+    for _ in range(100):  # wait for the load to fail
+        if requests.get(server.url + "/healthz").json()["status"] == "error":
+            break
+        time.sleep(0.2)
+    page = browser.new_page()
+    page.goto(server.url)
+    page.wait_for_selector("#notice:not([hidden])")
+    assert "could not be loaded" in page.inner_text("#notice")
+    ask(page, "hello?")
+    page.wait_for_function("document.getElementById('notice').innerText.includes('WEBBOT_MODEL')")
+    assert page.locator(".message.assistant").count() == 0
+    page.close()
+
+
+def test_page_waits_for_a_loading_gguf_model_then_answers(browser, start_server):
+    """WEBBOT_MODEL names a .gguf file; transformers dequantises it on load, which takes a while."""
+    from tests import assets
+
+    server = start_server(assets.smollm2_gguf(), ready=(200, 503), WEBBOT_MAX_TOKENS="2048", WEBBOT_TEMPERATURE="0")
+    page = browser.new_page()
+    page.goto(server.url)
+    if requests.get(server.url + "/healthz").status_code == 503:
+        page.wait_for_selector("#notice:not([hidden])")
+        assert "still loading" in page.inner_text("#notice")
+    page.wait_for_selector("#notice", state="hidden", timeout=180_000)
+    assert requests.get(server.url + "/healthz").json() == {
+        "status": "ok", "model": "SmolLM2-135M-Instruct.Q4_1.gguf"}
+    ask(page, "What is the capital of France?")
+    page.wait_for_selector(".message.assistant:not(.streaming)", timeout=120_000)
+    assert "Paris" in page.inner_text(".message.assistant .body")
+    page.close()

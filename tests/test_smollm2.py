@@ -7,8 +7,6 @@ answers repeatable.
 import openai
 import requests
 
-from chat_bot import ChatBot
-from engine import SamplingParams
 from tests.conftest import read_sse
 
 QUESTION = "What is the capital of France?"
@@ -49,13 +47,3 @@ def test_memory_carries_earlier_turns(smollm2_server):
         {"role": "assistant", "content": "The capital of France is Paris."},
         {"role": "user", "content": "Repeat the city you just named, one word."}])
     assert "Paris" in reply.choices[0].message.content
-
-
-def test_loads_straight_from_a_gguf_file():
-    """WEBBOT_MODEL may name a .gguf file: transformers dequantises it on load."""
-    from tests import assets
-
-    bot = ChatBot(str(assets.smollm2_gguf()), max_tokens=2048).load()
-    assert bot.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
-    text = "".join(bot.generate(bot.plan([], QUESTION), SamplingParams(max_new_tokens=30, temperature=0)))
-    assert "Paris" in text
