@@ -59,7 +59,8 @@ def parse_messages(body: dict) -> tuple[str, list[dict], str]:
     """(system prompt, earlier turns, the new user message) from an OpenAI messages list."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise BadInput(400, "'messages' must be a non-empty list of {\"role\", \"content\"} objects.", "invalid_messages")
+        raise BadInput(400, "'messages' must be a non-empty list of {\"role\", \"content\"} objects.",
+                       "invalid_messages")
     system, turns = [], []
     for index, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") not in ROLES:

@@ -115,9 +115,9 @@ class Memory:
         cumulative = [0]
         for turn in turns:
             cumulative.append(cumulative[-1] + self._turn_cost(turn))
-        start = bisect_left(cumulative, self._tokens_to_drop(head, cumulative[-1]))
+        stable = bisect_left(cumulative, self._tokens_to_drop(head, cumulative[-1]))
         # The new message may be long: drop more turns for this reply only, one at a time.
-        for start in range(min(start, len(turns)), len(turns) + 1):
+        for start in range(min(stable, len(turns)), len(turns) + 1):
             kept = [m for turn in turns[start:] for m in turn]
             ids = self.render(head + kept + new)
             if len(ids) <= self.budget:

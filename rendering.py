@@ -19,7 +19,8 @@ ALLOWED_ATTRIBUTES = {"a": {"href", "title"}, "code": {"class"}, "ol": {"start"}
 
 @lru_cache(maxsize=1)
 def _markdown() -> MarkdownIt:
-    return MarkdownIt("commonmark", {"html": False, "linkify": False, "breaks": True}).enable("table").enable("strikethrough")
+    options = {"html": False, "linkify": False, "breaks": True}
+    return MarkdownIt("commonmark", options).enable("table").enable("strikethrough")
 
 
 def render_markdown(text: str) -> str:

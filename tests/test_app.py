@@ -43,7 +43,7 @@ def test_healthz_is_503_while_loading_and_sending_waits(make_app, tiny_model_dir
 
 def test_healthz_reports_a_failed_load(make_app, tmp_path):
     bot = ChatBot(str(tmp_path / "no-such-model"))
-    with pytest.raises(Exception):
+    with pytest.raises(OSError):
         bot.load()
     client = make_app(bot=bot).test_client()
     response = client.get("/healthz")
@@ -282,6 +282,7 @@ def test_page_temperature_comes_from_the_setting(make_app):
     replies = []
     for _ in range(2):
         cid = new_conversation(client)
-        with client.post(f"/api/conversations/{cid}/messages", json={"content": "Same question", "max_tokens": 20}) as r:
+        with client.post(f"/api/conversations/{cid}/messages",
+                         json={"content": "Same question", "max_tokens": 20}) as r:
             replies.append(read_sse(r.get_data(as_text=True).splitlines(True))[-1][1]["message"]["content"])
     assert replies[0] == replies[1] and replies[0]  # greedy: the same words twice

@@ -148,3 +148,9 @@ def test_gguf_paths_are_split_into_directory_and_file(tmp_path):
     assert split_gguf("unsloth/Llama-3.2-1B-Instruct") == ("unsloth/Llama-3.2-1B-Instruct", None)
     with pytest.raises(FileNotFoundError):
         split_gguf(str(tmp_path / "missing.gguf"))
+
+
+def test_generation_stops_at_llama3_end_of_turn_tokens(tiny_bot):
+    # <|end_of_text|>, <|eom_id|>, <|eot_id|>: the ids Llama 3.2 Instruct ends a turn with.
+    assert {128001, 128008, 128009} <= set(tiny_bot.engine.eos_ids)
+    assert tiny_bot.memory.tokenizer.convert_ids_to_tokens(128009) == "<|eot_id|>"

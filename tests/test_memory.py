@@ -20,8 +20,9 @@ def conversation(turns: int, words: int = 40) -> list[dict]:
     """A history of `turns` user/assistant pairs with distinct, countable text."""
     history = []
     for t in range(turns):
-        history.append({"role": "user", "content": f"Question {t}: " + " ".join(f"ask{t}x{i}" for i in range(words))})
-        history.append({"role": "assistant", "content": f"Answer {t}: " + " ".join(f"say{t}y{i}" for i in range(words))})
+        question = f"Question {t}: " + " ".join(f"ask{t}x{i}" for i in range(words))
+        answer = f"Answer {t}: " + " ".join(f"say{t}y{i}" for i in range(words))
+        history += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
     return history
 
 
