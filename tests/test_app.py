@@ -286,3 +286,29 @@ def test_page_temperature_comes_from_the_setting(make_app):
                          json={"content": "Same question", "max_tokens": 20}) as r:
             replies.append(read_sse(r.get_data(as_text=True).splitlines(True))[-1][1]["message"]["content"])
     assert replies[0] == replies[1] and replies[0]  # greedy: the same words twice
+
+
+def test_a_waiting_reply_gets_heartbeats_and_a_full_queue_gets_503(make_app, tiny_model_dir, monkeypatch):
+    import settings
+
+    monkeypatch.setattr(settings, "STREAM_HEARTBEAT_S", 0.05)
+    bot = ChatBot(str(tiny_model_dir), max_tokens=8192, max_waiting=1).load()
+    app = make_app(bot=bot)
+    first, second, third = app.test_client(), app.test_client(), app.test_client()
+    running = first.post(f"/api/conversations/{new_conversation(first)}/messages",
+                         json={"content": "long", "max_tokens": 4000}, buffered=False)
+    next(iter(running.response))  # the model is busy with this one
+    waiting = second.post(f"/api/conversations/{new_conversation(second)}/messages",
+                          json={"content": "queued", "max_tokens": 3}, buffered=False)
+    chunks = iter(waiting.response)
+    assert b"event: start" in next(chunks)
+    assert next(chunks).startswith(b": waiting")  # keeps proxies and browsers from timing out
+    cid = new_conversation(third)
+    refused = third.post(f"/api/conversations/{cid}/messages", json={"content": "one more"})
+    assert refused.status_code == 503 and refused.headers["Retry-After"]
+    assert "busy" in refused.json["error"]["message"]
+    assert third.get(f"/api/conversations/{cid}").json["messages"] == []  # nothing half-stored
+    running.close()
+    rest = b"".join(chunks).decode()
+    waiting.close()
+    assert "event: done" in rest

@@ -102,3 +102,21 @@ def test_conversations_survive_a_server_restart(start_server, tiny_model_dir, tm
     stored = session.get(f"{again.url}/api/conversations/{cid}").json()["messages"]
     assert [m["content"] for m in stored] == ["remember this", reply]
     assert requests.get(f"{again.url}/api/conversations/{cid}").status_code == 404  # another session
+
+
+def test_several_users_at_once_each_get_their_own_reply(tiny_server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def chat(n):
+        session = requests.Session()
+        cid = session.post(tiny_server.url + "/api/conversations", json={}).json()["id"]
+        events = read_sse(session.post(f"{tiny_server.url}/api/conversations/{cid}/messages",
+                                       json={"content": f"user {n} here", "max_tokens": 30}, timeout=120).iter_lines())
+        stored = session.get(f"{tiny_server.url}/api/conversations/{cid}").json()["messages"]
+        return events[-1], stored, n
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(chat, range(6)))
+    for (event, done), stored, n in results:
+        assert event == "done" and done["usage"]["completion_tokens"] == 30
+        assert [m["content"] for m in stored] == [f"user {n} here", done["message"]["content"]]
