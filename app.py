@@ -72,12 +72,13 @@ def create_app(config: dict | None = None, bot: ChatBot | None = None, transcrib
     app.config.setdefault("SESSION_TYPE", "cachelib")
     app.config.setdefault("SESSION_CACHELIB", FileSystemCache(str(data_dir / "sessions"), threshold=100_000))
     app.config.update(
-        SESSION_PERMANENT=True, PERMANENT_SESSION_LIFETIME=timedelta(days=90), SESSION_USE_SIGNER=True,
+        # Session ids are 32 random bytes (Flask-Session's default), so they need no signature.
+        SESSION_PERMANENT=True, PERMANENT_SESSION_LIFETIME=timedelta(days=90),
         SESSION_COOKIE_NAME="webbot_session", SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
         MAX_CONTENT_LENGTH=settings.MAX_REQUEST_BYTES,
     )
     Session(app)
-    store = Store(app.config.get("WEBBOT_DATABASE_URL") or f"sqlite:///{data_dir / 'webbot.db'}")
+    store = Store(f"sqlite:///{data_dir / 'webbot.db'}")
     interrupted = store.close_interrupted()
     if interrupted:
         log.info("marked %d replies interrupted by the last shutdown as stopped", interrupted)
