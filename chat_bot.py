@@ -7,7 +7,6 @@ nothing heavy happens until `load()`.
 """
 
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -109,16 +108,16 @@ class ChatBot:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.device, self.dtype = resolve_device_dtype(*self.requested)
-        if self.device == "cpu" and os.environ.get("OMP_NUM_THREADS") is None:
-            torch.set_num_threads(os.cpu_count() or 1)
         source, gguf_file = split_gguf(self.model_id)
         extra = {"gguf_file": gguf_file} if gguf_file else {}
         log.info("loading %s on %s (%s)", self.model_id, self.device, self.dtype)
         tokenizer = AutoTokenizer.from_pretrained(source, **extra)
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError(f"{self.model_id} has no chat template; use an instruction-tuned model")
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, self.dtype), **extra)
-        model.to(self.device).eval()
+        # Straight onto the device: a GPU server never holds a CPU copy of the weights.
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, self.dtype),
+                                                     device_map=self.device, **extra)
+        model.eval()
 
         context = getattr(model.config, "max_position_embeddings", None)
         if context and context < self.max_tokens:
