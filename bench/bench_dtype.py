@@ -11,13 +11,12 @@ Prints a table and writes JSON to bench/results/.
 """
 
 import argparse
-import json
 import platform
 import statistics
 import time
 from pathlib import Path
 
-from bench.bench_serving import RESULTS, llama32_1b_random_dir
+from bench.bench_serving import llama32_1b_random_dir, save_report
 
 
 def weights_gb(model) -> float:
@@ -88,10 +87,7 @@ def main() -> None:
     report["fp32_over_bf16_decode"] = fp32["decode_tok_s"] / bf16["decode_tok_s"]
     print(f"fp32 / bf16: prefill {report['fp32_over_bf16_prefill']:.2f}x, "
           f"decode {report['fp32_over_bf16_decode']:.2f}x")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"dtype-{model_dir.name}-{device}.json"
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    save_report(f"dtype-{model_dir.name}-{device}", report)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,15 @@ LLAMA_32_1B = {  # config.json of meta-llama/Llama-3.2-1B-Instruct
 PROMPT = "Write a short poem about the sea, then explain what it means."
 
 
+def save_report(name: str, report: dict) -> Path:
+    """Write a benchmark's figures to bench/results/NAME.json and say where."""
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"{name}.json"
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+    return out
+
+
 def llama32_1b_random_dir() -> Path:
     """Llama-3.2-1B's exact architecture with random weights, saved once in bf16 like the real one."""
     out = assets.CACHE / "llama32-1b-random"
@@ -187,10 +196,7 @@ def main() -> None:
     print(f"{'turn':<8}{'prompt tokens':>16}{'first token (s)':>18}")
     for turn, result in turns.items():
         print(f"{turn:<8}{result['prompt_tokens']:>16}{result['ttft_s']:>18.2f}")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"serving-{model_dir.name}-{device}.json"
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    save_report(f"serving-{model_dir.name}-{device}", report)
 
 
 if __name__ == "__main__":
