@@ -13,10 +13,8 @@ import uuid
 from flask import Blueprint, current_app, jsonify, request
 
 import settings
-from engine import EngineBusy
-from memory import MessageTooLong
 from streaming import event_stream, pieces, sse
-from validation import BadInput, json_body, message_text, require_ready, sampling_params
+from validation import BadInput, json_body, message_text, sampling_params, start_reply
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
 ROLES = ("system", "user", "assistant")
@@ -31,8 +29,6 @@ def check_key():
     if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
         raise BadInput(401, "Missing or wrong API key; send the header Authorization: Bearer <your WEBBOT_API_KEY>.",
                        "invalid_api_key", {"WWW-Authenticate": "Bearer"})
-
-
 
 
 @bp.get("/models")
@@ -83,16 +79,8 @@ def chat_completions():
     system, history, message = parse_messages(body)
     params = sampling_params(body, default_temperature=1.0)
     bot = current_app.extensions["webbot"].bot
-    require_ready(bot)
-    try:
-        plan = bot.plan(history, message, system)
-    except MessageTooLong as exc:
-        raise BadInput(413, f"{exc.sentence()}. Shorten the last message.", "context_length_exceeded") from None
-    try:
-        stream = bot.generate(plan, params)
-    except EngineBusy:
-        raise BadInput(503, "The server is busy with other replies; try again in a few seconds.", "busy",
-                       {"Retry-After": "10"}) from None
+    plan, stream = start_reply(bot, history, message, params, system,
+                               ("Shorten the last message.", "context_length_exceeded"))
     ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": ident, "created": created, "model": bot.name}
 

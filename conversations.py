@@ -12,12 +12,10 @@ import time
 from flask import Blueprint, current_app, jsonify
 
 import settings
-from engine import EngineBusy
-from memory import MessageTooLong
 from rendering import render_markdown
 from store import title_from
 from streaming import event_stream, pieces, sse
-from validation import BadInput, json_body, message_text, require_ready, sampling_params
+from validation import BadInput, json_body, message_text, sampling_params, start_reply
 from web import current_owner
 
 bp = Blueprint("conversations", __name__, url_prefix="/api")
@@ -114,17 +112,8 @@ def send_message(conversation_id):
     params = sampling_params(body, default_temperature=current_app.config["WEBBOT_TEMPERATURE"])
     state = _state()
     bot, store = state.bot, state.store
-    require_ready(bot)
-    try:
-        plan = bot.plan(history_of(store.messages(conversation_id)), content)
-    except MessageTooLong as exc:
-        raise BadInput(413, f"{exc.sentence()}. Shorten it or split it into several messages.",
-                       "message_too_long") from None
-    try:
-        stream = bot.generate(plan, params)
-    except EngineBusy:
-        raise BadInput(503, "The server is busy with other replies; try again in a few seconds.", "busy",
-                       {"Retry-After": "10"}) from None
+    plan, stream = start_reply(bot, history_of(store.messages(conversation_id)), content, params, None,
+                               ("Shorten it or split it into several messages.", "message_too_long"))
     if not state.active.claim(conversation_id, stream):
         stream.cancel()
         raise BadInput(409, "A reply is still being written in this conversation; stop it or wait for it.", "busy")

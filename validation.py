@@ -1,4 +1,4 @@
-"""Checks on request bodies, shared by the chat page's routes and the /v1 API.
+"""Checks on requests, shared by the chat page's routes and the /v1 API, and their one way to the model.
 
 Each failed check raises `BadInput` with a status and a sentence that says what to
 change; the app turns it into a JSON error (or a page) without touching stored data.
@@ -7,7 +7,8 @@ change; the app turns it into a JSON error (or a page) without touching stored d
 from flask import request
 
 import settings
-from engine import SamplingParams
+from engine import EngineBusy, SamplingParams
+from memory import MessageTooLong
 
 
 class BadInput(Exception):
@@ -26,6 +27,26 @@ def require_ready(bot) -> None:
         raise BadInput(503, f"The model {bot.model_id} could not be loaded ({bot.error}); check WEBBOT_MODEL "
                             "and the server log, then restart the server.", "model_failed")
     raise BadInput(503, "The model is still loading; try again in a moment.", "model_loading", {"Retry-After": "5"})
+
+
+def start_reply(bot, history: list[dict], message: str, params: SamplingParams, system_prompt: str | None,
+                too_long: tuple[str, str]) -> tuple:
+    """Plan the prompt and queue the reply: the page's and the API's one way in to the model.
+
+    Returns (plan, stream). A model not ready or a full queue is a 503; a message that
+    alone overflows the context is a 413 whose sentence ends with `too_long`'s advice.
+    """
+    require_ready(bot)
+    try:
+        plan = bot.plan(history, message, system_prompt)
+    except MessageTooLong as exc:
+        advice, code = too_long
+        raise BadInput(413, f"{exc.sentence()}. {advice}", code) from None
+    try:
+        return plan, bot.generate(plan, params)
+    except EngineBusy:
+        raise BadInput(503, "The server is busy with other replies; try again in a few seconds.", "busy",
+                       {"Retry-After": "10"}) from None
 
 
 def json_body() -> dict:
