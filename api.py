@@ -1,4 +1,4 @@
-"""The OpenAI-compatible /v1 API: models and chat completions, plain JSON or streamed as SSE.
+"""The OpenAI-compatible /v1 API: models, chat completions (JSON or SSE) and audio transcriptions.
 
 Usable by the official `openai` Python client unchanged (point `base_url` at
 `http://host:port/v1`). The prompt goes through the same memory trimming and the same
@@ -7,6 +7,7 @@ generation engine as the chat page. With WEBBOT_API_KEY set, every call needs
 """
 
 import hmac
+import math
 import time
 import uuid
 
@@ -14,7 +15,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 import settings
 from streaming import event_stream, pieces, sse
-from validation import BadInput, json_body, message_text, sampling_params, start_reply
+from validation import BadInput, json_body, message_text, sampling_params, start_reply, transcribe_upload
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
 ROLES = ("system", "user", "assistant")
@@ -119,3 +120,15 @@ def chat_completions():
 
 def _finish_reason(stream) -> str:
     return "length" if stream.finish_reason == "length" else "stop"
+
+
+@bp.post("/audio/transcriptions")
+def audio_transcriptions():
+    """OpenAI's transcription call: multipart `file` (+ `model`, `response_format`, `language`)."""
+    state = current_app.extensions["webbot"]
+    transcript, response_format = transcribe_upload(state.transcriber, current_app.config["WEBBOT_MAX_AUDIO_BYTES"])
+    if response_format == "text":
+        return transcript.text, 200, {"Content-Type": "text/plain; charset=utf-8"}
+    if response_format == "verbose_json":
+        return jsonify(transcript.verbose())
+    return jsonify(text=transcript.text, usage={"type": "duration", "seconds": math.ceil(transcript.duration)})

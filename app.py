@@ -21,8 +21,9 @@ import api
 import conversations
 import settings
 from chat_bot import ChatBot
+from speech import Transcriber
 from store import Store
-from validation import BadInput
+from validation import BadInput, transcribe_upload
 from web import current_owner, error_response
 
 log = logging.getLogger("webbot")
@@ -61,8 +62,14 @@ def bot_from_config(config: dict) -> ChatBot:
                    config["WEBBOT_MAX_TOKENS"], config["WEBBOT_MEMORY_RATIO"], config["WEBBOT_SYSTEM_PROMPT"])
 
 
-def create_app(config: dict | None = None, bot: ChatBot | None = None, transcriber=None) -> Flask:
-    """Build the app around a bot (loaded or loading) and a store in the data dir."""
+def transcriber_from_config(config: dict) -> Transcriber:
+    """A Transcriber (not yet loaded) from the WEBBOT_* settings."""
+    return Transcriber(config["WEBBOT_WHISPER_MODEL"], config["WEBBOT_SPEECH_BACKEND"], config["WEBBOT_DEVICE"],
+                       config["WEBBOT_MAX_AUDIO_SECONDS"], config["WEBBOT_SPEECH_MAX_WAITING"])
+
+
+def create_app(config: dict | None = None, bot: ChatBot | None = None, transcriber: Transcriber | None = None) -> Flask:
+    """Build the app around a bot and a transcriber (loaded or not) and a store in the data dir."""
     app = Flask(__name__)
     app.config.update(settings.from_env())
     app.config.update(config or {})
@@ -83,7 +90,8 @@ def create_app(config: dict | None = None, bot: ChatBot | None = None, transcrib
     if interrupted:
         log.info("marked %d replies interrupted by the last shutdown as stopped", interrupted)
     app.extensions["webbot"] = SimpleNamespace(
-        bot=bot or bot_from_config(app.config), store=store, active=ActiveReplies(), transcriber=transcriber)
+        bot=bot or bot_from_config(app.config), store=store, active=ActiveReplies(),
+        transcriber=transcriber or transcriber_from_config(app.config))
 
     app.register_blueprint(conversations.bp)
     app.register_blueprint(api.bp)
@@ -109,16 +117,25 @@ def _register_pages(app: Flask) -> None:
         owner = current_owner()
         return render_template("chat.html", conversations=state.store.list_conversations(owner),
                                current=conversation_id, model=state.bot.name,
-                               max_message_chars=settings.MAX_MESSAGE_CHARS)
+                               max_message_chars=settings.MAX_MESSAGE_CHARS,
+                               max_audio_seconds=int(app.config["WEBBOT_MAX_AUDIO_SECONDS"]))
+
+    @app.post("/api/transcriptions")
+    def page_transcription():
+        """The page's microphone: the same path as /v1/audio/transcriptions, plus whether speech was heard."""
+        transcript, _ = transcribe_upload(state.transcriber, app.config["WEBBOT_MAX_AUDIO_BYTES"])
+        return jsonify(text=transcript.text, speech=transcript.speech, duration=round(transcript.duration, 2))
 
     @app.get("/healthz")
     def healthz():
-        bot = state.bot
+        bot, speech = state.bot, state.transcriber
+        voice = {"model": speech.name, "backend": speech.backend_name,
+                 "status": "ok" if speech.ready else "error" if speech.error else "not loaded"}
         if bot.ready:
-            return jsonify(status="ok", model=bot.name)
+            return jsonify(status="ok", model=bot.name, speech=voice)
         if bot.error:
-            return jsonify(status="error", model=bot.name, error=bot.error), 503
-        return jsonify(status="loading", model=bot.name), 503, {"Retry-After": "5"}
+            return jsonify(status="error", model=bot.name, error=bot.error, speech=voice), 503
+        return jsonify(status="loading", model=bot.name, speech=voice), 503, {"Retry-After": "5"}
 
 
 def _register_errors(app: Flask) -> None:
@@ -147,14 +164,22 @@ def _register_errors(app: Flask) -> None:
 
 
 def start_loading(app: Flask) -> threading.Thread:
-    """Load the app's model in the background; /healthz is 503 until it is ready."""
-    bot = app.extensions["webbot"].bot
+    """Load the app's models in the background; /healthz is 503 until the chat model is ready.
+
+    The speech model loads after it when WEBBOT_SPEECH_LOAD is `startup`, else on the first clip.
+    """
+    state = app.extensions["webbot"]
 
     def load():
         try:
-            bot.load()
+            state.bot.load()
         except Exception:
             pass  # ChatBot.load logged it; /healthz reports bot.error
+        if app.config["WEBBOT_SPEECH_LOAD"] == "startup":
+            try:
+                state.transcriber.load()
+            except Exception:
+                pass  # logged; /healthz and the microphone report it
 
     thread = threading.Thread(target=load, name="model-load", daemon=True)
     thread.start()

@@ -10,12 +10,14 @@ import secrets
 from pathlib import Path
 
 from chat_bot import DEFAULT_MODEL, DEFAULT_SYSTEM_PROMPT
+from speech import BACKENDS, DEFAULT_WHISPER_MODEL
 
 MAX_MESSAGE_CHARS = 32_000  # a message longer than this is refused before tokenising
 MAX_TITLE_CHARS = 200
 MAX_REQUEST_BYTES = 2 * 1024 * 1024  # JSON bodies; audio uploads get their own limit
 STREAM_HEARTBEAT_S = 10  # SSE comment sent while a request waits, so proxies keep it open
 PARTIAL_SAVE_S = 2.0  # how often a streaming reply is written to the database
+SPEECH_LOADS = ("startup", "lazy")
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
@@ -46,7 +48,21 @@ def from_env(environ: dict | None = None) -> dict:
         "WEBBOT_PORT": int(env.get("WEBBOT_PORT", 5000)),
         "WEBBOT_DATA_DIR": str(data_dir),
         "WEBBOT_API_KEY": env.get("WEBBOT_API_KEY") or None,
+        "WEBBOT_WHISPER_MODEL": env.get("WEBBOT_WHISPER_MODEL", DEFAULT_WHISPER_MODEL),
+        "WEBBOT_SPEECH_BACKEND": _choice(env, "WEBBOT_SPEECH_BACKEND", BACKENDS),
+        "WEBBOT_SPEECH_LOAD": _choice(env, "WEBBOT_SPEECH_LOAD", SPEECH_LOADS),
+        "WEBBOT_MAX_AUDIO_BYTES": int(float(env.get("WEBBOT_MAX_AUDIO_MB", 25)) * 1_000_000),
+        "WEBBOT_MAX_AUDIO_SECONDS": float(env.get("WEBBOT_MAX_AUDIO_SECONDS", 300)),
+        "WEBBOT_SPEECH_MAX_WAITING": int(env.get("WEBBOT_SPEECH_MAX_WAITING", 4)),
     }
+
+
+def _choice(env: dict, name: str, choices: tuple[str, ...]) -> str:
+    """A setting that must be one of `choices` (the first is the default)."""
+    value = env.get(name, choices[0])
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    return value
 
 
 def secret_key(data_dir: Path) -> bytes:

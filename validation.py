@@ -5,10 +5,15 @@ change; the app turns it into a JSON error (or a page) without touching stored d
 """
 
 from flask import request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 import settings
+from audio import AudioError
 from engine import EngineBusy, SamplingParams
 from memory import MessageTooLong
+from speech import SpeechBusy, SpeechUnavailable
+
+RESPONSE_FORMATS = ("json", "text", "verbose_json")
 
 
 class BadInput(Exception):
@@ -99,3 +104,56 @@ def sampling_params(body: dict, default_temperature: float = 0.7) -> SamplingPar
         top_p=float(_number(body, "top_p", 0.01, 1, 1.0)),
         stop=stop,
     )
+
+
+def _language(value: str | None) -> str | None:
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
+
+    if not value:
+        return None
+    value = value.strip().lower()
+    code = value if value in LANGUAGES else TO_LANGUAGE_CODE.get(value)
+    if code is None:
+        raise BadInput(400, f"'language' {value!r} is not a language Whisper knows; give an ISO-639-1 code "
+                            "such as en, fr or de, or leave it out to detect it.", "invalid_language")
+    return code
+
+
+def transcribe_upload(transcriber, max_bytes: int) -> tuple:
+    """The one way from an uploaded clip to a transcript, for the page and for /v1/audio/transcriptions.
+
+    Reads the multipart `file` (and `response_format`, `language`), enforces the upload
+    size, and maps every failure to a 4xx or 503 with a sentence. Returns (transcript,
+    response_format).
+    """
+    request.max_content_length = max_bytes + 65_536  # the clip plus the form's other fields
+    limit = f"{max_bytes / 1_000_000:g} MB"
+    if request.mimetype != "multipart/form-data":
+        raise BadInput(415, "Send the audio as multipart/form-data with the clip in a field named 'file'.",
+                       "unsupported_media_type")
+    try:
+        upload, form = request.files.get("file"), request.form
+    except RequestEntityTooLarge:
+        raise BadInput(413, f"The recording is larger than {limit}; send a shorter clip.", "audio_too_large") from None
+    if upload is None:
+        raise BadInput(400, "No audio came with the request; put the clip in a multipart field named 'file'.",
+                       "missing_file")
+    response_format = form.get("response_format") or "json"
+    if response_format not in RESPONSE_FORMATS:
+        raise BadInput(400, f"'response_format' must be one of {', '.join(RESPONSE_FORMATS)}.",
+                       "invalid_response_format")
+    language = _language(form.get("language"))
+    data = upload.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise BadInput(413, f"The recording is larger than {limit}; send a shorter clip.", "audio_too_large")
+    try:
+        return transcriber.transcribe_bytes(data, language), response_format
+    except AudioError as exc:
+        raise BadInput(exc.status, exc.message, exc.code) from None
+    except SpeechBusy:
+        raise BadInput(503, "The server is busy transcribing other recordings; try again in a few seconds.",
+                       "speech_busy", {"Retry-After": "5"}) from None
+    except SpeechUnavailable as exc:
+        raise BadInput(503, f"The speech model {transcriber.model_id} could not be loaded ({exc}); check "
+                            "WEBBOT_WHISPER_MODEL and the server log, then restart the server.",
+                       "speech_model_failed") from None

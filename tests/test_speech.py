@@ -1,0 +1,259 @@
+"""speech.py and audio.py without the web app: real ffmpeg, real espeak-ng speech, real Whisper.
+
+Real recognition uses Whisper tiny.en's real weights through faster-whisper; the
+transformers backend runs a 2-layer random-weight Whisper with the real tokenizer, so
+its tests check the mechanics (decoding, resampling, chunking, limits), not the words.
+"""
+
+import re
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import audio
+from audio import SAMPLE_RATE, AudioError
+from speech import Admission, SpeechBusy, SpeechUnavailable, Transcriber, chunks_of
+from tests.conftest import convert, generate_audio, speak
+
+QUESTION = "What is the capital of France?"
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z']+", text.lower())
+
+
+# Distinct sentences (Whisper skips over verbatim repeats) and a word from each to listen for.
+SENTENCES = [
+    ("The weather today is sunny and warm in the garden.", "weather"),
+    ("My brother bought a new bicycle last Tuesday.", "bicycle"),
+    ("The library opens at nine and closes at six.", "library"),
+    ("We watched a film about elephants in Africa.", "elephants"),
+    ("Her favourite colour has always been purple.", "purple"),
+    ("The train to London leaves from platform four.", "london"),
+    ("Coffee tastes better with a little cinnamon.", "cinnamon"),
+    ("The children built a castle out of sand at the beach.", "castle"),
+    ("The mountain was covered with fresh snow in January.", "mountain"),
+    ("The doctor told him to drink more water.", "doctor"),
+    ("A small dog was sleeping under the kitchen table.", "kitchen"),
+    ("They are planning a holiday in Spain next summer.", "spain"),
+    ("The museum has a famous painting of a ship.", "museum"),
+    ("My grandmother makes the best apple pie.", "grandmother"),
+    ("The football match was cancelled because of rain.", "football"),
+    ("He forgot his umbrella at the office yesterday.", "umbrella"),
+    ("The airport was very busy on Friday night.", "airport"),
+    ("She is learning to play the piano.", "piano"),
+    ("The bakery on the corner sells fresh bread.", "bread"),
+    ("This is the end of the recording.", "recording"),
+]
+
+
+def long_speech() -> bytes:
+    """About 65 s of espeak-ng speech: twenty different sentences."""
+    text = " ".join(sentence for sentence, _ in SENTENCES)
+    return convert(speak(text, rate=140), "-ar", "16000", "-ac", "1", fmt="wav")
+
+
+# --- decoding -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("rate,channels", [(44100, 2), (48000, 2), (8000, 1)])
+def test_decode_resamples_and_downmixes_to_16k_mono_float32(rate, channels):
+    clip = generate_audio(f"sine=f=440:r={rate}", 2.0, "-ac", str(channels))
+    samples = audio.decode(clip, max_seconds=60)
+    assert samples.dtype == np.float32 and samples.ndim == 1
+    assert abs(samples.size - 2 * SAMPLE_RATE) < SAMPLE_RATE * 0.05
+    assert 0.1 < np.abs(samples).max() < 0.15  # lavfi sine peaks at 1/8; the downmix kept it
+
+
+@pytest.mark.parametrize("args,fmt,codec", [
+    (("-c:a", "libopus"), "webm", "opus"),  # Chrome and Firefox's MediaRecorder
+    (("-c:a", "aac", "-movflags", "frag_keyframe+empty_moov"), "mp4", "aac"),  # Safari's (fragmented mp4)
+    (("-c:a", "libopus"), "ogg", "opus"),
+    (("-c:a", "libmp3lame"), "mp3", "mp3"),
+])
+def test_probe_names_the_audio_of_each_browser_format(args, fmt, codec):
+    clip = convert(speak(QUESTION), *args, fmt=fmt)
+    info = audio.probe(clip)
+    assert info.codec == codec
+    assert info.duration is None or 1.0 < info.duration < 4.0
+
+
+def test_an_m4a_with_its_index_at_the_end_decodes_through_a_pipe(tmp_path):
+    # Phones save .m4a with the moov atom last; ffmpeg must still read it from stdin.
+    target = tmp_path / "clip.m4a"
+    import subprocess
+
+    subprocess.run(["ffmpeg", "-v", "error", "-i", "pipe:0", "-c:a", "aac", str(target)], input=speak(QUESTION),
+                   check=True)
+    samples = audio.decode(target.read_bytes(), max_seconds=60)
+    assert abs(samples.size / SAMPLE_RATE - 1.9) < 0.3
+
+
+@pytest.mark.parametrize("data,code", [
+    (b"", "empty_audio"),
+    (b"hello, this is a text file named clip.webm\n" * 20, "not_audio"),
+    (bytes(range(256)) * 64, "not_audio"),
+])
+def test_probe_rejects_what_is_not_audio(data, code):
+    with pytest.raises(AudioError) as caught:
+        audio.probe(data)
+    assert caught.value.status == 400 and caught.value.code == code
+    assert caught.value.message.endswith(".")
+
+
+def test_a_video_without_sound_is_not_audio():
+    clip = generate_audio("testsrc=size=64x64:rate=5", 1, "-c:v", "mpeg4", fmt="matroska")
+    with pytest.raises(AudioError, match="no audio") as caught:
+        audio.probe(clip)
+    assert caught.value.code == "not_audio"
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.9])
+def test_a_truncated_webm_is_rejected_as_cut_off(keep):
+    clip = convert(speak(QUESTION + " " + QUESTION), "-c:a", "libopus", fmt="webm")
+    cut = clip[:int(len(clip) * keep)]
+    with pytest.raises(AudioError) as caught:
+        audio.probe(cut)  # may already notice
+        audio.decode(cut, max_seconds=60)
+    assert caught.value.code == "truncated_audio" and "cut off" in caught.value.message
+
+
+def test_decoding_stops_just_past_the_duration_limit():
+    clip = generate_audio("sine=f=300:r=16000", 20)
+    samples = audio.decode(clip, max_seconds=5)
+    assert samples.size <= 6.1 * SAMPLE_RATE
+
+
+# --- real speech through faster-whisper --------------------------------------------------------------
+
+@pytest.mark.parametrize("args,fmt", [
+    ((), "wav"),
+    (("-c:a", "libopus"), "webm"),
+    (("-c:a", "aac", "-movflags", "frag_keyframe+empty_moov"), "mp4"),
+    (("-ar", "44100", "-ac", "2", "-c:a", "libmp3lame"), "mp3"),
+    (("-ar", "48000", "-ac", "2"), "wav"),
+])
+def test_real_whisper_hears_the_question_in_every_format(real_transcriber, args, fmt):
+    clip = convert(speak(QUESTION), *args, fmt=fmt)
+    transcript = real_transcriber.transcribe_bytes(clip)
+    assert words(transcript.text) == words(QUESTION), transcript.text
+    assert transcript.speech and transcript.language == "english"
+    assert 1.5 < transcript.duration < 2.5
+    assert transcript.segments and transcript.segments[0].no_speech_prob < 0.5
+
+
+def test_real_whisper_transcribes_a_long_clip_whole(real_transcriber):
+    clip = long_speech()
+    transcript = real_transcriber.transcribe_bytes(clip)
+    assert transcript.duration > 60
+    heard = words(transcript.text)
+    found = [word for _, word in SENTENCES if word in heard]
+    assert len(found) >= 17, transcript.text  # tiny.en mishears a few; none is cut away
+    assert "recording" in heard[-3:]  # the last sentence, past two 30 s windows
+    assert transcript.segments[-1].end > transcript.duration - 5
+
+
+@pytest.mark.parametrize("source", ["anullsrc=r=48000:cl=stereo", "anoisesrc=a=0.01:r=44100",
+                                    "anoisesrc=a=0.002:c=pink:r=16000"])
+def test_silence_and_faint_noise_give_an_empty_transcript(real_transcriber, tiny_transcriber, source):
+    clip = generate_audio(source, 4)
+    for transcriber in (real_transcriber, tiny_transcriber):
+        transcript = transcriber.transcribe_bytes(clip)
+        assert transcript.text == "" and transcript.speech is False and transcript.segments == []
+        assert abs(transcript.duration - 4) < 0.1
+
+
+def test_without_the_silence_gate_whisper_would_invent_words(real_transcriber):
+    # Why the voice-activity gate exists: the bare model hears "you" in 3 s of silence.
+    pieces, _ = real_transcriber._backend.model.transcribe(np.zeros(3 * SAMPLE_RATE, np.float32), vad_filter=False)
+    assert " ".join(p.text for p in pieces).strip() != ""
+
+
+# --- the transformers backend (random weights: mechanics) --------------------------------------------
+
+def test_transformers_backend_decodes_and_transcribes_48k_stereo(tiny_transcriber):
+    clip = convert(speak(QUESTION), "-ar", "48000", "-ac", "2", "-c:a", "libopus", fmt="webm")
+    transcript = tiny_transcriber.transcribe_bytes(clip)
+    assert transcript.speech and transcript.text  # noise words from random weights, but words
+    assert transcript.language == "english"
+    assert len(transcript.segments) == 1 and transcript.segments[0].tokens
+    body = transcript.verbose()
+    assert body["task"] == "transcribe" and body["segments"][0]["start"] < 0.5
+
+
+def test_transformers_backend_cuts_a_long_clip_into_30s_chunks_at_pauses(tiny_transcriber):
+    transcript = tiny_transcriber.transcribe_bytes(long_speech())
+    spans = [(s.start, s.end) for s in transcript.segments]
+    assert len(spans) >= 3, spans
+    assert all(end - start <= 30.0 for start, end in spans), spans
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False)), spans  # in order, no overlap
+    assert spans[0][0] < 1.0 and spans[-1][1] > transcript.duration - 3  # nothing cut off
+
+
+def test_chunks_merge_neighbouring_speech_up_to_30_s():
+    second = SAMPLE_RATE
+    regions = [(0, 10 * second), (11 * second, 25 * second), (26 * second, 40 * second), (41 * second, 45 * second)]
+    assert chunks_of(regions) == [(0, 25 * second), (26 * second, 45 * second)]
+
+
+# --- limits, queue and load failures --------------------------------------------------------------------
+
+def test_a_clip_over_the_duration_limit_is_refused_with_413(real_transcriber):
+    short = Transcriber(real_transcriber.model_id, "faster-whisper", max_seconds=5)
+    with pytest.raises(AudioError) as caught:
+        short.transcribe_bytes(generate_audio("sine=f=300:r=16000", 12, "-c:a", "libopus", fmt="webm"))
+    assert caught.value.status == 413 and "at most 5 s" in caught.value.message
+
+
+def test_a_too_short_clip_is_refused():
+    with pytest.raises(AudioError, match="too short"):
+        Transcriber("unused").transcribe(np.zeros(100, np.float32))
+
+
+def test_one_transcription_at_a_time_and_a_bounded_queue():
+    admission = Admission(max_waiting=1)
+    order, release = [], threading.Event()
+
+    def first():
+        with admission.turn():
+            order.append("first")
+            release.wait(5)
+
+    def second():
+        with admission.turn():
+            order.append("second")
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    threads[0].start()
+    while not order:
+        time.sleep(0.01)
+    threads[1].start()
+    while admission.waiting < 1:
+        time.sleep(0.01)
+    with pytest.raises(SpeechBusy):  # one running, one waiting: the third is turned away
+        with admission.turn():
+            pass
+    release.set()
+    for t in threads:
+        t.join(5)
+    assert order == ["first", "second"]
+    with admission.turn():  # free again
+        pass
+
+
+def test_a_model_that_cannot_load_says_why_every_time(tmp_path):
+    broken = Transcriber(str(tmp_path / "no-such-model"), "transformers")
+    for _ in range(2):
+        with pytest.raises(SpeechUnavailable):
+            broken.transcribe(speech_samples())
+    assert broken.error and not broken.ready
+
+
+def speech_samples() -> np.ndarray:
+    return audio.decode(speak(QUESTION), max_seconds=60)
+
+
+def test_unknown_backend_is_refused():
+    with pytest.raises(ValueError, match="faster-whisper"):
+        Transcriber("x", "whisper.cpp")
