@@ -269,6 +269,8 @@ class Transcriber:
             self.load()
             segments, detected = self._backend.transcribe(samples, chunks_of(regions), language)
         segments = [s for s in segments if s.text]
+        for segment in segments:
+            segment.end = min(segment.end, round(duration, 3))
         text = " ".join(s.text for s in segments)
         return Transcript(text, language_name(detected), duration, segments, speech=bool(text))
 

@@ -138,13 +138,15 @@ def start_server(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def smollm2_server(smollm2_dir, tmp_path_factory):
-    """One server process on the real SmolLM2-135M-Instruct, shared by a module's tests."""
+def smollm2_server(smollm2_dir, whisper_ct2_dir, tmp_path_factory):
+    """One server process on the real SmolLM2-135M-Instruct (and real Whisper tiny.en for voice,
+    loaded on the first clip), shared by a module's tests."""
     tmp = tmp_path_factory.mktemp("smollm2-server")
     # A 2,048-token context keeps replies (at most a quarter of it) short enough for a test;
     # greedy decoding keeps a 135M model's answers repeatable (at 0.7 it names Paris half the time).
     server = Server(smollm2_dir, tmp / "data", tmp / "server.log", WEBBOT_MAX_TOKENS="2048",
-                    WEBBOT_TEMPERATURE="0").start()
+                    WEBBOT_TEMPERATURE="0", WEBBOT_SPEECH_BACKEND="faster-whisper",
+                    WEBBOT_WHISPER_MODEL=str(whisper_ct2_dir), WEBBOT_MAX_AUDIO_MB="1").start()
     yield server
     server.stop()
 
