@@ -30,6 +30,7 @@ DEFAULT_WHISPER_MODEL = "openai/whisper-base"
 BACKENDS = ("transformers", "faster-whisper")
 CHUNK_S = 30.0  # Whisper's window
 BATCH = 8  # chunks of a long clip decoded together by the transformers backend
+BEAMS = 5  # beam search, as faster-whisper and OpenAI's whisper do by default
 
 
 class SpeechBusy(RuntimeError):
@@ -160,7 +161,8 @@ class TransformersBackend:
                                       return_tensors="pt", return_attention_mask=True)
             with torch.inference_mode():
                 out = self.model.generate(features.input_features.to(self.device, self.dtype),
-                                          attention_mask=features.attention_mask.to(self.device), **options)
+                                          attention_mask=features.attention_mask.to(self.device), num_beams=BEAMS,
+                                          **options)
             for (start, end), ids in zip(batch, out.tolist(), strict=True):
                 detected = detected or self._language_of(ids)
                 text = self.processor.tokenizer.decode(ids, skip_special_tokens=True).strip()

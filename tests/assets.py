@@ -9,7 +9,8 @@ cache directory, and builds the derived models once:
 - a tiny random-weight Llama (2 layers) that uses that tokenizer, for fast app tests,
 - SmolLM2-135M-Instruct dequantised from its GGUF and saved with `save_pretrained`,
 - Whisper tiny.en in CTranslate2 format (faster-whisper) with its real tokenizer,
-- a tiny random-weight Whisper in transformers format that uses that real tokenizer.
+- a tiny random-weight Whisper in transformers format that uses that real tokenizer,
+- the same real tiny.en weights converted from CTranslate2 to transformers format.
 
 Run `python -m tests.assets` to fill the cache ahead of the test run (`run_tests.sh`
 does); the fixtures call the same functions and only build what is missing.
@@ -189,10 +190,117 @@ def tiny_whisper_dir() -> Path:
     return out
 
 
+def _read_ct2(path: Path) -> dict:
+    """The named arrays of a CTranslate2 model.bin (binary version 6: the format its specs write)."""
+    import struct
+
+    import numpy as np
+
+    dtypes = ("float32", "int8", "int16", "int32", "float16", "bfloat16")
+    with open(path, "rb") as f:
+        def number(fmt="I"):
+            return struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]
+
+        def string():
+            return f.read(number("H"))[:-1].decode()
+
+        version, _, _ = number(), string(), number()
+        if version != 6:
+            raise ValueError(f"CTranslate2 binary version {version} is not supported")
+        arrays = {}
+        for _ in range(number()):
+            name = string()
+            shape = [number() for _ in range(number("B"))]
+            dtype = dtypes[number("B")]
+            arrays[name] = np.frombuffer(f.read(number()), dtype=dtype).reshape(shape)
+        for _ in range(number()):
+            alias, target = string(), string()
+            arrays[alias] = arrays[target]
+    return arrays
+
+
+def whisper_tiny_en_dir() -> Path:
+    """Real Whisper tiny.en in transformers format, converted from the CTranslate2 weights.
+
+    CTranslate2 stores each attention's q, k and v projections fused into one matrix
+    (k without a bias); they are split back into transformers' names here.
+    """
+    out = CACHE / "whisper-tiny-en"
+    if (out / "config.json").exists():
+        return out
+    import torch
+    from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
+
+    source = whisper_tiny_en_ct2_dir()
+    ct2 = {k: torch.from_numpy(v.astype("float32")) for k, v in _read_ct2(source / "model.bin").items()
+           if v.dtype.kind == "f" and v.ndim}
+    d = ct2["encoder/conv1/bias"].shape[0]
+    layers = 1 + max(int(k.split("/")[1][6:]) for k in ct2 if k.startswith("encoder/layer_") and "norm" not in k)
+    config = WhisperConfig(vocab_size=ct2["decoder/embeddings/weight"].shape[0], num_mel_bins=80, d_model=d,
+                           encoder_layers=layers, decoder_layers=layers, encoder_attention_heads=d // 64,
+                           decoder_attention_heads=d // 64, encoder_ffn_dim=4 * d, decoder_ffn_dim=4 * d,
+                           pad_token_id=50256, bos_token_id=50256, eos_token_id=50256, decoder_start_token_id=50257)
+    state = {}
+
+    def linear(target, name, parts=1, index=0):
+        weight, bias = ct2[f"{name}/weight"], ct2[f"{name}/bias"]
+        size = weight.shape[0] // parts
+        state[f"{target}.weight"] = weight[index * size:(index + 1) * size]
+        if not target.endswith("k_proj"):
+            state[f"{target}.bias"] = bias[index * size:(index + 1) * size]
+
+    def norm(target, name):
+        state[f"{target}.weight"], state[f"{target}.bias"] = ct2[f"{name}/gamma"], ct2[f"{name}/beta"]
+
+    for side in ("encoder", "decoder"):
+        state[f"model.{side}.embed_positions.weight"] = ct2[f"{side}/position_encodings/encodings"]
+        norm(f"model.{side}.layer_norm", f"{side}/layer_norm")
+        for i in range(layers):
+            hf, c = f"model.{side}.layers.{i}", f"{side}/layer_{i}"
+            for j, proj in enumerate(("q_proj", "k_proj", "v_proj")):
+                linear(f"{hf}.self_attn.{proj}", f"{c}/self_attention/linear_0", 3, j)
+            linear(f"{hf}.self_attn.out_proj", f"{c}/self_attention/linear_1")
+            norm(f"{hf}.self_attn_layer_norm", f"{c}/self_attention/layer_norm")
+            linear(f"{hf}.fc1", f"{c}/ffn/linear_0")
+            linear(f"{hf}.fc2", f"{c}/ffn/linear_1")
+            norm(f"{hf}.final_layer_norm", f"{c}/ffn/layer_norm")
+            if side == "decoder":
+                linear(f"{hf}.encoder_attn.q_proj", f"{c}/attention/linear_0")
+                linear(f"{hf}.encoder_attn.k_proj", f"{c}/attention/linear_1", 2, 0)
+                linear(f"{hf}.encoder_attn.v_proj", f"{c}/attention/linear_1", 2, 1)
+                linear(f"{hf}.encoder_attn.out_proj", f"{c}/attention/linear_2")
+                norm(f"{hf}.encoder_attn_layer_norm", f"{c}/attention/layer_norm")
+    for conv in ("conv1", "conv2"):
+        state[f"model.encoder.{conv}.weight"] = ct2[f"encoder/{conv}/weight"]
+        state[f"model.encoder.{conv}.bias"] = ct2[f"encoder/{conv}/bias"]
+    state["model.decoder.embed_tokens.weight"] = ct2["decoder/embeddings/weight"]
+    state["proj_out.weight"] = ct2["decoder/embeddings/weight"]
+
+    model = WhisperForConditionalGeneration(config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"conversion left out {missing} and did not place {unexpected}")
+    ct2_config = json.loads((source / "config.json").read_text())
+    model.generation_config = GenerationConfig(
+        bos_token_id=50257, decoder_start_token_id=50257, eos_token_id=50256, pad_token_id=50256,
+        no_timestamps_token_id=50362, prev_sot_token_id=50360, is_multilingual=False, max_length=448,
+        suppress_tokens=ct2_config["suppress_ids"], begin_suppress_tokens=ct2_config["suppress_ids_begin"],
+        alignment_heads=ct2_config["alignment_heads"], max_initial_timestamp_index=50, return_timestamps=False)
+    tmp = out.with_suffix(".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    processor_files = tiny_whisper_dir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "processor_config.json"):
+        if (processor_files / name).exists():
+            shutil.copy(processor_files / name, tmp / name)
+    tmp.rename(out)
+    return out
+
+
 def fetch_all() -> None:
     """Fill the cache with everything the test suite uses."""
     for build in (llama32_tokenizer_dir, tiny_llama_dir, smollm2_gguf, smollm2_dir, whisper_tiny_en_ct2_dir,
-                  tiny_whisper_dir):
+                  tiny_whisper_dir, whisper_tiny_en_dir):
         print(f"test models: {build.__name__} -> {build()}", flush=True)
 
 

@@ -59,6 +59,14 @@ def real_transcriber(whisper_ct2_dir):
 
 
 @pytest.fixture(scope="session")
+def real_hf_transcriber():
+    """The same real tiny.en weights converted to transformers format, through the transformers backend."""
+    from speech import Transcriber
+
+    return Transcriber(str(assets.whisper_tiny_en_dir()), "transformers").load()
+
+
+@pytest.fixture(scope="session")
 def tiny_transcriber(tiny_whisper_dir):
     """The transformers backend on the random tiny Whisper (mechanics only; its text is noise)."""
     from speech import Transcriber

@@ -25,7 +25,9 @@ def send(client, conversation_id, content, **extra):
 
 def test_healthz_reports_the_loaded_model(client):
     response = client.get("/healthz")
-    assert response.status_code == 200 and response.json == {"status": "ok", "model": "tiny-llama"}
+    assert response.status_code == 200 and response.json == {
+        "status": "ok", "model": "tiny-llama",
+        "speech": {"model": "openai/whisper-base", "backend": "transformers", "status": "not loaded"}}
 
 
 def test_healthz_is_503_while_loading_and_sending_waits(make_app, tiny_model_dir):

@@ -14,7 +14,9 @@ QUESTION = "What is the capital of France?"
 
 def test_page_stream_answers_paris(smollm2_server):
     session = requests.Session()
-    assert session.get(smollm2_server.url + "/healthz").json() == {"status": "ok", "model": "smollm2"}
+    health = session.get(smollm2_server.url + "/healthz").json()
+    assert health["status"] == "ok" and health["model"] == "smollm2"
+    assert health["speech"] == {"model": "whisper-tiny-en-ct2", "backend": "faster-whisper", "status": "not loaded"}
     cid = session.post(smollm2_server.url + "/api/conversations", json={}).json()["id"]
     response = session.post(f"{smollm2_server.url}/api/conversations/{cid}/messages",
                             json={"content": QUESTION, "temperature": 0}, stream=True)

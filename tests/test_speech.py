@@ -1,8 +1,9 @@
 """speech.py and audio.py without the web app: real ffmpeg, real espeak-ng speech, real Whisper.
 
-Real recognition uses Whisper tiny.en's real weights through faster-whisper; the
-transformers backend runs a 2-layer random-weight Whisper with the real tokenizer, so
-its tests check the mechanics (decoding, resampling, chunking, limits), not the words.
+Real recognition uses Whisper tiny.en's real weights through both backends: faster-whisper
+reads them as shipped (CTranslate2), the transformers backend reads them converted by
+tests/assets.py. A 2-layer random-weight Whisper with the real tokenizer checks the
+transformers backend's mechanics (chunking, limits) quickly.
 """
 
 import re
@@ -125,8 +126,12 @@ def test_decoding_stops_just_past_the_duration_limit():
     assert samples.size <= 6.1 * SAMPLE_RATE
 
 
-# --- real speech through faster-whisper --------------------------------------------------------------
+# --- real speech through both backends --------------------------------------------------------------
 
+REAL = ["real_transcriber", "real_hf_transcriber"]  # faster-whisper, transformers
+
+
+@pytest.mark.parametrize("backend", REAL)
 @pytest.mark.parametrize("args,fmt", [
     ((), "wav"),
     (("-c:a", "libopus"), "webm"),
@@ -134,18 +139,19 @@ def test_decoding_stops_just_past_the_duration_limit():
     (("-ar", "44100", "-ac", "2", "-c:a", "libmp3lame"), "mp3"),
     (("-ar", "48000", "-ac", "2"), "wav"),
 ])
-def test_real_whisper_hears_the_question_in_every_format(real_transcriber, args, fmt):
+def test_real_whisper_hears_the_question_in_every_format(request, backend, args, fmt):
     clip = convert(speak(QUESTION), *args, fmt=fmt)
-    transcript = real_transcriber.transcribe_bytes(clip)
+    transcript = request.getfixturevalue(backend).transcribe_bytes(clip)
     assert words(transcript.text) == words(QUESTION), transcript.text
     assert transcript.speech and transcript.language == "english"
     assert 1.5 < transcript.duration < 2.5
-    assert transcript.segments and transcript.segments[0].no_speech_prob < 0.5
+    assert len(transcript.segments) == 1 and transcript.segments[0].tokens
 
 
-def test_real_whisper_transcribes_a_long_clip_whole(real_transcriber):
+@pytest.mark.parametrize("backend", REAL)
+def test_real_whisper_transcribes_a_long_clip_whole(request, backend):
     clip = long_speech()
-    transcript = real_transcriber.transcribe_bytes(clip)
+    transcript = request.getfixturevalue(backend).transcribe_bytes(clip)
     assert transcript.duration > 60
     heard = words(transcript.text)
     found = [word for _, word in SENTENCES if word in heard]
@@ -156,9 +162,9 @@ def test_real_whisper_transcribes_a_long_clip_whole(real_transcriber):
 
 @pytest.mark.parametrize("source", ["anullsrc=r=48000:cl=stereo", "anoisesrc=a=0.01:r=44100",
                                     "anoisesrc=a=0.002:c=pink:r=16000"])
-def test_silence_and_faint_noise_give_an_empty_transcript(real_transcriber, tiny_transcriber, source):
+def test_silence_and_faint_noise_give_an_empty_transcript(real_transcriber, real_hf_transcriber, source):
     clip = generate_audio(source, 4)
-    for transcriber in (real_transcriber, tiny_transcriber):
+    for transcriber in (real_transcriber, real_hf_transcriber):
         transcript = transcriber.transcribe_bytes(clip)
         assert transcript.text == "" and transcript.speech is False and transcript.segments == []
         assert abs(transcript.duration - 4) < 0.1
@@ -170,7 +176,7 @@ def test_without_the_silence_gate_whisper_would_invent_words(real_transcriber):
     assert " ".join(p.text for p in pieces).strip() != ""
 
 
-# --- the transformers backend (random weights: mechanics) --------------------------------------------
+# --- the transformers backend's mechanics (random weights: fast, the words are noise) ---------------
 
 def test_transformers_backend_decodes_and_transcribes_48k_stereo(tiny_transcriber):
     clip = convert(speak(QUESTION), "-ar", "48000", "-ac", "2", "-c:a", "libopus", fmt="webm")
