@@ -35,6 +35,11 @@ class AudioInfo:
     duration: float | None  # None when the container does not say (MediaRecorder's webm)
 
 
+def _no_ffmpeg() -> AudioError:
+    return AudioError(503, "The server cannot decode audio because ffmpeg is not installed; "
+                           "install it (apt-get install ffmpeg) and try again.", "ffmpeg_missing")
+
+
 def _cut_off(stderr: str) -> bool:
     return any(mark in stderr.lower() for mark in _CUT_OFF)
 
@@ -52,6 +57,8 @@ def probe(data: bytes, timeout: float = 30) -> AudioInfo:
            "-of", "json", "-i", "pipe:0"]
     try:
         done = subprocess.run(cmd, input=data, capture_output=True, timeout=timeout)
+    except FileNotFoundError:
+        raise _no_ffmpeg() from None
     except subprocess.TimeoutExpired:
         raise AudioError(400, "The file could not be read in time; upload a common audio format "
                               "(webm, ogg, mp3, m4a, wav).", "unreadable_audio") from None
@@ -83,7 +90,10 @@ def decode(data: bytes, max_seconds: float, timeout: float = 120) -> np.ndarray:
     stream = (ffmpeg.input("pipe:0")
               .output("pipe:1", format="f32le", acodec="pcm_f32le", ac=1, ar=SAMPLE_RATE, t=max_seconds + 1, vn=None)
               .global_args("-nostdin", "-hide_banner", "-loglevel", "error"))
-    process = stream.run_async(pipe_stdin=True, pipe_stdout=True, pipe_stderr=True)
+    try:
+        process = stream.run_async(pipe_stdin=True, pipe_stdout=True, pipe_stderr=True)
+    except FileNotFoundError:
+        raise _no_ffmpeg() from None
     try:
         out, err = process.communicate(input=data, timeout=timeout)
     except subprocess.TimeoutExpired:

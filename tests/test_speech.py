@@ -120,6 +120,15 @@ def test_a_truncated_webm_is_rejected_as_cut_off(keep):
     assert caught.value.code == "truncated_audio" and "cut off" in caught.value.message
 
 
+def test_a_server_without_ffmpeg_says_so(monkeypatch, tmp_path):
+    clip = speak(QUESTION)
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing to run there
+    for step in (audio.probe, lambda data: audio.decode(data, 60)):
+        with pytest.raises(AudioError, match="ffmpeg is not installed") as caught:
+            step(clip)
+        assert caught.value.status == 503
+
+
 def test_decoding_stops_just_past_the_duration_limit():
     clip = generate_audio("sine=f=300:r=16000", 20)
     samples = audio.decode(clip, max_seconds=5)
