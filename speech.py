@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 DEFAULT_WHISPER_MODEL = "openai/whisper-base"
 BACKENDS = ("transformers", "faster-whisper")
 CHUNK_S = 30.0  # Whisper's window
-BATCH = 8  # chunks of a long clip decoded together by the transformers backend
+# Chunks of a long clip decoded together by the transformers backend. On 2 CPU cores a 120 s
+# clip took 16.1 s one chunk at a time, 13.9 s two at a time, 23.9 s eight at a time.
+BATCH_CPU, BATCH_CUDA = 2, 8
 BEAMS = 5  # beam search, as faster-whisper and OpenAI's whisper do by default
 
 
@@ -146,6 +148,7 @@ class TransformersBackend:
 
         self.device = device
         self.dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        self.batch = BATCH_CUDA if device.startswith("cuda") else BATCH_CPU
         self.processor = AutoProcessor.from_pretrained(model)
         self.model = AutoModelForSpeechSeq2Seq.from_pretrained(model, dtype=self.dtype).to(device).eval()
         self.multilingual = bool(getattr(self.model.generation_config, "is_multilingual", False))
@@ -155,8 +158,8 @@ class TransformersBackend:
 
         segments, detected = [], None
         options = {"language": language, "task": "transcribe"} if self.multilingual and language else {}
-        for first in range(0, len(spans), BATCH):
-            batch = spans[first:first + BATCH]
+        for first in range(0, len(spans), self.batch):
+            batch = spans[first:first + self.batch]
             features = self.processor([samples[s:e] for s, e in batch], sampling_rate=SAMPLE_RATE,
                                       return_tensors="pt", return_attention_mask=True)
             with torch.inference_mode():
