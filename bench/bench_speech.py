@@ -57,7 +57,7 @@ def worker(backend: str, device: str, reps: int) -> None:
     result = {"backend": backend, "load_s": round(time.perf_counter() - started, 2),
               "peak_mb_loaded": round(peak_mb()), "clips": []}
     transcriber.transcribe_bytes(clips[5])  # warm-up
-    for seconds, clip in clips.items():
+    for clip in clips.values():
         times = []
         for _ in range(reps):
             started = time.perf_counter()

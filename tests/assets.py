@@ -164,8 +164,14 @@ def tiny_whisper_dir() -> Path:
     if (out / "config.json").exists():
         return out
     import torch
-    from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor,
-                              WhisperForConditionalGeneration, WhisperProcessor, WhisperTokenizerFast)
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+        WhisperTokenizerFast,
+    )
 
     eot = "<|endoftext|>"
     tokenizer = WhisperTokenizerFast(tokenizer_file=str(whisper_tiny_en_ct2_dir() / "tokenizer.json"),

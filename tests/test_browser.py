@@ -74,7 +74,7 @@ def test_ask_see_the_reply_stream_in_and_find_it_after_reload(page, smollm2_serv
     assert "tokens" in page.inner_text("#gauge-text")
 
     if os.environ.get("WEBBOT_SCREENSHOTS"):  # the README's picture: one more turn, with code
-        ask(page, "Write a Python function that reverses a string.")
+        ask(page, "Write a Python function that adds two numbers.")
         page.wait_for_selector(".message.assistant >> nth=1")
         page.wait_for_selector(".message.assistant.streaming", state="detached", timeout=120_000)
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)

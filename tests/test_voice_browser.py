@@ -57,7 +57,8 @@ def silent_browser(playwright, tmp_path_factory):
 @pytest.fixture(scope="module")
 def plain_browser(playwright):
     """No fake permission UI: the microphone prompt is refused; webbot.test is a plain-HTTP name."""
-    browser = launch(playwright, "--use-fake-device-for-media-stream", "--host-resolver-rules=MAP webbot.test 127.0.0.1")
+    browser = launch(playwright, "--use-fake-device-for-media-stream",
+                     "--host-resolver-rules=MAP webbot.test 127.0.0.1")
     yield browser
     browser.close()
 
@@ -131,3 +132,20 @@ def test_plain_http_on_a_real_host_name_explains_https(plain_browser, smollm2_se
     page.click("#mic")
     page.wait_for_selector("#notice:has-text('only allow the microphone over HTTPS')")
     page.context.close()
+
+
+def test_hold_to_talk_on_a_touch_screen(speaking_browser, smollm2_server):
+    context = speaking_browser.new_context(viewport={"width": 390, "height": 740}, has_touch=True, is_mobile=True)
+    page = context.new_page()
+    page.goto(smollm2_server.url)
+    box = page.locator("#mic").bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    cdp = context.new_cdp_session(page)
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": x, "y": y}]})
+    page.wait_for_selector("#mic.recording")
+    page.wait_for_timeout(2500)  # holding
+    assert page.is_visible("#mic-timer")
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})  # release stops
+    page.wait_for_function("document.getElementById('input').value.includes('capital of France')", timeout=60_000)
+    assert page.get_attribute("#mic", "aria-pressed") == "false"
+    context.close()

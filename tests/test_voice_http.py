@@ -140,7 +140,8 @@ def test_a_speech_model_that_failed_to_load_is_503_with_the_reason(make_app, tmp
     client = make_app(transcriber=broken).test_client()
     response = upload(client, "/api/transcriptions", question_webm)
     assert response.status_code == 503
-    assert "could not be loaded" in error_of(response)["message"] and "WEBBOT_WHISPER_MODEL" in error_of(response)["message"]
+    message = error_of(response)["message"]
+    assert "could not be loaded" in message and "WEBBOT_WHISPER_MODEL" in message
     health = client.get("/healthz").get_json()
     assert health["speech"]["status"] == "error"
 

@@ -4,6 +4,7 @@ the real SmolLM2 model's answer. Speech from espeak-ng, Whisper tiny.en via fast
 """
 
 import re
+import time
 
 import pytest
 import requests
@@ -77,3 +78,26 @@ def test_an_oversized_upload_gets_a_clean_413(smollm2_server):
     assert response.status_code == 413
     assert "larger than 1 MB" in response.json()["error"]["message"]
     assert requests.get(smollm2_server.url + "/healthz", timeout=10).status_code == 200
+
+
+def test_speech_model_loads_at_startup_when_asked(start_server, tiny_model_dir, whisper_ct2_dir):
+    server = start_server(tiny_model_dir, WEBBOT_SPEECH_LOAD="startup", WEBBOT_SPEECH_BACKEND="faster-whisper",
+                          WEBBOT_WHISPER_MODEL=str(whisper_ct2_dir))
+    deadline = time.monotonic() + 60
+    while requests.get(server.url + "/healthz", timeout=10).json()["speech"]["status"] != "ok":
+        assert time.monotonic() < deadline, "the speech model did not load at start-up"
+        time.sleep(0.2)
+    assert "speech model ready" in server.log_path.read_text()
+
+
+def test_a_missing_speech_model_is_reported_not_fatal(start_server, tiny_model_dir, tmp_path):
+    server = start_server(tiny_model_dir, WEBBOT_SPEECH_LOAD="startup",
+                          WEBBOT_WHISPER_MODEL=str(tmp_path / "no-whisper-here"))
+    deadline = time.monotonic() + 60
+    while (health := requests.get(server.url + "/healthz", timeout=10).json())["speech"]["status"] != "error":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert health["status"] == "ok"  # chat still works
+    clip = convert(speak(QUESTION), "-c:a", "libopus", fmt="webm")
+    response = requests.post(server.url + "/api/transcriptions", files={"file": ("r.webm", clip)}, timeout=30)
+    assert response.status_code == 503 and "could not be loaded" in response.json()["error"]["message"]
