@@ -16,6 +16,7 @@ from cachelib import FileSystemCache
 from flask import Flask, abort, jsonify, render_template, request
 from flask_session import Session
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 import api
 import conversations
@@ -84,6 +85,12 @@ def create_app(config: dict | None = None, bot: ChatBot | None = None, transcrib
         SESSION_COOKIE_NAME="webbot_session", SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
         MAX_CONTENT_LENGTH=settings.MAX_REQUEST_BYTES,
     )
+    hops = app.config["WEBBOT_PROXY_HOPS"]
+    if hops:  # trust X-Forwarded-For/-Proto/-Host/-Port from exactly this many proxies, no more
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)
+    # The cookie is Secure when the app serves TLS itself or sits behind a TLS-terminating proxy.
+    secure = bool(hops) or settings.tls_files(app.config) is not None
+    app.config["SESSION_COOKIE_SECURE"] = (config or {}).get("SESSION_COOKIE_SECURE", secure)
     Session(app)
     store = Store(f"sqlite:///{data_dir / 'webbot.db'}")
     interrupted = store.close_interrupted()
@@ -186,15 +193,25 @@ def start_loading(app: Flask) -> threading.Thread:
     return thread
 
 
+def served_url(config: dict) -> str:
+    """The address to open: https when a certificate and key are in place."""
+    scheme = "https" if settings.tls_files(config) else "http"
+    host = config["WEBBOT_HOST"]
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return f"{scheme}://{shown}:{config['WEBBOT_PORT']}"
+
+
 def main() -> None:
-    """Serve the app with Flask's threaded server."""
+    """Serve the app with Flask's threaded server (HTTPS when certs/ holds a certificate and key)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = settings.from_env()
+    tls = settings.tls_files(config)
+    log.info("web chat robot serving %s on %s (model %s loading in the background)",
+             "HTTPS" if tls else "plain HTTP (no certificate in certs/)", served_url(config), config["WEBBOT_MODEL"])
     app = create_app()
-    host, port = app.config["WEBBOT_HOST"], app.config["WEBBOT_PORT"]
-    log.info("web chat robot on http://%s:%d (model %s loading in the background)",
-             host, port, app.config["WEBBOT_MODEL"])
     start_loading(app)
-    app.run(host=host, port=port, threaded=True, use_reloader=False)
+    app.run(host=app.config["WEBBOT_HOST"], port=app.config["WEBBOT_PORT"], threaded=True, use_reloader=False,
+            ssl_context=tls)
 
 
 if __name__ == "__main__":

@@ -144,6 +144,10 @@ class ChatBot:
         params.max_new_tokens = max(1, min(params.max_new_tokens or self.reply_reserve, room))
         return self.engine.submit(plan.prompt_ids, params)
 
+    def cancel_all(self) -> int:
+        """End every running and queued reply now (a shutdown); each is stored as stopped."""
+        return self.engine.cancel_all() if self.engine else 0
+
 
 def end_of_turn_ids(model, tokenizer) -> list[int]:
     """Token ids that end a reply: the model's eos ids plus known end-of-turn tokens it has."""

@@ -184,6 +184,13 @@ class Engine:
             raise EngineBusy(f"{self.requests.maxsize} requests are already waiting") from None
         return stream
 
+    def cancel_all(self) -> int:
+        """Cancel the running reply and every queued one (at shutdown); returns how many."""
+        streams = ([self.active] if self.active else []) + list(self.requests.queue)
+        for stream in streams:
+            stream.cancel()
+        return len(streams)
+
     def _run(self) -> None:
         while True:
             stream = self.requests.get()

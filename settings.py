@@ -18,6 +18,7 @@ MAX_REQUEST_BYTES = 2 * 1024 * 1024  # JSON bodies; audio uploads get their own 
 STREAM_HEARTBEAT_S = 10  # SSE comment sent while a request waits, so proxies keep it open
 PARTIAL_SAVE_S = 2.0  # how often a streaming reply is written to the database
 SPEECH_LOADS = ("startup", "lazy")
+CERTS = Path(__file__).resolve().parent / "certs"  # where certs/make_cert.sh writes cert.pem and key.pem
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
@@ -47,6 +48,9 @@ def from_env(environ: dict | None = None) -> dict:
         "WEBBOT_HOST": env.get("WEBBOT_HOST", "127.0.0.1"),
         "WEBBOT_PORT": int(env.get("WEBBOT_PORT", 5000)),
         "WEBBOT_DATA_DIR": str(data_dir),
+        "WEBBOT_CERT": env.get("WEBBOT_CERT", str(CERTS / "cert.pem")),
+        "WEBBOT_KEY": env.get("WEBBOT_KEY", str(CERTS / "key.pem")),
+        "WEBBOT_PROXY_HOPS": int(env.get("WEBBOT_PROXY_HOPS", 0)),
         "WEBBOT_API_KEY": env.get("WEBBOT_API_KEY") or None,
         "WEBBOT_WHISPER_MODEL": env.get("WEBBOT_WHISPER_MODEL", DEFAULT_WHISPER_MODEL),
         "WEBBOT_SPEECH_BACKEND": _choice(env, "WEBBOT_SPEECH_BACKEND", BACKENDS),
@@ -77,3 +81,18 @@ def secret_key(data_dir: Path) -> bytes:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32))
     return path.read_text().strip().encode()
+
+
+def tls_files(config: dict) -> tuple[str, str] | None:
+    """(certificate, key) when both files exist, else None (serve plain HTTP).
+
+    One without the other is a mistake worth stopping for, not a reason to fall back to HTTP.
+    """
+    cert, key = Path(config["WEBBOT_CERT"]), Path(config["WEBBOT_KEY"])
+    if cert.is_file() and key.is_file():
+        return str(cert), str(key)
+    if cert.is_file() or key.is_file():
+        have, missing = (cert, key) if cert.is_file() else (key, cert)
+        raise ValueError(f"found {have} but not {missing}; put both in certs/ (or set WEBBOT_CERT and "
+                         "WEBBOT_KEY), or remove the one to serve plain HTTP")
+    return None

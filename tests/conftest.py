@@ -114,7 +114,8 @@ def make_app(tmp_path, tiny_bot):
     def make(bot=None, data_dir: Path | None = None, transcriber=None, **config):
         from app import create_app
 
-        config = {"TESTING": True, "WEBBOT_DATA_DIR": str(data_dir or tmp_path / "data"), **config}
+        config = {"TESTING": True, "WEBBOT_DATA_DIR": str(data_dir or tmp_path / "data"), "WEBBOT_CERT": "",
+                  "WEBBOT_KEY": "", **config}
         return create_app(config, bot=bot or tiny_bot, transcriber=transcriber)
 
     return make

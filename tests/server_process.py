@@ -21,26 +21,29 @@ def free_port() -> int:
 class Server:
     """`python app.py` as a real process on a free loopback port."""
 
-    def __init__(self, model: Path, data_dir: Path, log_path: Path, **env):
+    def __init__(self, model: Path, data_dir: Path, log_path: Path, command: list[str] | None = None,
+                 cafile: Path | None = None, **env):
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.command = command or [sys.executable, "app.py"]
+        self.verify = str(cafile) if cafile else True  # an HTTPS server: trust only this certificate
+        self.url = f"{'https' if cafile else 'http'}://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.env = {**os.environ, "WEBBOT_MODEL": str(model), "WEBBOT_PORT": str(self.port),
                     "WEBBOT_HOST": "127.0.0.1", "WEBBOT_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1",
-                    "WEBBOT_SPEECH_LOAD": "lazy", **env}
+                    "WEBBOT_SPEECH_LOAD": "lazy", "WEBBOT_CERT": "", "WEBBOT_KEY": "", **env}
         self.process = None
 
     def start(self, timeout: float = 180, ready: tuple[int, ...] = (200,)) -> "Server":
         """Start and wait until /healthz answers with one of the `ready` statuses."""
         self.log = open(self.log_path, "ab")
-        self.process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=self.env,
+        self.process = subprocess.Popen(self.command, cwd=ROOT, env=self.env,
                                         stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_path.read_text()}")
             try:
-                if requests.get(self.url + "/healthz", timeout=2).status_code in ready:
+                if requests.get(self.url + "/healthz", timeout=2, verify=self.verify).status_code in ready:
                     return self
             except (requests.ConnectionError, requests.Timeout):
                 pass  # not listening yet, or busy loading
