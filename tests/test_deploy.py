@@ -131,3 +131,94 @@ def test_systemd_unit_runs_run_webbot_sh_hardened():
                           capture_output=True, text=True) if Path("/usr/bin/systemd-analyze").exists() else None
     if done is not None:  # the unit's syntax; missing /opt/webbot paths are expected here
         assert "Unknown key" not in done.stderr and "Unknown section" not in done.stderr, done.stderr
+
+
+NGINX = "/usr/sbin/nginx"
+
+
+def nginx_config(tmp: Path, listen_port: int, app_port: int, cert_dir: Path) -> Path:
+    """deploy/nginx.conf with its CHANGE lines pointed at this test, inside a minimal main config."""
+    site = (ROOT / "deploy" / "nginx.conf").read_text()
+    site = site.split("# Send plain HTTP to HTTPS")[0]  # the port-80 redirect needs root's port
+    site = site.replace("listen 443 ssl;", f"listen 127.0.0.1:{listen_port} ssl;").replace(
+        "listen [::]:443 ssl;", "")
+    site = site.replace("/etc/letsencrypt/live/chat.example.com/fullchain.pem", str(cert_dir / "cert.pem"))
+    site = site.replace("/etc/letsencrypt/live/chat.example.com/privkey.pem", str(cert_dir / "key.pem"))
+    site = site.replace("http://127.0.0.1:5000", f"http://127.0.0.1:{app_port}")
+    temp = "".join(f"    {kind}_temp_path {tmp}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    main = (f"daemon off;\nworker_processes 1;\npid {tmp}/nginx.pid;\nerror_log {tmp}/error.log info;\n"
+            f"events {{ worker_connections 64; }}\n"
+            f"http {{\n    access_log {tmp}/access.log;\n{temp}    include {tmp}/site.conf;\n}}\n")
+    if os.geteuid() == 0:
+        main = "user root;\n" + main
+    (tmp / "site.conf").write_text(site)
+    (tmp / "nginx.conf").write_text(main)
+    return tmp / "nginx.conf"
+
+
+@pytest.mark.skipif(not Path(NGINX).exists(), reason="Debian's nginx is not installed (run_tests.sh installs it)")
+def test_through_nginx_the_reply_streams_token_by_token(start_server, tiny_model_dir, cert_dir, tmp_path):
+    from tests.server_process import free_port
+
+    app = start_server(tiny_model_dir, WEBBOT_PROXY_HOPS="1")
+    port = free_port()
+    nginx_dir = tmp_path / "nginx"
+    nginx_dir.mkdir()
+    proxy = subprocess.Popen([NGINX, "-p", str(nginx_dir), "-c", str(nginx_config(nginx_dir, port, app.port, cert_dir))],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        url = f"https://127.0.0.1:{port}"
+        with tls_session(cert_dir) as session:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    if session.get(url + "/healthz", timeout=2).status_code == 200:
+                        break
+                except requests.ConnectionError:
+                    pass
+                assert time.monotonic() < deadline and proxy.poll() is None, proxy.stderr.read()
+                time.sleep(0.2)
+            page = session.get(url + "/")
+            assert "Secure" in page.headers["Set-Cookie"]  # the app saw X-Forwarded-Proto: https
+            cid = session.post(url + "/api/conversations", json={}).json()["id"]
+            started = time.monotonic()
+            arrivals = []
+            response = stream_reply(session, type("S", (), {"url": url}), cid, "Tell me a story", max_tokens=300)
+            for line in response.iter_lines():
+                if line.startswith(b"event: "):
+                    arrivals.append((line[7:].decode(), time.monotonic() - started))
+        tokens = [t for kind, t in arrivals if kind == "token"]
+        done = [t for kind, t in arrivals if kind == "done"]
+        assert done and len(tokens) > 20
+        print(f"first token {tokens[0]:.2f} s, last token {tokens[-1]:.2f} s, done {done[0]:.2f} s")
+        # Token by token, not all at once: the first token reached the client well before the end.
+        assert tokens[0] < done[0] - 0.5 * (done[0] - arrivals[0][1]), arrivals[:3] + arrivals[-2:]
+    finally:
+        proxy.terminate()
+        proxy.wait(10)
+
+
+def test_frp_files_point_at_the_apps_port_in_both_formats():
+    import configparser
+    import tomllib
+
+    ini = configparser.ConfigParser(inline_comment_prefixes=(";", "#"))
+    ini.read(ROOT / "frpc.ini")
+    toml = tomllib.loads((ROOT / "frpc.toml").read_text())
+    server = tomllib.loads((ROOT / "deploy" / "frps.toml").read_text())
+    proxy = toml["proxies"][0]
+    assert ini["webbot"]["type"] == proxy["type"] == "tcp"
+    assert int(ini["webbot"]["local_port"]) == proxy["localPort"] == 5000  # WEBBOT_PORT's default
+    assert int(ini["webbot"]["remote_port"]) == proxy["remotePort"] == server["allowPorts"][0]["single"]
+    assert ini["common"]["token"] == toml["auth"]["token"] == server["auth"]["token"]
+    assert int(ini["common"]["server_port"]) == toml["serverPort"] == server["bindPort"]
+
+
+@pytest.mark.parametrize("hops,expected", [(0, "127.0.0.1 http"), (1, "203.0.113.7 https")])
+def test_forwarded_headers_are_trusted_only_when_told_how_many_proxies(make_app, hops, expected):
+    from flask import request
+
+    app = make_app(WEBBOT_PROXY_HOPS=hops)
+    app.add_url_rule("/_seen", "seen", lambda: f"{request.remote_addr} {request.scheme}")
+    seen = app.test_client().get("/_seen", headers={"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"})
+    assert seen.get_data(as_text=True) == expected
