@@ -64,12 +64,15 @@ def new_conversation():
 def get_conversation(conversation_id):
     conversation = _own(conversation_id)
     state = _state()
+    # Look before reading the messages: a reply is stored in its final state before it stops
+    # counting as running, so "not generating" here means the messages below are final.
+    generating = state.active.get(conversation_id) is not None
     stored = state.store.messages(conversation_id)
     memory = None
     if state.bot.ready:
         memory = state.bot.plan(history_of(stored), "").as_dict()
     return jsonify(conversation=conversation, messages=[message_view(m) for m in stored], memory=memory,
-                   generating=state.active.get(conversation_id) is not None)
+                   generating=generating)
 
 
 @bp.patch("/conversations/<conversation_id>")
