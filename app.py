@@ -193,21 +193,14 @@ def start_loading(app: Flask) -> threading.Thread:
     return thread
 
 
-def served_url(config: dict) -> str:
-    """The address to open: https when a certificate and key are in place."""
-    scheme = "https" if settings.tls_files(config) else "http"
-    host = config["WEBBOT_HOST"]
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    return f"{scheme}://{shown}:{config['WEBBOT_PORT']}"
-
-
 def main() -> None:
     """Serve the app with Flask's threaded server (HTTPS when certs/ holds a certificate and key)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = settings.from_env()
     tls = settings.tls_files(config)
     log.info("web chat robot serving %s on %s (model %s loading in the background)",
-             "HTTPS" if tls else "plain HTTP (no certificate in certs/)", served_url(config), config["WEBBOT_MODEL"])
+             "HTTPS" if tls else "plain HTTP (no certificate in certs/)", settings.served_url(config),
+             config["WEBBOT_MODEL"])
     app = create_app()
     start_loading(app)
     app.run(host=app.config["WEBBOT_HOST"], port=app.config["WEBBOT_PORT"], threaded=True, use_reloader=False,

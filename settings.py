@@ -96,3 +96,11 @@ def tls_files(config: dict) -> tuple[str, str] | None:
         raise ValueError(f"found {have} but not {missing}; put both in certs/ (or set WEBBOT_CERT and "
                          "WEBBOT_KEY), or remove the one to serve plain HTTP")
     return None
+
+
+def served_url(config: dict) -> str:
+    """The address to open: https when a certificate and key are in place."""
+    scheme = "https" if tls_files(config) else "http"
+    host = config["WEBBOT_HOST"]
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return f"{scheme}://{shown}:{config['WEBBOT_PORT']}"

@@ -103,7 +103,7 @@ def chunks_of(regions: list[tuple[int, int]], max_chunk_s: float = CHUNK_S) -> l
             spans[-1][1] = end
         else:
             spans.append([start, min(end, start + limit)])
-    return [(s, e) for s, e in spans]
+    return [(start, end) for start, end in spans]
 
 
 class Admission:
@@ -152,6 +152,7 @@ class TransformersBackend:
         self.processor = AutoProcessor.from_pretrained(model)
         self.model = AutoModelForSpeechSeq2Seq.from_pretrained(model, dtype=self.dtype).to(device).eval()
         self.multilingual = bool(getattr(self.model.generation_config, "is_multilingual", False))
+        self.special_ids = set(self.processor.tokenizer.all_special_ids)
 
     def transcribe(self, samples: np.ndarray, spans: list[tuple[int, int]], language: str | None):
         import torch
@@ -169,9 +170,8 @@ class TransformersBackend:
             for (start, end), ids in zip(batch, out.tolist(), strict=True):
                 detected = detected or self._language_of(ids)
                 text = self.processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
-                special = set(self.processor.tokenizer.all_special_ids)
                 segments.append(Segment(len(segments), start / SAMPLE_RATE, end / SAMPLE_RATE, text,
-                                        [t for t in ids if t not in special]))
+                                        [t for t in ids if t not in self.special_ids]))
         return segments, language or detected or "en"
 
     def _language_of(self, ids: list[int]) -> str | None:

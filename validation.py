@@ -127,14 +127,15 @@ def transcribe_upload(transcriber, max_bytes: int) -> tuple:
     response_format).
     """
     request.max_content_length = max_bytes + 65_536  # the clip plus the form's other fields
-    limit = f"{max_bytes / 1_000_000:g} MB"
+    too_large = BadInput(413, f"The recording is larger than {max_bytes / 1_000_000:g} MB; send a shorter clip.",
+                         "audio_too_large")
     if request.mimetype != "multipart/form-data":
         raise BadInput(415, "Send the audio as multipart/form-data with the clip in a field named 'file'.",
                        "unsupported_media_type")
     try:
         upload, form = request.files.get("file"), request.form
     except RequestEntityTooLarge:
-        raise BadInput(413, f"The recording is larger than {limit}; send a shorter clip.", "audio_too_large") from None
+        raise too_large from None
     if upload is None:
         raise BadInput(400, "No audio came with the request; put the clip in a multipart field named 'file'.",
                        "missing_file")
@@ -145,7 +146,7 @@ def transcribe_upload(transcriber, max_bytes: int) -> tuple:
     language = _language(form.get("language"))
     data = upload.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise BadInput(413, f"The recording is larger than {limit}; send a shorter clip.", "audio_too_large")
+        raise too_large
     try:
         return transcriber.transcribe_bytes(data, language), response_format
     except AudioError as exc:

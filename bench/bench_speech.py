@@ -24,8 +24,7 @@ import time
 
 from bench.bench_serving import save_report
 from tests import assets
-from tests.conftest import convert, speak
-from tests.test_speech import SENTENCES
+from tests.conftest import SENTENCES, convert, speak
 
 LENGTHS = (5, 30, 120)
 

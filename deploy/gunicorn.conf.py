@@ -32,16 +32,16 @@ accesslog = "-"
 errorlog = "-"
 loglevel = "info"
 control_socket_disable = True  # gunicorn 27's admin socket would need a writable home directory
-forwarded_allow_ips = "*" if _config["WEBBOT_PROXY_HOPS"] else "127.0.0.1"
+# X-Forwarded-* headers are the app's to judge (ProxyFix with WEBBOT_PROXY_HOPS), not gunicorn's.
+forwarded_allow_ips = ""
 _tls = settings.tls_files(_config)
 if _tls:
     certfile, keyfile = _tls
 
 
 def when_ready(server):
-    scheme = "https" if _tls else "http"
-    server.log.info("web chat robot serving %s on %s://%s (model %s)", "HTTPS" if _tls else "plain HTTP", scheme,
-                    bind[0], _config["WEBBOT_MODEL"])
+    server.log.info("web chat robot serving %s on %s (model %s)", "HTTPS" if _tls else "plain HTTP",
+                    settings.served_url(_config), _config["WEBBOT_MODEL"])
 
 
 def post_worker_init(worker):

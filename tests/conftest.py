@@ -74,6 +74,31 @@ def tiny_transcriber(tiny_whisper_dir):
     return Transcriber(str(tiny_whisper_dir), "transformers").load()
 
 
+# Distinct sentences (Whisper skips over verbatim repeats) and a word from each to listen for.
+SENTENCES = [
+    ("The weather today is sunny and warm in the garden.", "weather"),
+    ("My brother bought a new bicycle last Tuesday.", "bicycle"),
+    ("The library opens at nine and closes at six.", "library"),
+    ("We watched a film about elephants in Africa.", "elephants"),
+    ("Her favourite colour has always been purple.", "purple"),
+    ("The train to London leaves from platform four.", "london"),
+    ("Coffee tastes better with a little cinnamon.", "cinnamon"),
+    ("The children built a castle out of sand at the beach.", "castle"),
+    ("The mountain was covered with fresh snow in January.", "mountain"),
+    ("The doctor told him to drink more water.", "doctor"),
+    ("A small dog was sleeping under the kitchen table.", "kitchen"),
+    ("They are planning a holiday in Spain next summer.", "spain"),
+    ("The museum has a famous painting of a ship.", "museum"),
+    ("My grandmother makes the best apple pie.", "grandmother"),
+    ("The football match was cancelled because of rain.", "football"),
+    ("He forgot his umbrella at the office yesterday.", "umbrella"),
+    ("The airport was very busy on Friday night.", "airport"),
+    ("She is learning to play the piano.", "piano"),
+    ("The bakery on the corner sells fresh bread.", "bread"),
+    ("This is the end of the recording.", "recording"),
+]
+
+
 def speak(text: str, rate: int = 160, voice: str = "en-us") -> bytes:
     """A WAV clip of `text` spoken by espeak-ng (22.05 kHz mono)."""
     import subprocess

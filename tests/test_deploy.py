@@ -53,9 +53,9 @@ def tls_session(cert_dir) -> requests.Session:
     return session
 
 
-def stream_reply(session, server, cid, text, max_tokens=None):
+def stream_reply(session, url, cid, text, max_tokens=None):
     body = {"content": text, **({"max_tokens": max_tokens} if max_tokens else {})}
-    return session.post(f"{server.url}/api/conversations/{cid}/messages", json=body, stream=True, timeout=60)
+    return session.post(f"{url}/api/conversations/{cid}/messages", json=body, stream=True, timeout=60)
 
 
 def test_gunicorn_serves_https_streams_and_sets_a_secure_cookie(https_server, cert_dir):
@@ -68,7 +68,7 @@ def test_gunicorn_serves_https_streams_and_sets_a_secure_cookie(https_server, ce
         cookie = page.headers["Set-Cookie"]
         assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
         cid = session.post(server.url + "/api/conversations", json={}).json()["id"]
-        events = read_sse(stream_reply(session, server, cid, "Hello there", max_tokens=20).iter_lines())
+        events = read_sse(stream_reply(session, server.url, cid, "Hello there", max_tokens=20).iter_lines())
         kinds = [event for event, _ in events]
         assert kinds[0] == "start" and "token" in kinds and kinds[-1] == "done"
     # Nobody else's certificate is trusted, and plain HTTP to the TLS port fails at once, cleanly.
@@ -93,7 +93,7 @@ def test_sigterm_mid_stream_stores_the_partial_reply_and_a_restart_serves_it(htt
     with tls_session(cert_dir) as session:
         cid = session.post(server.url + "/api/conversations", json={}).json()["id"]
         session.post(server.url + "/api/conversations", json={})  # another, untouched conversation
-        response = stream_reply(session, server, cid, "Tell me a very long story", max_tokens=4000)
+        response = stream_reply(session, server.url, cid, "Tell me a very long story", max_tokens=4000)
         lines = response.iter_lines()
         seen = []
         for line in lines:  # wait until tokens flow
@@ -145,7 +145,8 @@ def nginx_config(tmp: Path, listen_port: int, app_port: int, cert_dir: Path) -> 
     site = site.replace("/etc/letsencrypt/live/chat.example.com/fullchain.pem", str(cert_dir / "cert.pem"))
     site = site.replace("/etc/letsencrypt/live/chat.example.com/privkey.pem", str(cert_dir / "key.pem"))
     site = site.replace("http://127.0.0.1:5000", f"http://127.0.0.1:{app_port}")
-    temp = "".join(f"    {kind}_temp_path {tmp}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    kinds = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    temp = "".join(f"    {kind}_temp_path {tmp}/{kind};\n" for kind in kinds)
     main = (f"daemon off;\nworker_processes 1;\npid {tmp}/nginx.pid;\nerror_log {tmp}/error.log info;\n"
             f"events {{ worker_connections 64; }}\n"
             f"http {{\n    access_log {tmp}/access.log;\n{temp}    include {tmp}/site.conf;\n}}\n")
@@ -164,8 +165,9 @@ def test_through_nginx_the_reply_streams_token_by_token(start_server, tiny_model
     port = free_port()
     nginx_dir = tmp_path / "nginx"
     nginx_dir.mkdir()
-    proxy = subprocess.Popen([NGINX, "-p", str(nginx_dir), "-c", str(nginx_config(nginx_dir, port, app.port, cert_dir))],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    config = nginx_config(nginx_dir, port, app.port, cert_dir)
+    proxy = subprocess.Popen([NGINX, "-p", str(nginx_dir), "-c", str(config)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
     try:
         url = f"https://127.0.0.1:{port}"
         with tls_session(cert_dir) as session:
@@ -183,7 +185,7 @@ def test_through_nginx_the_reply_streams_token_by_token(start_server, tiny_model
             cid = session.post(url + "/api/conversations", json={}).json()["id"]
             started = time.monotonic()
             arrivals = []
-            response = stream_reply(session, type("S", (), {"url": url}), cid, "Tell me a story", max_tokens=300)
+            response = stream_reply(session, url, cid, "Tell me a story", max_tokens=300)
             for line in response.iter_lines():
                 if line.startswith(b"event: "):
                     arrivals.append((line[7:].decode(), time.monotonic() - started))
