@@ -13,7 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from cachelib import FileSystemCache
-from flask import Flask, abort, jsonify, render_template, request
+from flask import Flask, Response, abort, jsonify, render_template, request
 from flask_session import Session
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -22,6 +22,7 @@ import api
 import conversations
 import settings
 from chat_bot import ChatBot
+from metrics import Metrics
 from speech import Transcriber
 from store import Store
 from validation import BadInput, transcribe_upload
@@ -60,7 +61,11 @@ class ActiveReplies:
 def bot_from_config(config: dict) -> ChatBot:
     """A ChatBot (not yet loaded) from the WEBBOT_* settings."""
     return ChatBot(config["WEBBOT_MODEL"], config["WEBBOT_DEVICE"], config["WEBBOT_DTYPE"],
-                   config["WEBBOT_MAX_TOKENS"], config["WEBBOT_MEMORY_RATIO"], config["WEBBOT_SYSTEM_PROMPT"])
+                   config["WEBBOT_MAX_TOKENS"], config["WEBBOT_MEMORY_RATIO"], config["WEBBOT_SYSTEM_PROMPT"],
+                   max_waiting=config["WEBBOT_MAX_WAITING"], max_batch=config["WEBBOT_MAX_BATCH"],
+                   kv_cache_mb=config["WEBBOT_KV_CACHE_MB"], kv_reuse=config["WEBBOT_KV_REUSE"],
+                   max_seconds=config["WEBBOT_MAX_REPLY_SECONDS"],
+                   cpu_batch_matmul=config["WEBBOT_CPU_BATCH_MATMUL"], metrics=Metrics())
 
 
 def transcriber_from_config(config: dict) -> Transcriber:
@@ -96,8 +101,12 @@ def create_app(config: dict | None = None, bot: ChatBot | None = None, transcrib
     interrupted = store.close_interrupted()
     if interrupted:
         log.info("marked %d replies interrupted by the last shutdown as stopped", interrupted)
+    bot = bot or bot_from_config(app.config)
+    if bot.metrics is None:
+        bot.metrics = Metrics()
+    bot.metrics.watch(bot)
     app.extensions["webbot"] = SimpleNamespace(
-        bot=bot or bot_from_config(app.config), store=store, active=ActiveReplies(),
+        bot=bot, store=store, active=ActiveReplies(),
         transcriber=transcriber or transcriber_from_config(app.config))
 
     app.register_blueprint(conversations.bp)
@@ -132,6 +141,12 @@ def _register_pages(app: Flask) -> None:
         """The page's microphone: the same path as /v1/audio/transcriptions, plus whether speech was heard."""
         transcript, _ = transcribe_upload(state.transcriber, app.config["WEBBOT_MAX_AUDIO_BYTES"])
         return jsonify(text=transcript.text, speech=transcript.speech, duration=round(transcript.duration, 2))
+
+    @app.get("/metrics")
+    def metrics():
+        """Prometheus metrics; behind the API key when one is set."""
+        api.check_key()
+        return Response(state.bot.metrics.exposition(), mimetype="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/healthz")
     def healthz():

@@ -2,8 +2,13 @@
 
 Loads any causal LM from a hub id, a local directory or a `.gguf` file; builds prompts
 with the tokenizer's own chat template and trims them to the context (`memory.py`);
-streams replies through a single generation engine (`engine.py`). No Flask imports, and
+streams replies through a single generation engine (`engine.py`) that batches concurrent
+replies and reuses the KV cache of earlier turns (`kv_cache.py`). No Flask imports, and
 nothing heavy happens until `load()`.
+
+A conversation's next prompt is built from the exact token ids of the previous prompt and
+reply when its text continues them (re-tokenising a reply's text need not give back the
+ids the model generated), so the cached prefix matches token for token.
 """
 
 import logging
@@ -11,7 +16,10 @@ import threading
 import time
 from pathlib import Path
 
-from engine import MAX_WAITING, Engine, SamplingParams, Stream
+from engine import MAX_BATCH, MAX_REPLY_SECONDS, MAX_WAITING, PREFILL_CHUNK, Engine, SamplingParams, Stream
+from cpu_linear import SMALL_BATCH_DTYPES, use_weight_major_linear
+from kv_cache import PrefixCache
+from metrics import Metrics
 from memory import Memory, MemoryPlan
 
 log = logging.getLogger(__name__)
@@ -22,6 +30,8 @@ DEFAULT_SYSTEM_PROMPT = "You are a helpful, concise assistant. Answer in Markdow
 END_OF_TURN_TOKENS = ("<|eot_id|>", "<|end_of_text|>", "<|eom_id|>", "<|im_end|>", "<|endoftext|>",
                       "<end_of_turn>", "<|end|>", "</s>")
 LOAD_HEARTBEAT_S = 10
+KV_CACHE_MB_CPU = 2048  # default budget of cached KV on CPU; on CUDA a share of the GPU's memory
+KV_CACHE_GPU_SHARE = 0.25
 
 
 def resolve_device_dtype(device: str = "auto", dtype: str = "auto") -> tuple[str, str]:
@@ -54,15 +64,21 @@ class ChatBot:
 
     def __init__(self, model: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto",
                  max_tokens: int = 8192, memory_ratio: float = 0.25,
-                 system_prompt: str = DEFAULT_SYSTEM_PROMPT, max_waiting: int = MAX_WAITING):
+                 system_prompt: str = DEFAULT_SYSTEM_PROMPT, max_waiting: int = MAX_WAITING,
+                 max_batch: int | None = None, kv_cache_mb: int | None = None, kv_reuse: bool = True,
+                 max_seconds: float = MAX_REPLY_SECONDS, cpu_batch_matmul: bool = True, metrics=None):
         self.model_id = model
-        self.max_waiting = max_waiting
+        self.max_waiting, self.max_batch, self.max_seconds = max_waiting, max_batch, max_seconds
+        self.kv_cache_mb, self.kv_reuse = kv_cache_mb, kv_reuse
+        self.cpu_batch_matmul = cpu_batch_matmul
+        self.metrics = metrics
         self.requested = (device, dtype)
         self.max_tokens = max_tokens
         self.memory_ratio = memory_ratio
         self.system_prompt = system_prompt
         self.device = self.dtype = None
         self.memory: Memory | None = None
+        self.cache: PrefixCache | None = None
         self.engine: Engine | None = None
         self.error: str | None = None
         self._loaded = threading.Event()
@@ -118,6 +134,9 @@ class ChatBot:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, self.dtype),
                                                      device_map=self.device, **extra)
         model.eval()
+        if self.cpu_batch_matmul and self.device == "cpu" and self.dtype in SMALL_BATCH_DTYPES:
+            log.info("linear layers computed weight-major for batched decoding on CPU (%d layers)",
+                     use_weight_major_linear(model))
 
         context = getattr(model.config, "max_position_embeddings", None)
         if context and context < self.max_tokens:
@@ -125,7 +144,16 @@ class ChatBot:
                         self.model_id, context, self.max_tokens)
             self.max_tokens = context
         self.memory = Memory(tokenizer, self.max_tokens, self.memory_ratio)
-        self.engine = Engine(model, tokenizer, end_of_turn_ids(model, tokenizer), self.max_waiting)
+        if self.metrics is None:
+            self.metrics = Metrics()
+        kind = "cuda" if self.device.startswith("cuda") else "cpu"
+        budget_mb = self.kv_cache_mb if self.kv_cache_mb is not None else default_kv_cache_mb(self.device)
+        self.cache = PrefixCache(self.memory.decode, budget_mb * 1024 * 1024, self.kv_reuse,
+                                 on_evict=lambda entry: self.metrics.evictions.inc())
+        self.engine = Engine(model, tokenizer, end_of_turn_ids(model, tokenizer), self.cache, self.max_waiting,
+                             self.max_batch or MAX_BATCH[kind], PREFILL_CHUNK[kind], self.max_seconds, self.metrics)
+        log.info("KV cache reuse %s, budget %d MB; up to %d replies decoded together",
+                 "on" if self.kv_reuse else "off", budget_mb, self.engine.max_batch)
         self._loaded.set()
 
     @property
@@ -138,15 +166,35 @@ class ChatBot:
         system = self.system_prompt if system_prompt is None else system_prompt
         return self.memory.plan(history, message, system)
 
+    def prompt_ids(self, plan: MemoryPlan) -> list[int]:
+        """The planned prompt's ids, continuing the exact ids of an earlier sequence it extends."""
+        text = self.memory.render_text(plan.kept_messages)
+        earlier = self.cache.continuation(text)
+        if earlier is None:
+            return plan.prompt_ids
+        ids, matched = earlier
+        return ids + self.memory.encode(text[matched:])
+
     def generate(self, plan: MemoryPlan, params: SamplingParams) -> Stream:
         """Start a reply to a planned prompt; the returned stream yields text pieces."""
-        room = self.max_tokens - plan.prompt_tokens
+        ids = self.prompt_ids(plan)
+        room = self.max_tokens - len(ids)
         params.max_new_tokens = max(1, min(params.max_new_tokens or self.reply_reserve, room))
-        return self.engine.submit(plan.prompt_ids, params)
+        return self.engine.submit(ids, params)
 
     def cancel_all(self) -> int:
         """End every running and queued reply now (a shutdown); each is stored as stopped."""
         return self.engine.cancel_all() if self.engine else 0
+
+
+def default_kv_cache_mb(device: str) -> int:
+    """The KV cache budget when none is set: a quarter of the GPU's memory, or KV_CACHE_MB_CPU on CPU."""
+    if device.startswith("cuda"):
+        import torch
+
+        total = torch.cuda.get_device_properties(torch.device(device)).total_memory
+        return int(total * KV_CACHE_GPU_SHARE / (1024 * 1024))
+    return KV_CACHE_MB_CPU
 
 
 def end_of_turn_ids(model, tokenizer) -> list[int]:

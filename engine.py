@@ -1,10 +1,17 @@
-"""The generation engine: one worker thread runs the model, requests wait in a bounded queue.
+"""The generation engine: one worker thread runs the model for all streams, decoding them together.
 
 The engine knows nothing of HTTP. A caller submits prompt token ids and gets a `Stream`
-that yields text pieces as the model produces them and can be cancelled at any time;
-cancellation is checked between decode steps, so a stopped reply frees the model within
-one token. Text leaves the engine only when its bytes form whole UTF-8 characters, and
-stop strings are cut out before the caller sees them.
+that yields text pieces as the model produces them and can be cancelled at any time.
+
+The worker runs a loop of steps. Each step admits waiting requests (up to `max_batch`
+in flight), advances one prompt by one prefill chunk, then runs one decode step for
+every stream already past its prompt: a single forward pass over a left-padded batch,
+one new token per stream. New requests join between steps, finished and cancelled ones
+leave before the next step, so a stopped reply frees its slot within one step.
+
+A prompt that begins like an earlier sequence reuses that sequence's KV cache from the
+prefix cache (`kv_cache.py`), so the next turn of a conversation prefills only its new
+tokens; a finished reply's cache goes back there.
 """
 
 import logging
@@ -13,9 +20,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from decoding import TextDecoder, sample_tokens
+from kv_cache import PrefixCache, stack_left_padded
+from metrics import Metrics
+
 log = logging.getLogger(__name__)
 
-MAX_WAITING = 16  # requests queued behind the running one before new ones are refused
+MAX_WAITING = 16  # requests queued behind the running ones before new ones are refused
+MAX_BATCH = {"cpu": 8, "cuda": 32}  # streams decoded together
+PREFILL_CHUNK = {"cpu": 256, "cuda": 2048}  # prompt tokens per step, so running streams keep moving
+MAX_REPLY_SECONDS = 600.0
 _END = object()
 
 
@@ -33,53 +47,6 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
 
 
-class TextDecoder:
-    """Turns token ids into text pieces that never split a UTF-8 character or a stop string."""
-
-    def __init__(self, tokenizer, stop: list[str]):
-        self.tokenizer = tokenizer
-        self.stop = [s for s in stop if s]
-        self.ids: list[int] = []
-        self.prefix_offset = 0  # decode from a little before the new ids, so spaces come out right
-        self.read_offset = 0
-        self.pending = ""  # text held back because it may be the start of a stop string
-        self.stopped = False
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-    def push(self, token_id: int) -> str:
-        """Add one token; return the text that is now safe to show (may be empty)."""
-        self.ids.append(token_id)
-        before = self._decode(self.ids[self.prefix_offset:self.read_offset])
-        text = self._decode(self.ids[self.prefix_offset:])
-        if len(text) <= len(before) or text.endswith("\ufffd"):
-            return ""  # an incomplete UTF-8 sequence: wait for the next token
-        self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
-        return self._release(self.pending + text[len(before):])
-
-    def _release(self, text: str) -> str:
-        """Cut at a stop string, and hold back a tail that could still become one."""
-        for stop in self.stop:
-            at = text.find(stop)
-            if at != -1:
-                self.stopped, self.pending = True, ""
-                return text[:at]
-        hold = 0
-        for stop in self.stop:
-            for size in range(min(len(stop) - 1, len(text)), 0, -1):
-                if text.endswith(stop[:size]):
-                    hold = max(hold, size)
-                    break
-        self.pending = text[len(text) - hold:] if hold else ""
-        return text[:len(text) - hold]
-
-    def flush(self) -> str:
-        """Whatever was held back, once generation has ended without a stop string."""
-        text, self.pending = ("" if self.stopped else self.pending), ""
-        return text
-
-
 class Stream:
     """One reply in progress: iterate for text pieces; `cancel()` stops it on the server."""
 
@@ -89,10 +56,14 @@ class Stream:
         self.cancelled = threading.Event()
         self.events: queue.Queue = queue.Queue()
         self.completion_tokens = 0
+        self.generated_ids: list[int] = []
+        self.reused_tokens = 0  # prompt tokens whose KV cache came from an earlier sequence
         self.finish_reason: str | None = None
         self.error: BaseException | None = None
         self.submitted = time.monotonic()
+        self.started: float | None = None
         self.first_token_at: float | None = None
+        self.last_token_at: float | None = None
         self.text = ""
 
     @property
@@ -106,7 +77,7 @@ class Stream:
         return self.finish_reason is not None
 
     def cancel(self) -> None:
-        """Ask the engine to stop generating; takes effect before the next decode step."""
+        """Ask the engine to stop generating; takes effect before the next step."""
         self.cancelled.set()
 
     def next_piece(self, timeout: float | None = None) -> str | None:
@@ -129,114 +100,255 @@ class Stream:
                 "total_tokens": self.prompt_tokens + self.completion_tokens}
 
 
-class _Sink:
-    """Receives token ids from `generate` (a transformers streamer) and feeds the stream."""
+class _Row:
+    """A stream's state inside the engine: its ids so far and where its KV cache lives."""
 
-    def __init__(self, stream: Stream, decoder: TextDecoder, eos_ids: set[int]):
-        self.stream, self.decoder, self.eos_ids = stream, decoder, eos_ids
-        self.prompt_seen = False
-
-    def put(self, value) -> None:
-        if not self.prompt_seen:  # generate() first hands over the prompt
-            self.prompt_seen = True
-            return
-        stream = self.stream
-        for token_id in value.reshape(-1).tolist():
-            if stream.first_token_at is None:
-                stream.first_token_at = time.monotonic()
-            stream.completion_tokens += 1
-            if token_id in self.eos_ids or self.decoder.stopped:
-                continue
-            piece = self.decoder.push(token_id)
-            if piece:
-                stream.text += piece
-                stream.events.put(piece)
-
-    def end(self) -> None:
-        pass
+    def __init__(self, stream: Stream, decoder: TextDecoder):
+        self.stream, self.decoder = stream, decoder
+        self.ids = list(stream.prompt_ids)  # the cache covers all but the last of these once prefilled
+        self.cache = None  # a DynamicCache while the prompt is prefilled
+        self.pos = 0  # prompt tokens in that cache
+        self.kv: list[tuple] | None = None  # own tensors while outside the batch
 
 
 class Engine:
     """Runs one model from a single worker thread, so requests never race on it."""
 
-    def __init__(self, model, tokenizer, eos_ids: list[int], max_waiting: int = MAX_WAITING):
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, model, tokenizer, eos_ids: list[int], cache: PrefixCache, max_waiting: int = MAX_WAITING,
+                 max_batch: int = 8, prefill_chunk: int = 256, max_seconds: float = MAX_REPLY_SECONDS,
+                 metrics: Metrics | None = None):
+        if max_waiting < 1 or max_batch < 1:
+            raise ValueError("max_waiting and max_batch must be at least 1")
+        self.model, self.tokenizer, self.cache = model, tokenizer, cache
         self.eos_ids = list(eos_ids)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
-        if max_waiting < 1:
-            raise ValueError("max_waiting must be at least 1")
+        self.max_batch, self.prefill_chunk, self.max_seconds = max_batch, prefill_chunk, max_seconds
+        self.metrics = metrics or Metrics()
         self.requests: queue.Queue = queue.Queue(maxsize=max_waiting)
-        self.active: Stream | None = None
+        self.prefilling: list[_Row] = []
+        self.rows: list[_Row] = []  # decoding together, in the order of the batch
+        self._batch = None  # DynamicCache holding self.rows left-padded, None when it must be rebuilt
+        self._pads: list[int] = []
+        self._mask = None
         self._worker = threading.Thread(target=self._run, name="generation", daemon=True)
         self._worker.start()
 
     @property
     def waiting(self) -> int:
-        """Requests queued behind the running one."""
+        """Requests queued, not yet started."""
         return self.requests.qsize()
+
+    @property
+    def running(self) -> int:
+        """Streams started and not finished."""
+        return len(self.prefilling) + len(self.rows)
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes of KV cache held: the prefix cache plus the streams in flight."""
+        held = self.cache.nbytes
+        batch = self._batch
+        if batch is not None:
+            held += sum(layer.keys.numel() * layer.keys.element_size() * 2 for layer in batch.layers)
+        for row in list(self.rows) + list(self.prefilling):
+            if row.kv:
+                held += sum(k.numel() * k.element_size() * 2 for k, _ in row.kv)
+        return held
 
     def submit(self, prompt_ids: list[int], params: SamplingParams) -> Stream:
         """Queue a reply; raises EngineBusy when too many are already waiting."""
+        if not prompt_ids:
+            raise ValueError("the prompt has no tokens")
         stream = Stream(prompt_ids, params)
         try:
             self.requests.put_nowait(stream)
         except queue.Full:
+            self.metrics.rejected.inc()
             raise EngineBusy(f"{self.requests.maxsize} requests are already waiting") from None
         return stream
 
     def cancel_all(self) -> int:
-        """Cancel the running reply and every queued one (at shutdown); returns how many."""
-        streams = ([self.active] if self.active else []) + list(self.requests.queue)
+        """Cancel every running and queued reply (at shutdown); returns how many."""
+        streams = [row.stream for row in list(self.prefilling) + list(self.rows)] + list(self.requests.queue)
         for stream in streams:
             stream.cancel()
         return len(streams)
 
+    # The worker thread from here on.
+
     def _run(self) -> None:
-        while True:
-            stream = self.requests.get()
-            if stream.cancelled.is_set():
-                stream.finish_reason = "cancelled"
-                stream.events.put(_END)
-                continue
-            self.active = stream
-            try:
-                self._generate(stream)
-            except BaseException as exc:  # reported to the waiting caller, never kills the worker
-                log.exception("generation failed")
-                stream.error, stream.finish_reason = exc, "error"
-            finally:
-                self.active = None
-                stream.events.put(_END)
-
-    def _generate(self, stream: Stream) -> None:
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
 
-        decoder = TextDecoder(self.tokenizer, stream.params.stop)
+        while True:
+            self._admit()
+            with torch.inference_mode():
+                if self.prefilling:
+                    row = self.prefilling[0]
+                    try:
+                        self._prefill_step(row)
+                    except BaseException as exc:  # reported to the waiting caller, never kills the worker
+                        log.exception("prefill failed")
+                        self.prefilling.remove(row)
+                        self._finish(row, "error", exc)
+                if self.rows:
+                    try:
+                        self._decode_step()
+                    except BaseException as exc:
+                        log.exception("decode step failed")
+                        for row in list(self.rows):
+                            self._leave(row, "error", exc)
 
-        class _Halt(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                halt = stream.cancelled.is_set() or decoder.stopped
-                return torch.full((input_ids.shape[0],), halt, dtype=torch.bool, device=input_ids.device)
+    def _admit(self) -> None:
+        """Take waiting requests while there is room; block when there is nothing else to do."""
+        while self.running < self.max_batch:
+            try:
+                stream = self.requests.get(block=self.running == 0)
+            except queue.Empty:
+                return
+            stream.started = time.monotonic()
+            row = _Row(stream, TextDecoder(self.tokenizer, stream.params.stop))
+            if stream.cancelled.is_set():
+                self._finish(row, "cancelled")
+            else:
+                self.prefilling.append(row)
 
-        params = stream.params
-        sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": None} \
-            if params.temperature > 0 else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        input_ids = torch.tensor([stream.prompt_ids], device=self.model.device)
-        with torch.inference_mode():
-            output = self.model.generate(
-                input_ids, attention_mask=torch.ones_like(input_ids),
-                max_new_tokens=params.max_new_tokens, eos_token_id=self.eos_ids, pad_token_id=self.pad_id,
-                streamer=_Sink(stream, decoder, set(self.eos_ids)),
-                stopping_criteria=StoppingCriteriaList([_Halt()]), **sampling)
-        tail = decoder.flush()
+    def _prefill_step(self, row: _Row) -> None:
+        """Feed the next chunk of one prompt; after the last, pick its first token and join the batch."""
+        import torch
+        from transformers import DynamicCache
+
+        stream = row.stream
+        if stream.cancelled.is_set():
+            self.prefilling.remove(row)
+            self._finish(row, "cancelled")
+            return
+        if row.cache is None:
+            reused, kv = self.cache.lookup(row.ids)
+            row.cache = DynamicCache(ddp_cache_data=kv) if kv else DynamicCache()
+            row.pos = stream.reused_tokens = reused
+            self.metrics.prompt_tokens.labels("reused").inc(reused)
+            self.metrics.prompt_tokens.labels("computed").inc(len(row.ids) - reused)
+        end = min(row.pos + self.prefill_chunk, len(row.ids))
+        device = self.model.device
+        out = self.model(input_ids=torch.tensor([row.ids[row.pos:end]], device=device),
+                         position_ids=torch.arange(row.pos, end, device=device).unsqueeze(0),
+                         past_key_values=row.cache, use_cache=True, logits_to_keep=1)
+        row.pos = end
+        if end < len(row.ids):
+            return
+        self.prefilling.remove(row)
+        row.kv = [(layer.keys, layer.values) for layer in row.cache.layers]
+        row.cache = None
+        token = sample_tokens(out.logits[:, -1], [stream.params])[0]
+        reason = self._emit(row, token)
+        if reason:
+            self._finish(row, reason)
+        else:
+            self._detach()
+            self.rows.append(row)
+
+    def _decode_step(self) -> None:
+        """One token for every decoding stream, in one forward pass."""
+        import torch
+
+        for row in [r for r in self.rows if r.stream.cancelled.is_set()]:
+            self._leave(row, "cancelled")
+        if not self.rows:
+            return
+        if self._batch is None:
+            self._rebuild()
+        device = self.model.device
+        length = self._batch.get_seq_length()
+        if self._mask is not None:
+            self._mask = torch.cat([self._mask, self._mask.new_ones((len(self.rows), 1))], dim=1)
+        out = self.model(input_ids=torch.tensor([[row.ids[-1]] for row in self.rows], device=device),
+                         position_ids=torch.tensor([[length - pad] for pad in self._pads], device=device),
+                         attention_mask=self._mask, past_key_values=self._batch, use_cache=True)
+        tokens = sample_tokens(out.logits[:, -1], [row.stream.params for row in self.rows])
+        for row, token in list(zip(self.rows, tokens)):
+            reason = self._emit(row, token)
+            if reason:
+                self._leave(row, reason)
+
+    def _rebuild(self) -> None:
+        """Stack the decoding rows' caches into one left-padded batch (after a join or a leave)."""
+        import torch
+        from transformers import DynamicCache
+
+        layers, self._pads = stack_left_padded([row.kv for row in self.rows])
+        for row in self.rows:
+            row.kv = None  # the batch holds it now
+        self._batch = DynamicCache(ddp_cache_data=layers)
+        if any(self._pads):
+            length = self._batch.get_seq_length()
+            self._mask = torch.ones((len(self.rows), length), dtype=torch.long, device=self.model.device)
+            for i, pad in enumerate(self._pads):
+                self._mask[i, :pad] = 0
+        else:
+            self._mask = None
+
+    def _leave(self, row: _Row, reason: str, error: BaseException | None = None) -> None:
+        """Take a row out of the batch; the others are restacked before the next step."""
+        self._detach()
+        self.rows.remove(row)
+        self._finish(row, reason, error)
+
+    def _detach(self) -> None:
+        """Give every decoding row a view of its part of the batch, so the batch can be restacked."""
+        if self._batch is None:
+            return
+        layers = [(layer.keys, layer.values) for layer in self._batch.layers]
+        for i, row in enumerate(self.rows):
+            row.kv = [(k[i:i + 1, :, self._pads[i]:], v[i:i + 1, :, self._pads[i]:]) for k, v in layers]
+        self._batch = None
+
+    def _emit(self, row: _Row, token: int) -> str | None:
+        """Hand one new token to the stream; returns why the reply ends here, if it does."""
+        stream, now = row.stream, time.monotonic()
+        row.ids.append(token)
+        stream.generated_ids.append(token)
+        stream.completion_tokens += 1
+        self.metrics.generated_tokens.inc()
+        if stream.first_token_at is None:
+            stream.first_token_at = now
+            self.metrics.time_to_first_token.observe(now - stream.submitted)
+        else:
+            self.metrics.time_per_output_token.observe(now - stream.last_token_at)
+        stream.last_token_at = now
+        if token in self.eos_ids:
+            return "stop"
+        piece = row.decoder.push(token)
+        if piece:
+            stream.text += piece
+            stream.events.put(piece)
+        if row.decoder.stopped:
+            return "stop"
+        if stream.completion_tokens >= stream.params.max_new_tokens:
+            return "length"
+        if now - stream.started > self.max_seconds:
+            log.warning("a reply reached the %.0f s limit after %d tokens", self.max_seconds,
+                        stream.completion_tokens)
+            return "length"
+        return None
+
+    def _finish(self, row: _Row, reason: str, error: BaseException | None = None) -> None:
+        """End a stream: flush held-back text, keep its cache for the next turn, wake the caller."""
+        stream = row.stream
+        tail = row.decoder.flush() if reason != "error" else ""
         if tail:
             stream.text += tail
             stream.events.put(tail)
-        last = output[0, -1].item() if output.shape[1] > input_ids.shape[1] else None
-        if stream.cancelled.is_set():
-            stream.finish_reason = "cancelled"
-        elif decoder.stopped or last in self.eos_ids:
-            stream.finish_reason = "stop"
-        else:
-            stream.finish_reason = "length"
+        if reason != "error" and len(row.ids) > len(stream.prompt_ids):
+            kv = [(_compact(k), _compact(v)) for k, v in row.kv] if row.kv and self.cache.reuse else None
+            self.cache.add(row.ids, kv, len(row.ids) - 1 if kv else 0)
+        row.kv = row.cache = None
+        stream.error, stream.finish_reason = error, reason
+        self.metrics.replies.labels(reason).inc()
+        stream.events.put(_END)
+
+
+def _compact(tensor):
+    """The tensor itself when it owns just its own memory, else a copy (so a big batch can be freed)."""
+    if tensor.untyped_storage().nbytes() > tensor.numel() * tensor.element_size():
+        return tensor.clone()
+    return tensor

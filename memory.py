@@ -84,6 +84,19 @@ class Memory:
             ids = ids["input_ids"]
         return list(ids)
 
+    def render_text(self, messages: list[dict]) -> str:
+        """The prompt for messages as text, rendered with the model's own chat template."""
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
+                                                  **self.template_kwargs)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of template text (its special tokens are parsed, none are added)."""
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of ids as the template writes it, special tokens included."""
+        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
     def _turn_cost(self, turn: list[dict]) -> int:
         """Tokens one turn adds to a prompt (cached: contents never change once stored)."""
         key = tuple((m["role"], m["content"]) for m in turn)

@@ -58,7 +58,24 @@ def from_env(environ: dict | None = None) -> dict:
         "WEBBOT_MAX_AUDIO_BYTES": int(float(env.get("WEBBOT_MAX_AUDIO_MB", 25)) * 1_000_000),
         "WEBBOT_MAX_AUDIO_SECONDS": float(env.get("WEBBOT_MAX_AUDIO_SECONDS", 300)),
         "WEBBOT_SPEECH_MAX_WAITING": int(env.get("WEBBOT_SPEECH_MAX_WAITING", 4)),
+        "WEBBOT_MAX_BATCH": _auto_int(env, "WEBBOT_MAX_BATCH"),
+        "WEBBOT_MAX_WAITING": int(env.get("WEBBOT_MAX_WAITING", 16)),
+        "WEBBOT_MAX_REPLY_SECONDS": float(env.get("WEBBOT_MAX_REPLY_SECONDS", 600)),
+        "WEBBOT_KV_CACHE_MB": _auto_int(env, "WEBBOT_KV_CACHE_MB"),
+        "WEBBOT_KV_REUSE": _choice(env, "WEBBOT_KV_REUSE", ("on", "off")) == "on",
+        "WEBBOT_CPU_BATCH_MATMUL": _choice(env, "WEBBOT_CPU_BATCH_MATMUL", ("on", "off")) == "on",
     }
+
+
+def _auto_int(env: dict, name: str) -> int | None:
+    """A whole number, or None for `auto` (the default: chosen for the device when the model loads)."""
+    value = env.get(name, "auto")
+    if value == "auto":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number or auto, not {value!r}") from None
 
 
 def _choice(env: dict, name: str, choices: tuple[str, ...]) -> str:

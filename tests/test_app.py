@@ -107,7 +107,7 @@ def test_stop_halts_generation_on_the_server(client, tiny_bot):
     assert done["message"]["status"] == "stopped" and done["usage"]["completion_tokens"] < 5000
     stored = client.get(f"/api/conversations/{cid}").json["messages"][-1]
     assert stored["status"] == "stopped" and stored["content"] == done["message"]["content"]
-    assert tiny_bot.engine.active is None
+    assert tiny_bot.engine.running == 0
 
 
 def test_closing_the_stream_halts_generation_and_keeps_the_partial_reply(client, tiny_bot):
@@ -120,11 +120,11 @@ def test_closing_the_stream_halts_generation_and_keeps_the_partial_reply(client,
     stored = client.get(f"/api/conversations/{cid}").json
     assert stored["generating"] is False and stored["messages"][-1]["status"] == "stopped"
     for _ in range(200):
-        if tiny_bot.engine.active is None:
+        if tiny_bot.engine.running == 0:
             break
         import time
         time.sleep(0.01)
-    assert tiny_bot.engine.active is None
+    assert tiny_bot.engine.running == 0
     assert send(client, cid, "next")[-1][0] == "done"  # the model is free again
 
 

@@ -74,7 +74,7 @@ def test_cancel_halts_generation_within_a_step(tiny_bot):
     rest = list(stream)
     assert stream.finish_reason == "cancelled"
     assert stream.completion_tokens < 5000 and len(rest) < 100
-    assert tiny_bot.engine.active is None  # the model is free for the next request
+    assert tiny_bot.engine.running == 0  # the model is free for the next request
 
 
 def test_requests_never_run_the_model_at_once(tiny_bot):
@@ -113,7 +113,7 @@ def test_requests_never_run_the_model_at_once(tiny_bot):
 
 
 def test_a_full_queue_refuses_new_requests(tiny_model_dir):
-    bot = ChatBot(str(tiny_model_dir), max_tokens=1024, max_waiting=1).load()
+    bot = ChatBot(str(tiny_model_dir), max_tokens=1024, max_waiting=1, max_batch=1).load()
     plan = bot.plan([], "hello")
     running = bot.generate(plan, SamplingParams(max_new_tokens=3000))
     assert running.next_piece(timeout=30) is not None or running.done  # the worker has taken it

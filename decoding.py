@@ -1,0 +1,73 @@
+"""Turning the model's output into text: token choice (greedy or sampled) and whole-character text pieces.
+
+Text leaves here only when its bytes form whole UTF-8 characters, and stop strings are
+cut out before a caller sees them.
+"""
+
+
+def sample_tokens(logits, params: list) -> list[int]:
+    """One next token per row of `logits` [rows, vocab]: greedy at temperature 0, else top-p sampling."""
+    import torch
+
+    chosen = []
+    for row, p in zip(logits, params):
+        if p.temperature <= 0:
+            chosen.append(int(row.argmax()))
+            continue
+        probs = torch.softmax(row.float() / p.temperature, dim=-1)
+        if p.top_p < 1.0:
+            sorted_probs, order = probs.sort(descending=True)
+            # keep the smallest set of tokens whose probabilities add up to top_p (always at least one)
+            outside = sorted_probs.cumsum(-1) - sorted_probs >= p.top_p
+            sorted_probs[outside] = 0
+            chosen.append(int(order[torch.multinomial(sorted_probs, 1)]))
+        else:
+            chosen.append(int(torch.multinomial(probs, 1)))
+    return chosen
+
+
+class TextDecoder:
+    """Turns token ids into text pieces that never split a UTF-8 character or a stop string."""
+
+    def __init__(self, tokenizer, stop: list[str]):
+        self.tokenizer = tokenizer
+        self.stop = [s for s in stop if s]
+        self.ids: list[int] = []
+        self.prefix_offset = 0  # decode from a little before the new ids, so spaces come out right
+        self.read_offset = 0
+        self.pending = ""  # text held back because it may be the start of a stop string
+        self.stopped = False
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def push(self, token_id: int) -> str:
+        """Add one token; return the text that is now safe to show (may be empty)."""
+        self.ids.append(token_id)
+        before = self._decode(self.ids[self.prefix_offset:self.read_offset])
+        text = self._decode(self.ids[self.prefix_offset:])
+        if len(text) <= len(before) or text.endswith("\ufffd"):
+            return ""  # an incomplete UTF-8 sequence: wait for the next token
+        self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+        return self._release(self.pending + text[len(before):])
+
+    def _release(self, text: str) -> str:
+        """Cut at a stop string, and hold back a tail that could still become one."""
+        for stop in self.stop:
+            at = text.find(stop)
+            if at != -1:
+                self.stopped, self.pending = True, ""
+                return text[:at]
+        hold = 0
+        for stop in self.stop:
+            for size in range(min(len(stop) - 1, len(text)), 0, -1):
+                if text.endswith(stop[:size]):
+                    hold = max(hold, size)
+                    break
+        self.pending = text[len(text) - hold:] if hold else ""
+        return text[:len(text) - hold]
+
+    def flush(self) -> str:
+        """Whatever was held back, once generation has ended without a stop string."""
+        text, self.pending = ("" if self.stopped else self.pending), ""
+        return text
