@@ -65,7 +65,7 @@ class ChatBot:
     def __init__(self, model: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto",
                  max_tokens: int = 8192, memory_ratio: float = 0.25,
                  system_prompt: str = DEFAULT_SYSTEM_PROMPT, max_waiting: int = MAX_WAITING,
-                 max_batch: int | None = None, kv_cache_mb: int | None = None, kv_reuse: bool = True,
+                 max_batch: int | None = None, kv_cache_mb: float | None = None, kv_reuse: bool = True,
                  max_seconds: float = MAX_REPLY_SECONDS, cpu_batch_matmul: bool = True, metrics=None):
         self.model_id = model
         self.max_waiting, self.max_batch, self.max_seconds = max_waiting, max_batch, max_seconds
@@ -148,7 +148,7 @@ class ChatBot:
             self.metrics = Metrics()
         kind = "cuda" if self.device.startswith("cuda") else "cpu"
         budget_mb = self.kv_cache_mb if self.kv_cache_mb is not None else default_kv_cache_mb(self.device)
-        self.cache = PrefixCache(self.memory.decode, budget_mb * 1024 * 1024, self.kv_reuse,
+        self.cache = PrefixCache(self.memory.decode, int(budget_mb * 1024 * 1024), self.kv_reuse,
                                  on_evict=lambda entry: self.metrics.evictions.inc())
         self.engine = Engine(model, tokenizer, end_of_turn_ids(model, tokenizer), self.cache, self.max_waiting,
                              self.max_batch or MAX_BATCH[kind], PREFILL_CHUNK[kind], self.max_seconds, self.metrics)

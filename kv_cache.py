@@ -5,7 +5,7 @@ with the exact generated ids, since re-tokenising the reply text need not reprod
 them), its text, and optionally the model's key/value tensors for its first `kv_len`
 tokens. A new prompt reuses the entry sharing its longest token prefix; the rest is
 prefilled. All tensors together stay under a byte budget: least recently used entries
-lose their tensors first (an evicted conversation pays one full prefill) and keep only
+(used meaning continued, not merely sharing a template head) lose their tensors first (an evicted conversation pays one full prefill) and keep only
 their ids, which cost little and still let the next prompt be built from the same ids.
 With reuse switched off no tensors are kept at all, so prompts are identical either way.
 
@@ -92,8 +92,8 @@ class PrefixCache:
                     best, shared = entry, n
             if best is None:
                 return None
-            best.used = time.monotonic()
         if shared == len(best.text):
+            best.used = time.monotonic()  # the conversation goes on: recently used
             return best.ids, shared
         lo, hi = 0, len(best.ids)  # the text of ids[:lo] begins `text`; that of ids[:hi] does not
         while hi - lo > 1:
@@ -120,7 +120,8 @@ class PrefixCache:
                     best, reused = entry, n
             if best is None:
                 return 0, None
-            best.used = time.monotonic()
+            if reused == best.kv_len:  # a continuation, not just a shared template head
+                best.used = time.monotonic()
             return reused, [(k[:, :, :reused], v[:, :, :reused]) for k, v in best.kv]
 
     def add(self, ids: list[int], kv: list[tuple] | None, kv_len: int) -> Entry:

@@ -294,7 +294,7 @@ def test_a_waiting_reply_gets_heartbeats_and_a_full_queue_gets_503(make_app, tin
     import settings
 
     monkeypatch.setattr(settings, "STREAM_HEARTBEAT_S", 0.05)
-    bot = ChatBot(str(tiny_model_dir), max_tokens=8192, max_waiting=1).load()
+    bot = ChatBot(str(tiny_model_dir), max_tokens=8192, max_waiting=1, max_batch=1).load()
     app = make_app(bot=bot)
     first, second, third = app.test_client(), app.test_client(), app.test_client()
     running = first.post(f"/api/conversations/{new_conversation(first)}/messages",

@@ -1,0 +1,216 @@
+"""KV cache reuse across turns and batched decoding, on real models (no mocks).
+
+The tiny random-weight Llama (real Llama 3.2 tokenizer and template) checks the
+mechanics token for token; SmolLM2-135M-Instruct (a real model whose ChatML template
+keeps replies as written) checks that a whole earlier reply is reused.
+"""
+
+import threading
+import time
+
+import pytest
+import torch
+
+from chat_bot import ChatBot
+from engine import SamplingParams
+from kv_cache import common_prefix
+
+QUESTIONS = [
+    "Tell me about the tides.",
+    "Why is the sea salty? Explain it step by step, with examples from three different oceans.",
+    "And the moon?",
+    "Write a short list of five sea birds.",
+    "Which of them flies farthest?",
+    "Thanks. Summarise everything so far in one paragraph.",
+]
+
+
+def greedy(max_new_tokens: int = 24, **kw) -> SamplingParams:
+    return SamplingParams(max_new_tokens=max_new_tokens, temperature=0, **kw)
+
+
+def converse(bot: ChatBot, questions: list[str], max_new_tokens: int = 24, system: str | None = None) -> list:
+    """Ask the questions in one conversation, storing replies as the app does; (plan, stream) per turn."""
+    history, turns = [], []
+    for question in questions:
+        plan = bot.plan(history, question, system)
+        stream = bot.generate(plan, greedy(max_new_tokens))
+        reply = "".join(stream)
+        history += [{"role": "user", "content": question}, {"role": "assistant", "content": reply}]
+        turns.append((plan, stream))
+    return turns
+
+
+def plain_greedy(bot: ChatBot, prompt_ids: list[int], new_tokens: int) -> list[int]:
+    """Greedy ids from a fresh full prefill with `model.generate`: no cache from anywhere."""
+    engine = bot.engine
+    with torch.inference_mode():
+        out = engine.model.generate(torch.tensor([prompt_ids]), max_new_tokens=new_tokens, do_sample=False,
+                                    eos_token_id=engine.eos_ids, pad_token_id=engine.pad_id)
+    return out[0, len(prompt_ids):].tolist()
+
+
+def test_reusing_the_cache_gives_the_same_tokens_as_not_reusing_it(tiny_model_dir):
+    on = ChatBot(str(tiny_model_dir), max_tokens=2048).load()
+    off = ChatBot(str(tiny_model_dir), max_tokens=2048, kv_reuse=False).load()
+    with_reuse, without = converse(on, QUESTIONS), converse(off, QUESTIONS)
+    for (_, a), (_, b) in zip(with_reuse, without):
+        assert a.prompt_ids == b.prompt_ids
+        assert a.generated_ids == b.generated_ids and len(a.generated_ids) == 24
+    assert all(stream.reused_tokens == 0 for _, stream in without)
+    for (_, before), (_, after) in zip(with_reuse, with_reuse[1:]):
+        # the next prompt continues the exact ids of the last one, and at least all of it is reused
+        assert after.prompt_ids[:before.prompt_tokens] == before.prompt_ids
+        assert after.reused_tokens >= before.prompt_tokens
+    computed = sum(s.prompt_tokens - s.reused_tokens for _, s in with_reuse)
+    assert computed < sum(s.prompt_tokens for _, s in without) / 2
+    last = with_reuse[-1][1]
+    assert last.generated_ids == plain_greedy(on, last.prompt_ids, 24)
+
+
+def test_a_whole_earlier_reply_is_reused_token_for_token(smollm2_dir):
+    bot = ChatBot(str(smollm2_dir), max_tokens=2048).load()
+    turns = converse(bot, ["What is the capital of France?", "And of Italy?", "Which is bigger?"], 40)
+    assert "Paris" in turns[0][1].text
+    for (_, before), (_, after) in zip(turns, turns[1:]):
+        earlier = before.prompt_ids + before.generated_ids  # ids the model generated, not the re-tokenised text
+        assert after.prompt_ids[:len(earlier)] == earlier
+        assert after.reused_tokens == len(earlier) - 1  # all but the last token had been fed to the model
+    last = turns[-1][1]
+    assert last.generated_ids == plain_greedy(bot, last.prompt_ids, len(last.generated_ids))
+
+
+def test_least_recently_used_caches_are_evicted_under_a_tiny_budget(tiny_model_dir):
+    # 2 layers x (keys + values) x 2 heads x 8 dims x 4 bytes = 256 bytes a token: ~2 conversations fit
+    bot = ChatBot(str(tiny_model_dir), max_tokens=2048, kv_cache_mb=0.05).load()
+    budget = bot.cache.budget
+    systems = ["You answer about the sea.", "You answer about mountains.", "You answer about deserts."]
+    first_turns = [converse(bot, QUESTIONS[:1], system=s)[0][1] for s in systems]
+    sizes = [len(s.prompt_ids) + len(s.generated_ids) - 1 for s in first_turns]
+    assert 2 * max(sizes) * 256 <= budget < sum(sizes) * 256  # two fit, three do not
+    assert bot.cache.nbytes <= budget
+    assert bot.metrics.evictions._value.get() >= 1
+    held = [entry.kv is not None for entry in bot.cache._entries]
+    assert held == [False, True, True]  # the least recently used lost its tensors, kept its ids
+
+    # The evicted conversation continues with a full prefill (but for a template head it shares
+    # with the others) and the same tokens as a fresh prefill gives.
+    a_first = first_turns[0]
+    history = [{"role": "user", "content": QUESTIONS[0]}, {"role": "assistant", "content": a_first.text}]
+    stream = bot.generate(bot.plan(history, QUESTIONS[1], systems[0]), greedy())
+    list(stream)
+    others = [s.prompt_ids + s.generated_ids for s in first_turns[1:]]
+    assert stream.reused_tokens == max(common_prefix(stream.prompt_ids, ids) for ids in others) < 40
+    assert stream.generated_ids == plain_greedy(bot, stream.prompt_ids, 24)
+    assert bot.cache.nbytes <= budget
+
+
+def test_a_trim_that_moves_the_prefix_rebuilds_once_and_changes_no_token(tiny_model_dir):
+    # A 320-token context: the history overflows after a few turns and old turns are dropped in chunks.
+    on = ChatBot(str(tiny_model_dir), max_tokens=320).load()
+    off = ChatBot(str(tiny_model_dir), max_tokens=320, kv_reuse=False).load()
+    questions = QUESTIONS * 2
+    with_reuse, without = converse(on, questions, 16), converse(off, questions, 16)
+    for (_, a), (_, b) in zip(with_reuse, without):
+        assert a.generated_ids == b.generated_ids
+    moved = stable = 0
+    for turn in range(1, len(with_reuse)):
+        (plan_before, before), (plan, after) = with_reuse[turn - 1], with_reuse[turn]
+        if plan.first_kept != plan_before.first_kept:
+            moved += 1  # the prompt no longer starts like any cached one: only a shared head is reused
+            earlier = [s.prompt_ids + s.generated_ids for _, s in with_reuse[:turn]]
+            shared = max(common_prefix(after.prompt_ids, ids[:-1]) for ids in earlier)
+            assert after.reused_tokens == shared < before.prompt_tokens - 100
+        else:
+            stable += 1
+            assert after.reused_tokens >= before.prompt_tokens
+    assert moved >= 1 and stable >= 3
+
+
+def _batch_sizes(bot: ChatBot) -> list[int]:
+    """Record the batch size of every decode step of the bot's model (a hook, the forward is real)."""
+    sizes = []
+    bot.engine.model.register_forward_pre_hook(
+        lambda module, args, kwargs: sizes.append(kwargs["input_ids"].shape[0])
+        if kwargs["input_ids"].shape[1] == 1 else None, with_kwargs=True)
+    return sizes
+
+
+def test_concurrent_streams_give_the_same_greedy_tokens_as_sequential_ones(tiny_model_dir):
+    prompts = ["Hi", QUESTIONS[1] * 3, "What is 2+2?", QUESTIONS[3], "Name a colour.", QUESTIONS[5]]
+    lengths = [40, 35, 30, 25, 40, 12]
+    one = ChatBot(str(tiny_model_dir), max_tokens=2048, max_batch=1, kv_reuse=False).load()
+    expected = []
+    for prompt, n in zip(prompts, lengths):
+        stream = one.generate(one.plan([], prompt), greedy(n))
+        list(stream)
+        expected.append(stream.generated_ids)
+
+    batched = ChatBot(str(tiny_model_dir), max_tokens=2048, max_batch=8, kv_reuse=False).load()
+    sizes = _batch_sizes(batched)
+    streams = [batched.generate(batched.plan([], p), greedy(n)) for p, n in zip(prompts, lengths)]
+    # a sampled stream in the same batch changes nothing for the greedy ones
+    sampled = batched.generate(batched.plan([], "Surprise me."), SamplingParams(max_new_tokens=30, temperature=1))
+    for stream in streams + [sampled]:
+        list(stream)
+    assert [s.generated_ids for s in streams] == expected
+    assert len(sampled.generated_ids) == 30
+    assert max(sizes) == 7 and batched.engine.running == 0
+
+
+def test_a_cancelled_stream_leaves_the_batch_within_one_step(tiny_model_dir):
+    bot = ChatBot(str(tiny_model_dir), max_tokens=4096, max_batch=4, kv_reuse=False).load()
+    sizes = _batch_sizes(bot)
+    keep = [bot.generate(bot.plan([], q), greedy(60)) for q in QUESTIONS[:2]]
+    leaving = bot.generate(bot.plan([], "Go on forever."), greedy(3000))
+    for _ in range(3):
+        leaving.next_piece(timeout=30)
+    deadline = time.monotonic() + 60
+    while sizes.count(3) < 2 and time.monotonic() < deadline:  # all three are decoding together
+        time.sleep(0.01)
+    steps_before = len(sizes)
+    leaving.cancel()
+    list(leaving)
+    assert leaving.finish_reason == "cancelled"
+    steps_after = len(sizes)
+    for stream in keep:
+        list(stream)
+    assert steps_after - steps_before <= 1  # at most the step already running
+    assert set(sizes[steps_after:]) <= {1, 2}  # the slot was free from the next step on
+
+    alone = ChatBot(str(tiny_model_dir), max_tokens=4096, max_batch=1, kv_reuse=False).load()
+    for question, stream in zip(QUESTIONS[:2], keep):
+        reference = alone.generate(alone.plan([], question), greedy(60))
+        list(reference)
+        assert stream.generated_ids == reference.generated_ids
+
+
+def test_a_reply_stops_at_the_wall_time_limit(tiny_model_dir):
+    bot = ChatBot(str(tiny_model_dir), max_tokens=8192, max_seconds=0.5).load()
+    started = time.monotonic()
+    stream = bot.generate(bot.plan([], "Go on forever."), greedy(6000))
+    list(stream)
+    assert stream.finish_reason == "length" and 0 < stream.completion_tokens < 6000
+    assert time.monotonic() - started < 5
+
+
+def test_many_threads_at_once_all_get_their_reply(tiny_model_dir):
+    bot = ChatBot(str(tiny_model_dir), max_tokens=2048, max_batch=4, max_waiting=32).load()
+    results, errors = {}, []
+
+    def ask(n):
+        try:
+            stream = bot.generate(bot.plan([], f"Question {n}: {QUESTIONS[n % 6]}"), greedy(10 + n % 7))
+            list(stream)
+            results[n] = stream
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask, args=(n,)) for n in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and len(results) == 20
+    assert all(s.finish_reason == "length" and s.completion_tokens == 10 + n % 7 for n, s in results.items())
+    assert bot.engine.running == 0 and bot.engine.waiting == 0
