@@ -15,7 +15,14 @@ from flask import Blueprint, current_app, jsonify, request
 
 import settings
 from streaming import event_stream, pieces, sse
-from validation import BadInput, json_body, message_text, sampling_params, start_reply, transcribe_upload
+from validation import (
+    BadInput,
+    json_body,
+    message_text,
+    sampling_params,
+    start_reply,
+    transcribe_upload,
+)
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
 ROLES = ("system", "user", "assistant")

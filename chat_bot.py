@@ -16,11 +16,19 @@ import threading
 import time
 from pathlib import Path
 
-from engine import MAX_BATCH, MAX_REPLY_SECONDS, MAX_WAITING, PREFILL_CHUNK, Engine, SamplingParams, Stream
 from cpu_linear import SMALL_BATCH_DTYPES, use_weight_major_linear
+from engine import (
+    MAX_BATCH,
+    MAX_REPLY_SECONDS,
+    MAX_WAITING,
+    PREFILL_CHUNK,
+    Engine,
+    SamplingParams,
+    Stream,
+)
 from kv_cache import PrefixCache
-from metrics import Metrics
 from memory import Memory, MemoryPlan
+from metrics import Metrics
 
 log = logging.getLogger(__name__)
 

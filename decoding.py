@@ -10,7 +10,7 @@ def sample_tokens(logits, params: list) -> list[int]:
     import torch
 
     chosen = []
-    for row, p in zip(logits, params):
+    for row, p in zip(logits, params, strict=True):
         if p.temperature <= 0:
             chosen.append(int(row.argmax()))
             continue

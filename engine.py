@@ -265,7 +265,7 @@ class Engine:
                          position_ids=torch.tensor([[length - pad] for pad in self._pads], device=device),
                          attention_mask=self._mask, past_key_values=self._batch, use_cache=True)
         tokens = sample_tokens(out.logits[:, -1], [row.stream.params for row in self.rows])
-        for row, token in list(zip(self.rows, tokens)):
+        for row, token in list(zip(self.rows, tokens, strict=True)):
             reason = self._emit(row, token)
             if reason:
                 self._leave(row, reason)

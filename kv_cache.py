@@ -5,8 +5,9 @@ with the exact generated ids, since re-tokenising the reply text need not reprod
 them), its text, and optionally the model's key/value tensors for its first `kv_len`
 tokens. A new prompt reuses the entry sharing its longest token prefix; the rest is
 prefilled. All tensors together stay under a byte budget: least recently used entries
-(used meaning continued, not merely sharing a template head) lose their tensors first (an evicted conversation pays one full prefill) and keep only
-their ids, which cost little and still let the next prompt be built from the same ids.
+(used meaning continued, not merely sharing a template head) lose their tensors first
+(an evicted conversation pays one full prefill) and keep only their ids, which cost
+little and still let the next prompt be built from the same ids.
 With reuse switched off no tensors are kept at all, so prompts are identical either way.
 
 The tensor helper at the bottom stacks rows of different lengths into one left-padded
@@ -164,7 +165,6 @@ def stack_left_padded(rows: list[list[tuple]]) -> tuple[list[tuple], list[int]]:
 
     Returns the batch and each row's padding; padded positions must be masked out.
     """
-    import torch
 
     lengths = [row[0][0].shape[2] for row in rows]
     longest = max(lengths)

@@ -91,7 +91,12 @@ def tiny_llama_dir() -> Path:
     if (out / "config.json").exists():
         return out
     import torch
-    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import (
+        AutoTokenizer,
+        GenerationConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(llama32_tokenizer_dir())
     config = LlamaConfig(
@@ -237,7 +242,11 @@ def whisper_tiny_en_dir() -> Path:
     if (out / "config.json").exists():
         return out
     import torch
-    from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperForConditionalGeneration,
+    )
 
     source = whisper_tiny_en_ct2_dir()
     ct2 = {k: torch.from_numpy(v.astype("float32")) for k, v in _read_ct2(source / "model.bin").items()

@@ -8,7 +8,6 @@ keeps replies as written) checks that a whole earlier reply is reused.
 import threading
 import time
 
-import pytest
 import torch
 
 from chat_bot import ChatBot
@@ -54,11 +53,11 @@ def test_reusing_the_cache_gives_the_same_tokens_as_not_reusing_it(tiny_model_di
     on = ChatBot(str(tiny_model_dir), max_tokens=2048).load()
     off = ChatBot(str(tiny_model_dir), max_tokens=2048, kv_reuse=False).load()
     with_reuse, without = converse(on, QUESTIONS), converse(off, QUESTIONS)
-    for (_, a), (_, b) in zip(with_reuse, without):
+    for (_, a), (_, b) in zip(with_reuse, without, strict=True):
         assert a.prompt_ids == b.prompt_ids
         assert a.generated_ids == b.generated_ids and len(a.generated_ids) == 24
     assert all(stream.reused_tokens == 0 for _, stream in without)
-    for (_, before), (_, after) in zip(with_reuse, with_reuse[1:]):
+    for (_, before), (_, after) in zip(with_reuse, with_reuse[1:], strict=False):
         # the next prompt continues the exact ids of the last one, and at least all of it is reused
         assert after.prompt_ids[:before.prompt_tokens] == before.prompt_ids
         assert after.reused_tokens >= before.prompt_tokens
@@ -72,7 +71,7 @@ def test_a_whole_earlier_reply_is_reused_token_for_token(smollm2_dir):
     bot = ChatBot(str(smollm2_dir), max_tokens=2048).load()
     turns = converse(bot, ["What is the capital of France?", "And of Italy?", "Which is bigger?"], 40)
     assert "Paris" in turns[0][1].text
-    for (_, before), (_, after) in zip(turns, turns[1:]):
+    for (_, before), (_, after) in zip(turns, turns[1:], strict=False):
         earlier = before.prompt_ids + before.generated_ids  # ids the model generated, not the re-tokenised text
         assert after.prompt_ids[:len(earlier)] == earlier
         assert after.reused_tokens == len(earlier) - 1  # all but the last token had been fed to the model
@@ -111,7 +110,7 @@ def test_a_trim_that_moves_the_prefix_rebuilds_once_and_changes_no_token(tiny_mo
     off = ChatBot(str(tiny_model_dir), max_tokens=320, kv_reuse=False).load()
     questions = QUESTIONS * 2
     with_reuse, without = converse(on, questions, 16), converse(off, questions, 16)
-    for (_, a), (_, b) in zip(with_reuse, without):
+    for (_, a), (_, b) in zip(with_reuse, without, strict=True):
         assert a.generated_ids == b.generated_ids
     moved = stable = 0
     for turn in range(1, len(with_reuse)):
@@ -141,14 +140,14 @@ def test_concurrent_streams_give_the_same_greedy_tokens_as_sequential_ones(tiny_
     lengths = [40, 35, 30, 25, 40, 12]
     one = ChatBot(str(tiny_model_dir), max_tokens=2048, max_batch=1, kv_reuse=False).load()
     expected = []
-    for prompt, n in zip(prompts, lengths):
+    for prompt, n in zip(prompts, lengths, strict=True):
         stream = one.generate(one.plan([], prompt), greedy(n))
         list(stream)
         expected.append(stream.generated_ids)
 
     batched = ChatBot(str(tiny_model_dir), max_tokens=2048, max_batch=8, kv_reuse=False).load()
     sizes = _batch_sizes(batched)
-    streams = [batched.generate(batched.plan([], p), greedy(n)) for p, n in zip(prompts, lengths)]
+    streams = [batched.generate(batched.plan([], p), greedy(n)) for p, n in zip(prompts, lengths, strict=True)]
     # a sampled stream in the same batch changes nothing for the greedy ones
     sampled = batched.generate(batched.plan([], "Surprise me."), SamplingParams(max_new_tokens=30, temperature=1))
     for stream in streams + [sampled]:
@@ -179,7 +178,7 @@ def test_a_cancelled_stream_leaves_the_batch_within_one_step(tiny_model_dir):
     assert set(sizes[steps_after:]) <= {1, 2}  # the slot was free from the next step on
 
     alone = ChatBot(str(tiny_model_dir), max_tokens=4096, max_batch=1, kv_reuse=False).load()
-    for question, stream in zip(QUESTIONS[:2], keep):
+    for question, stream in zip(QUESTIONS[:2], keep, strict=True):
         reference = alone.generate(alone.plan([], question), greedy(60))
         list(reference)
         assert stream.generated_ids == reference.generated_ids
