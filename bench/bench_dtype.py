@@ -16,7 +16,7 @@ import statistics
 import time
 from pathlib import Path
 
-from bench.bench_serving import llama32_1b_random_dir, save_report
+from bench.common import llama32_1b_random_dir, save_report
 
 
 def weights_gb(model) -> float:

@@ -1,77 +1,38 @@
-"""Serving benchmark: the server's streaming /v1/chat/completions against plain `model.generate`.
+"""Single-stream decode speed: the server against plain `model.generate` and against llama.cpp.
 
-Measures, in one run and on one model:
-  1. time to first token and decode tokens/s of plain `generate` in this process, and of
-     the real server process (`python app.py`) streaming through /v1/chat/completions,
-     interleaved rep by rep so machine noise hits both alike; the ratio is the server's cost;
-  2. time to first token at turns 1, 5 and 10 of a conversation that grows by ~150 tokens
-     a turn, through the server.
+On the same weights, in one run, interleaved rep by rep so machine noise hits all alike:
+  1. plain `model.generate` in this process (greedy, batch 1);
+  2. the real server process (`python app.py`) streaming through /v1/chat/completions;
+  3. llama.cpp through llama-cpp-python on the same weights converted to a bf16 GGUF by
+     llama.cpp's own converter, with as many threads as torch uses. llama-cpp-python is
+     built only for this benchmark (`bench/build_llama_cpp.sh`); without it the row is
+     skipped.
+Reported: time to first token and decode tokens/s of each, and the server's ratio to the
+others.
 
-The default model has Llama-3.2-1B-Instruct's exact config with random weights (speed does
-not depend on the weights' values), built offline once with the real Llama 3.2 tokenizer;
-`--model DIR` takes any local model directory (for example the SmolLM2 test model).
-
-    .venv/bin/python -m bench.bench_serving                  # Llama-3.2-1B shape
+    bench/build_llama_cpp.sh                                  # once, 15-30 minutes
+    .venv/bin/python -m bench.bench_serving                   # Llama-3.2-1B shape, random weights
     .venv/bin/python -m bench.bench_serving --model ~/.cache/webbot-test-models/smollm2 --reps 3
 
-Prints a table and writes JSON to bench/results/.
+Prints a table and writes JSON to bench/results/serving-MODEL-DEVICE.json.
 """
 
 import argparse
 import json
-import platform
+import os
 import statistics
+import subprocess
+import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
 
-import requests
-
+from bench.common import llama32_1b_random_dir, save_report, timed_stream
 from tests import assets
 from tests.server_process import Server
 
-RESULTS = Path(__file__).resolve().parent / "results"
-LLAMA_32_1B = {  # config.json of meta-llama/Llama-3.2-1B-Instruct
-    "vocab_size": 128256, "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
-    "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "max_position_embeddings": 131072,
-    "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "tie_word_embeddings": True, "bos_token_id": 128000,
-    "eos_token_id": assets.LLAMA3_EOS_IDS, "hidden_act": "silu",
-    "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
-                     "original_max_position_embeddings": 8192, "rope_type": "llama3"},
-}
 PROMPT = "Write a short poem about the sea, then explain what it means."
-
-
-def save_report(name: str, report: dict) -> Path:
-    """Write a benchmark's figures to bench/results/NAME.json and say where."""
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"{name}.json"
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
-    return out
-
-
-def llama32_1b_random_dir() -> Path:
-    """Llama-3.2-1B's exact architecture with random weights, saved once in bf16 like the real one."""
-    out = assets.CACHE / "llama32-1b-random"
-    if (out / "config.json").exists():
-        return out
-    import torch
-    from transformers import (
-        AutoTokenizer,
-        GenerationConfig,
-        LlamaConfig,
-        LlamaForCausalLM,
-    )
-
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**LLAMA_32_1B)).to(torch.bfloat16)
-    model.generation_config = GenerationConfig(bos_token_id=128000, eos_token_id=assets.LLAMA3_EOS_IDS)
-    tmp = out.with_suffix(".tmp")
-    model.save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(assets.llama32_tokenizer_dir()).save_pretrained(tmp)
-    tmp.rename(out)
-    return out
 
 
 def plain_generate(model, tokenizer, prompt_ids: list[int], new_tokens: int) -> dict:
@@ -90,7 +51,7 @@ def plain_generate(model, tokenizer, prompt_ids: list[int], new_tokens: int) -> 
             pass
 
     clock = Clock()
-    input_ids = torch.tensor([prompt_ids])
+    input_ids = torch.tensor([prompt_ids], device=model.device)
     started = time.perf_counter()
     with torch.inference_mode():
         model.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=new_tokens,
@@ -102,38 +63,65 @@ def plain_generate(model, tokenizer, prompt_ids: list[int], new_tokens: int) -> 
             "tokens": len(token_times)}
 
 
-def server_stream(url: str, messages: list[dict], max_tokens: int) -> dict:
-    """Time to first content token and decode rate through the server's streaming API."""
+def gguf_of(model_dir: Path) -> Path:
+    """The model as a bf16 GGUF, converted once by llama.cpp's convert_hf_to_gguf.py."""
+    out = assets.CACHE / f"{model_dir.name}-bf16.gguf"
+    if out.exists():
+        return out
+    source = llama_cpp_source() / "vendor" / "llama.cpp"
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / model_dir.name
+        copy.mkdir()
+        for f in model_dir.iterdir():
+            (copy / f.name).symlink_to(f)
+        _fit_vocab(model_dir, copy)
+        env = {**os.environ, "PYTHONPATH": str(assets.CACHE / "bench-tools")}
+        subprocess.run([sys.executable, "convert_hf_to_gguf.py", str(copy), "--outtype", "bf16",
+                        "--outfile", str(out.with_suffix(".tmp"))], cwd=source, env=env, check=True)
+    out.with_suffix(".tmp").rename(out)
+    return out
+
+
+def llama_cpp_source() -> Path:
+    """llama-cpp-python's source release, unpacked once into the cache (its converter lives there)."""
+    out = assets.CACHE / "llama-cpp-src"
+    if not out.exists():
+        tmp = out.with_suffix(".tmp")
+        with tarfile.open(assets._download(assets.LLAMA_CPP_SDIST, source=True)) as sdist:
+            sdist.extractall(tmp, filter="data")
+        next(tmp.iterdir()).rename(out)
+        tmp.rmdir()
+    return out
+
+
+def _fit_vocab(model_dir: Path, copy: Path) -> None:
+    """The test tokenizer (from Llama 3.2 90B-Vision) has one token past the 1B's embedding rows
+    (<|image|>); the converter refuses that, so the copy leaves it out. Speed does not change."""
+    config = json.loads((model_dir / "config.json").read_text())
+    size = config["vocab_size"]
+    tokenizer = json.loads((model_dir / "tokenizer.json").read_text())
+    tokenizer["added_tokens"] = [t for t in tokenizer["added_tokens"] if t["id"] < size]
+    tokenizer["model"]["vocab"] = {k: v for k, v in tokenizer["model"]["vocab"].items() if v < size}
+    (copy / "tokenizer.json").unlink()
+    (copy / "tokenizer.json").write_text(json.dumps(tokenizer))
+    settings = json.loads((model_dir / "tokenizer_config.json").read_text())
+    settings["added_tokens_decoder"] = {k: v for k, v in settings.get("added_tokens_decoder", {}).items()
+                                        if int(k) < size}
+    (copy / "tokenizer_config.json").unlink()
+    (copy / "tokenizer_config.json").write_text(json.dumps(settings))
+
+
+def llama_cpp_generate(llm, prompt_ids: list[int], new_tokens: int) -> dict:
+    """Time to first token and decode rate of llama.cpp, greedy, exactly `new_tokens` tokens."""
+    llm.reset()
+    times = []
     started = time.perf_counter()
-    times, usage = [], None
-    with requests.post(f"{url}/v1/chat/completions", stream=True, timeout=3600, json={
-            "model": "bench", "messages": messages, "max_tokens": max_tokens, "temperature": 0,
-            "stream": True}) as response:
-        response.raise_for_status()
-        for line in response.iter_lines():
-            if not line.startswith(b"data: ") or line == b"data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                usage = chunk["usage"]
-            if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
-                times.append(time.perf_counter())
-    tokens = usage["completion_tokens"]
-    decode = (tokens - 1) / (times[-1] - times[0]) if len(times) > 1 else None
-    return {"ttft_s": times[0] - started, "decode_tok_s": decode, "tokens": tokens,
-            "prompt_tokens": usage["prompt_tokens"]}
-
-
-def growing_conversation(turns: int, tokenizer) -> list[dict]:
-    """A conversation of `turns` user messages, each turn (question + answer) about 150 tokens."""
-    messages = []
-    for turn in range(1, turns + 1):
-        question = f"Turn {turn}. " + " ".join(f"Tell me more about topic {turn}.{i} in detail." for i in range(6))
-        messages.append({"role": "user", "content": question})
-        if turn < turns:
-            answer = f"Answer {turn}. " + " ".join(f"Here is point {turn}.{i} explained briefly." for i in range(6))
-            messages.append({"role": "assistant", "content": answer})
-    return messages
+    for _ in llm.generate(prompt_ids, temp=0.0, reset=True):
+        times.append(time.perf_counter())
+        if len(times) == new_tokens:
+            break
+    return {"ttft_s": times[0] - started, "decode_tok_s": (len(times) - 1) / (times[-1] - times[0]),
+            "tokens": len(times)}
 
 
 def median(rows: list[dict], key: str) -> float:
@@ -144,8 +132,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="local model directory (default: Llama-3.2-1B shape, random weights)")
     parser.add_argument("--new-tokens", type=int, default=48, help="tokens to decode per request")
-    parser.add_argument("--reps", type=int, default=2, help="interleaved repetitions of each path")
-    parser.add_argument("--turns", default="1,5,10", help="turns at which to measure time to first token")
+    parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions of each path")
     args = parser.parse_args()
 
     import torch
@@ -155,52 +142,65 @@ def main() -> None:
 
     model_dir = Path(args.model).expanduser() if args.model else llama32_1b_random_dir()
     device, dtype = resolve_device_dtype()
-    print(f"model {model_dir.name} on {device} ({dtype}), {torch.get_num_threads()} threads", flush=True)
+    threads = torch.get_num_threads()
+    print(f"model {model_dir.name} on {device} ({dtype}), {threads} threads", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype), device_map=device).eval()
     messages = [{"role": "user", "content": PROMPT}]
     prompt_ids = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                     return_dict=False))
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        Llama = None
+        print("llama-cpp-python is not installed (bench/build_llama_cpp.sh builds it); skipping llama.cpp")
+    llm = None
+    if Llama is not None:
+        llm = Llama(str(gguf_of(model_dir)), n_ctx=4096, n_threads=threads, n_gpu_layers=-1 if device == "cuda"
+                    else 0, verbose=False)
 
+    runs = {"generate": [], "server": [], "llama.cpp": []}
     with tempfile.TemporaryDirectory() as tmp:
+        # The server's system prompt is off so all three see the same prompt tokens.
         server = Server(model_dir, Path(tmp) / "data", Path(tmp) / "server.log", WEBBOT_MAX_TOKENS="8192",
                         WEBBOT_SYSTEM_PROMPT="").start(timeout=1800)
         try:
-            plain_generate(model, tokenizer, prompt_ids, 4)  # warm-up, both paths
-            server_stream(server.url, messages, 4)
-            plain, served = [], []
+            plain_generate(model, tokenizer, prompt_ids, 4)  # warm-up, every path
+            timed_stream(server.url, messages, 4)
+            if llm:
+                llama_cpp_generate(llm, prompt_ids, 4)
             for rep in range(args.reps):
-                plain.append(plain_generate(model, tokenizer, prompt_ids, args.new_tokens))
-                served.append(server_stream(server.url, messages, args.new_tokens))
-                print(f"rep {rep + 1}: generate {plain[-1]['decode_tok_s']:.2f} tok/s, "
-                      f"server {served[-1]['decode_tok_s']:.2f} tok/s", flush=True)
-            del model
-            turns = {}
-            for turn in [int(t) for t in args.turns.split(",")]:
-                result = server_stream(server.url, growing_conversation(turn, tokenizer), 4)
-                turns[turn] = result
-                print(f"turn {turn}: {result['prompt_tokens']} prompt tokens, "
-                      f"first token after {result['ttft_s']:.2f} s", flush=True)
+                runs["generate"].append(plain_generate(model, tokenizer, prompt_ids, args.new_tokens))
+                # a new question each rep, so the server does not reuse the cache of the last one
+                asked = [{"role": "user", "content": f"{PROMPT} ({rep})"}]
+                runs["server"].append(timed_stream(server.url, asked, args.new_tokens))
+                if llm:
+                    runs["llama.cpp"].append(llama_cpp_generate(llm, prompt_ids, args.new_tokens))
+                print(f"rep {rep + 1}: " + ", ".join(f"{name} {rows[-1]['decode_tok_s']:.2f} tok/s"
+                                                     for name, rows in runs.items() if rows), flush=True)
         finally:
             server.stop()
+    for row in runs["server"]:
+        del row["times"], row["text"]
 
-    report = {
-        "model": model_dir.name, "device": device, "dtype": dtype, "threads": torch.get_num_threads(),
-        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}", "new_tokens": args.new_tokens,
-        "prompt_tokens": len(prompt_ids), "reps": args.reps,
-        "generate": {"ttft_s": median(plain, "ttft_s"), "decode_tok_s": median(plain, "decode_tok_s"), "runs": plain},
-        "server": {"ttft_s": median(served, "ttft_s"), "decode_tok_s": median(served, "decode_tok_s"), "runs": served},
-        "turns": turns,
-    }
-    report["server_vs_generate_decode"] = report["server"]["decode_tok_s"] / report["generate"]["decode_tok_s"]
+    report = {"model": model_dir.name, "device": device, "dtype": dtype, "threads": threads,
+              "new_tokens": args.new_tokens, "prompt_tokens": len(prompt_ids), "reps": args.reps,
+              "llama_cpp_dtype": "bf16"}
+    for name, rows in runs.items():
+        if rows:
+            report[name] = {"ttft_s": median(rows, "ttft_s"), "decode_tok_s": median(rows, "decode_tok_s"),
+                            "runs": rows}
+    server_rate = report["server"]["decode_tok_s"]
+    report["server_vs_generate_decode"] = server_rate / report["generate"]["decode_tok_s"]
+    if "llama.cpp" in report:
+        report["server_vs_llama_cpp_decode"] = server_rate / report["llama.cpp"]["decode_tok_s"]
     print()
-    print(f"{'path':<28}{'first token (s)':>16}{'decode (tok/s)':>16}")
-    for name in ("generate", "server"):
-        print(f"{name:<28}{report[name]['ttft_s']:>16.2f}{report[name]['decode_tok_s']:>16.2f}")
-    print(f"server decode / generate decode: {report['server_vs_generate_decode']:.3f}")
-    print(f"{'turn':<8}{'prompt tokens':>16}{'first token (s)':>18}")
-    for turn, result in turns.items():
-        print(f"{turn:<8}{result['prompt_tokens']:>16}{result['ttft_s']:>18.2f}")
+    print(f"{'path':<14}{'first token (s)':>16}{'decode (tok/s)':>16}")
+    for name in runs:
+        if name in report:
+            print(f"{name:<14}{report[name]['ttft_s']:>16.2f}{report[name]['decode_tok_s']:>16.2f}")
+    print(f"server decode / generate: {report['server_vs_generate_decode']:.2f}" +
+          (f"; / llama.cpp: {report['server_vs_llama_cpp_decode']:.2f}" if "llama.cpp" in report else ""))
     save_report(f"serving-{model_dir.name}-{device}", report)
 
 

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-from bench.bench_serving import save_report
+from bench.common import save_report
 from tests import assets
 from tests.conftest import SENTENCES, convert, speak
 
