@@ -109,6 +109,7 @@ class _Row:
         self.cache = None  # a DynamicCache while the prompt is prefilled
         self.pos = 0  # prompt tokens in that cache
         self.kv: list[tuple] | None = None  # own tensors while outside the batch
+        self.source = None  # the prefix-cache entry whose whole prompt this one reused, if any
 
 
 class Engine:
@@ -223,7 +224,9 @@ class Engine:
             self._finish(row, "cancelled")
             return
         if row.cache is None:
-            reused, kv = self.cache.lookup(row.ids)
+            reused, kv, source = self.cache.lookup(row.ids)
+            if source is not None and reused >= source.prompt_len - 1:
+                row.source = source
             row.cache = DynamicCache(ddp_cache_data=kv) if kv else DynamicCache()
             row.pos = stream.reused_tokens = reused
             self.metrics.prompt_tokens.labels("reused").inc(reused)
@@ -340,7 +343,7 @@ class Engine:
             stream.events.put(tail)
         if reason != "error" and len(row.ids) > len(stream.prompt_ids):
             kv = [(_compact(k), _compact(v)) for k, v in row.kv] if row.kv and self.cache.reuse else None
-            self.cache.add(row.ids, kv, len(row.ids) - 1 if kv else 0)
+            self.cache.add(row.ids, kv, len(row.ids) - 1 if kv else 0, len(stream.prompt_ids), row.source)
         row.kv = row.cache = None
         stream.error, stream.finish_reason = error, reason
         self.metrics.replies.labels(reason).inc()

@@ -44,6 +44,7 @@ class Entry:
     text: str
     kv: list[tuple] | None = None  # per layer (keys, values), each [1, heads, kv_len, head_dim]
     kv_len: int = 0
+    prompt_len: int = 0  # the rest of ids was generated
     used: float = field(default_factory=time.monotonic)
 
     @property
@@ -105,8 +106,8 @@ class PrefixCache:
                 hi = mid
         return (best.ids[:lo], len(self.decode(best.ids[:lo]))) if lo else None
 
-    def lookup(self, ids: list[int]) -> tuple[int, list[tuple] | None]:
-        """(n, tensors of the first n tokens) for the entry sharing the most leading tokens with `ids`.
+    def lookup(self, ids: list[int]) -> tuple[int, list[tuple] | None, Entry | None]:
+        """(n, tensors of the first n tokens, the entry) for the entry sharing the most leading tokens with `ids`.
 
         At least the last token of `ids` is left out, so the caller has something to feed
         the model for the next token's logits. The tensors are views: copy before writing.
@@ -120,16 +121,23 @@ class PrefixCache:
                 if n > reused:
                     best, reused = entry, n
             if best is None:
-                return 0, None
+                return 0, None, None
             if reused == best.kv_len:  # a continuation, not just a shared template head
                 best.used = time.monotonic()
-            return reused, [(k[:, :, :reused], v[:, :, :reused]) for k, v in best.kv]
+            return reused, [(k[:, :, :reused], v[:, :, :reused]) for k, v in best.kv], best
 
-    def add(self, ids: list[int], kv: list[tuple] | None, kv_len: int) -> Entry:
-        """Keep a finished sequence; entries it extends are dropped, then the budget is enforced."""
-        entry = Entry(list(ids), self.decode(ids), kv if self.reuse else None, kv_len if self.reuse else 0)
+    def add(self, ids: list[int], kv: list[tuple] | None, kv_len: int, prompt_len: int,
+            continues: Entry | None = None) -> Entry:
+        """Keep a finished sequence; entries it makes useless are dropped, then the budget is enforced.
+
+        Useless: an entry the new one extends, and `continues`, the entry whose whole prompt
+        the new sequence reused (the conversation went on from it; what it held beyond that
+        prompt is its old reply, which the new prompt tokenised differently).
+        """
+        entry = Entry(list(ids), self.decode(ids), kv if self.reuse else None, kv_len if self.reuse else 0,
+                      prompt_len)
         with self._lock:
-            self._entries = [e for e in self._entries if not _extends(entry, e)]
+            self._entries = [e for e in self._entries if not _extends(entry, e) and e is not continues]
             self._entries.append(entry)
             self._enforce()
         return entry

@@ -171,11 +171,11 @@ def test_a_cancelled_stream_leaves_the_batch_within_one_step(tiny_model_dir):
     leaving.cancel()
     list(leaving)
     assert leaving.finish_reason == "cancelled"
-    steps_after = len(sizes)
     for stream in keep:
         list(stream)
-    assert steps_after - steps_before <= 1  # at most the step already running
-    assert set(sizes[steps_after:]) <= {1, 2}  # the slot was free from the next step on
+    # At most the step already under way ran with three rows; from the next one the slot was free.
+    assert sizes[steps_before:].count(3) <= 1 and set(sizes[steps_before:]) <= {1, 2, 3}
+    assert sizes[-1] in (1, 2) and bot.engine.running == 0
 
     alone = ChatBot(str(tiny_model_dir), max_tokens=4096, max_batch=1, kv_reuse=False).load()
     for question, stream in zip(QUESTIONS[:2], keep, strict=True):
