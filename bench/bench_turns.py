@@ -3,7 +3,7 @@
 Two real server processes on the same model, one with WEBBOT_KV_REUSE=on (the default) and
 one with it off, are sent the same conversation through the streaming /v1/chat/completions,
 turn by turn, interleaved so machine noise hits both alike. Each turn adds a user message
-of about 125 tokens and the server's own reply (the client sends the history back, as any
+of about 160 tokens and the server's own reply (the client sends the history back, as any
 OpenAI client does), so the conversation grows by about 150 tokens a turn. The prompt
 tokens each server reused or computed come from its /metrics.
 
@@ -25,7 +25,7 @@ from tests.server_process import Server
 
 
 def question(turn: int) -> str:
-    """A user message of about 125 Llama 3 tokens."""
+    """A user message of about 160 Llama 3 tokens."""
     return f"Turn {turn}. " + " ".join(f"Tell me more about topic {turn}.{i}, with one example." for i in range(11))
 
 

@@ -26,7 +26,7 @@ def main(turns_path: str, concurrency_path: str) -> None:
     for key, label, style in (("no_reuse", "KV cache reuse off", "o--"), ("reuse", "KV cache reuse on", "o-")):
         rows = turns[key]
         left.plot([r["turn"] for r in rows], [r["ttft_s"] for r in rows], style, label=label)
-    left.set_xlabel("turn (conversation grows ~150 tokens a turn)")
+    left.set_xlabel("turn (the conversation grows ~190 tokens a turn)")
     left.set_ylabel("time to first token (s)")
     left.set_title(f"Time to first token by turn\n{turns['model']}, {turns['device']} {turns['dtype']}")
     left.set_ylim(bottom=0)

@@ -8,6 +8,7 @@ keeps replies as written) checks that a whole earlier reply is reused.
 import threading
 import time
 
+import pytest
 import torch
 
 from chat_bot import ChatBot
@@ -65,6 +66,7 @@ def test_reusing_the_cache_gives_the_same_tokens_as_not_reusing_it(tiny_model_di
     assert computed < sum(s.prompt_tokens for _, s in without) / 2
     last = with_reuse[-1][1]
     assert last.generated_ids == plain_greedy(on, last.prompt_ids, 24)
+    assert len(on.cache) == 1  # one conversation, one cached sequence: earlier turns were superseded
 
 
 def test_a_whole_earlier_reply_is_reused_token_for_token(smollm2_dir):
@@ -213,3 +215,17 @@ def test_many_threads_at_once_all_get_their_reply(tiny_model_dir):
     assert not errors and len(results) == 20
     assert all(s.finish_reason == "length" and s.completion_tokens == 10 + n % 7 for n, s in results.items())
     assert bot.engine.running == 0 and bot.engine.waiting == 0
+
+
+def test_cache_settings_come_from_the_environment():
+    import settings
+
+    config = settings.from_env({"WEBBOT_KV_CACHE_MB": "64", "WEBBOT_MAX_BATCH": "3", "WEBBOT_KV_REUSE": "off"})
+    assert (config["WEBBOT_KV_CACHE_MB"], config["WEBBOT_MAX_BATCH"], config["WEBBOT_KV_REUSE"]) == (64, 3, False)
+    defaults = settings.from_env({})
+    assert defaults["WEBBOT_KV_CACHE_MB"] is None and defaults["WEBBOT_MAX_BATCH"] is None  # chosen per device
+    assert defaults["WEBBOT_KV_REUSE"] and defaults["WEBBOT_CPU_BATCH_MATMUL"]
+    with pytest.raises(ValueError, match="WEBBOT_KV_CACHE_MB must be a whole number or auto"):
+        settings.from_env({"WEBBOT_KV_CACHE_MB": "lots"})
+    with pytest.raises(ValueError, match="WEBBOT_KV_REUSE must be one of on, off"):
+        settings.from_env({"WEBBOT_KV_REUSE": "yes"})
