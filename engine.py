@@ -152,8 +152,9 @@ class Engine:
         if batch is not None:
             held += sum(layer.keys.numel() * layer.keys.element_size() * 2 for layer in batch.layers)
         for row in list(self.rows) + list(self.prefilling):
-            if row.kv:
-                held += sum(k.numel() * k.element_size() * 2 for k, _ in row.kv)
+            kv = row.kv  # read once: the worker may replace it meanwhile
+            if kv:
+                held += sum(k.numel() * k.element_size() * 2 for k, _ in kv)
         return held
 
     def submit(self, prompt_ids: list[int], params: SamplingParams) -> Stream:

@@ -4,7 +4,7 @@ Two real server processes on the same model, one with WEBBOT_KV_REUSE=on (the de
 one with it off, are sent the same conversation through the streaming /v1/chat/completions,
 turn by turn, interleaved so machine noise hits both alike. Each turn adds a user message
 of about 160 tokens and the server's own reply (the client sends the history back, as any
-OpenAI client does), so the conversation grows by about 150 tokens a turn. The prompt
+OpenAI client does), so the conversation grows by about 190 tokens a turn. The prompt
 tokens each server reused or computed come from its /metrics.
 
     .venv/bin/python -m bench.bench_turns                    # Llama-3.2-1B shape, random weights
