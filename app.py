@@ -23,6 +23,7 @@ import conversations
 import settings
 from chat_bot import ChatBot
 from metrics import Metrics
+from security import init_security
 from speech import Transcriber
 from store import Store
 from validation import BadInput, transcribe_upload
@@ -111,6 +112,7 @@ def create_app(config: dict | None = None, bot: ChatBot | None = None, transcrib
 
     app.register_blueprint(conversations.bp)
     app.register_blueprint(api.bp)
+    init_security(app, api.bp)
     _register_pages(app)
     _register_errors(app)
     return app

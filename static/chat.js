@@ -20,8 +20,11 @@ function showNotice(text) {
   notice.hidden = !text;
 }
 
+// Every state-changing request carries the page's CSRF token (checked by Flask-WTF).
+const CSRF_TOKEN = document.querySelector('meta[name="csrf-token"]').content;
+
 async function api(method, path, body) {
-  const options = { method, headers: {} };
+  const options = { method, headers: { "X-CSRFToken": CSRF_TOKEN } };
   if (body !== undefined) {
     options.headers["Content-Type"] = "application/json";
     options.body = JSON.stringify(body);
@@ -171,7 +174,7 @@ async function send(text) {
   try {
     const response = await fetch(`/api/conversations/${conversation}/messages`, {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers: { "Content-Type": "application/json", "X-CSRFToken": CSRF_TOKEN },
       body: JSON.stringify({ content: text }),
       signal: controller.signal,
     });

@@ -131,7 +131,8 @@
     mic.disabled = true;
     say("Transcribing…");
     try {
-      const response = await fetch("/api/transcriptions", { method: "POST", body });
+      const token = document.querySelector('meta[name="csrf-token"]').content;
+      const response = await fetch("/api/transcriptions", { method: "POST", body, headers: { "X-CSRFToken": token } });
       if (!response.ok) throw new Error(await errorText(response));
       const result = await response.json();
       if (!result.speech || !result.text.trim()) {

@@ -132,6 +132,24 @@ def tiny_bot(tiny_model_dir):
     return ChatBot(str(tiny_model_dir), max_tokens=1024).load()
 
 
+def page_client_class():
+    """A Flask test client that, like the chat page, loads the page for its CSRF token before writing."""
+    from flask.testing import FlaskClient
+
+    from tests.server_process import CSRF_META, WRITES
+
+    class PageClient(FlaskClient):
+        def open(self, *args, **kwargs):
+            method = kwargs.get("method", "GET").upper()
+            path = args[0] if args and isinstance(args[0], str) else ""
+            if method in WRITES and not path.startswith("/v1/") and "HTTP_X_CSRFTOKEN" not in self.environ_base:
+                page = super().open("/", method="GET")
+                self.environ_base["HTTP_X_CSRFTOKEN"] = CSRF_META.search(page.get_data(as_text=True)).group(1)
+            return super().open(*args, **kwargs)
+
+    return PageClient
+
+
 @pytest.fixture
 def make_app(tmp_path, tiny_bot):
     """Build an app around a bot (the tiny one by default) with its own data dir."""
@@ -141,7 +159,9 @@ def make_app(tmp_path, tiny_bot):
 
         config = {"TESTING": True, "WEBBOT_DATA_DIR": str(data_dir or tmp_path / "data"), "WEBBOT_CERT": "",
                   "WEBBOT_KEY": "", **config}
-        return create_app(config, bot=bot or tiny_bot, transcriber=transcriber)
+        app = create_app(config, bot=bot or tiny_bot, transcriber=transcriber)
+        app.test_client_class = page_client_class()
+        return app
 
     return make
 
@@ -183,6 +203,18 @@ def smollm2_server(smollm2_dir, whisper_ct2_dir, tmp_path_factory):
                     WEBBOT_WHISPER_MODEL=str(whisper_ct2_dir), WEBBOT_MAX_AUDIO_MB="1").start()
     yield server
     server.stop()
+
+
+def wait_for(page, expression: str, timeout: float = 30_000) -> None:
+    """Poll a JavaScript expression until it is true. Playwright's wait_for_function evaluates its
+    predicate with eval inside the page, which the app's Content-Security-Policy rightly blocks;
+    page.evaluate goes through the DevTools protocol instead."""
+    import time
+
+    deadline = time.monotonic() + timeout / 1000
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"still false after {timeout / 1000:.0f} s: {expression}"
+        time.sleep(0.05)
 
 
 def read_sse(lines) -> list[tuple[str, object]]:

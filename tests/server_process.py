@@ -1,6 +1,7 @@
 """`python app.py` as a real server process on a free loopback port (used by tests and benchmarks)."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -10,6 +11,22 @@ from pathlib import Path
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+WRITES = ("POST", "PUT", "PATCH", "DELETE")
+CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]+)">')
+
+
+class PageSession(requests.Session):
+    """A client that behaves like the chat page: before its first write to the page's routes it
+    loads the page and sends the page's CSRF token with every write after that."""
+
+    def request(self, method, url, *args, **kwargs):
+        if method.upper() in WRITES and "/v1/" not in url and "X-CSRFToken" not in self.headers:
+            origin = re.match(r"https?://[^/]+", url).group(0)
+            page = super().request("GET", origin + "/", timeout=30, verify=kwargs.get("verify", self.verify))
+            self.headers["X-CSRFToken"] = CSRF_META.search(page.text).group(1)
+        return super().request(method, url, *args, **kwargs)
 
 
 def free_port() -> int:

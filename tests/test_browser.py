@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from store import Store
+from tests.conftest import wait_for
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -94,7 +95,7 @@ def test_shift_enter_makes_a_new_line_and_stop_halts_the_reply(page, smollm2_ser
     assert page.input_value("#input") == "Write a very long story about a dragon.\nMake it ten chapters."
     page.press("#input", "Enter")
     page.wait_for_selector(".message.assistant.streaming", timeout=60_000)
-    page.wait_for_function("document.querySelector('.message.assistant .body').innerText.length > 40",
+    wait_for(page, "document.querySelector('.message.assistant .body').innerText.length > 40",
                            timeout=60_000)
     page.click("#stop")
     page.wait_for_selector(".message.assistant .status", timeout=30_000)
@@ -120,15 +121,15 @@ def test_sidebar_new_rename_switch_delete(page, smollm2_server):
     first = page.url.rsplit("/", 1)[1]
     page.once("dialog", lambda d: d.accept("Travel plans"))
     page.click("#conversation-list li.active .rename")
-    page.wait_for_function("document.querySelector('#conversation-list li.active .title').innerText === 'Travel plans'")
+    wait_for(page, "document.querySelector('#conversation-list li.active .title').innerText === 'Travel plans'")
     page.click("#new-chat")
-    page.wait_for_function(f"!location.pathname.endsWith('{first}')")
+    wait_for(page, f"!location.pathname.endsWith('{first}')")
     assert page.locator("#conversation-list li").count() == 2
     page.click(f"#conversation-list li[data-id='{first}'] .title")
-    page.wait_for_function(f"location.pathname.endsWith('{first}')")
+    wait_for(page, f"location.pathname.endsWith('{first}')")
     page.once("dialog", lambda d: d.accept())
     page.click(f"#conversation-list li[data-id='{first}'] .delete")
-    page.wait_for_function("document.querySelectorAll('#conversation-list li').length === 1")
+    wait_for(page, "document.querySelectorAll('#conversation-list li').length === 1")
     page.reload()
     assert page.locator("#conversation-list li").count() == 1
     assert page.locator(f"#conversation-list li[data-id='{first}']").count() == 0
@@ -142,7 +143,7 @@ def test_markup_from_user_and_model_never_runs(page, smollm2_server):
     page.goto(smollm2_server.url)
     ask(page, " ".join(payloads))
     # The reply's content does not matter here, and its length is up to the model: stop it early.
-    page.wait_for_function("(document.querySelector('.message.assistant .body') || {}).innerText?.length > 20",
+    wait_for(page, "(document.querySelector('.message.assistant .body') || {}).innerText?.length > 20",
                            timeout=60_000)
     if page.is_visible("#stop"):
         page.click("#stop")
@@ -196,7 +197,7 @@ def test_page_says_when_the_model_failed_to_load(browser, start_server, tmp_path
     page.wait_for_selector("#notice:not([hidden])")
     assert "could not be loaded" in page.inner_text("#notice")
     ask(page, "hello?")
-    page.wait_for_function("document.getElementById('notice').innerText.includes('WEBBOT_MODEL')")
+    wait_for(page, "document.getElementById('notice').innerText.includes('WEBBOT_MODEL')")
     assert page.locator(".message.assistant").count() == 0
     page.close()
 

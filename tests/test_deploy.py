@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from tests.conftest import read_sse
-from tests.server_process import ROOT
+from tests.server_process import ROOT, PageSession
 
 GUNICORN = ROOT / ".venv" / "bin" / "gunicorn"
 pytestmark = pytest.mark.skipif(not GUNICORN.exists(), reason="run_webbot.sh needs .venv (run_tests.sh makes it)")
@@ -47,7 +47,7 @@ def https_server(start_server, tiny_model_dir, cert_dir, tmp_path):
 
 def tls_session(cert_dir) -> requests.Session:
     """A client that trusts only our certificate (not REQUESTS_CA_BUNDLE, which would override it)."""
-    session = requests.Session()
+    session = PageSession()
     session.trust_env = False
     session.verify = str(cert_dir / "cert.pem")
     return session

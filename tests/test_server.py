@@ -7,6 +7,7 @@ import pytest
 import requests
 
 from tests.conftest import read_sse
+from tests.server_process import PageSession
 
 
 @pytest.fixture
@@ -67,7 +68,7 @@ def test_api_key_is_required_when_set(start_server, tiny_model_dir):
 
 
 def test_client_disconnect_mid_stream_stops_generation(tiny_server):
-    session = requests.Session()
+    session = PageSession()
     cid = session.post(tiny_server.url + "/api/conversations", json={}).json()["id"]
     response = session.post(f"{tiny_server.url}/api/conversations/{cid}/messages",
                             json={"content": "go", "max_tokens": 100_000}, stream=True, timeout=30)
@@ -91,7 +92,7 @@ def test_client_disconnect_mid_stream_stops_generation(tiny_server):
 def test_conversations_survive_a_server_restart(start_server, tiny_model_dir, tmp_path):
     data = tmp_path / "kept"
     server = start_server(tiny_model_dir, data_dir=data)
-    session = requests.Session()
+    session = PageSession()
     cid = session.post(server.url + "/api/conversations", json={}).json()["id"]
     events = read_sse(session.post(f"{server.url}/api/conversations/{cid}/messages",
                                    json={"content": "remember this", "max_tokens": 5}).iter_lines())
@@ -108,7 +109,7 @@ def test_several_users_at_once_each_get_their_own_reply(tiny_server):
     from concurrent.futures import ThreadPoolExecutor
 
     def chat(n):
-        session = requests.Session()
+        session = PageSession()
         cid = session.post(tiny_server.url + "/api/conversations", json={}).json()["id"]
         events = read_sse(session.post(f"{tiny_server.url}/api/conversations/{cid}/messages",
                                        json={"content": f"user {n} here", "max_tokens": 30}, timeout=120).iter_lines())

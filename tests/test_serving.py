@@ -7,6 +7,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import read_sse
+from tests.server_process import PageSession
 
 
 def scrape(server, **headers) -> dict:
@@ -88,7 +89,7 @@ def test_a_full_queue_answers_503_with_retry_after_on_the_api_and_the_page(start
     assert refused.status_code == 503 and int(refused.headers["Retry-After"]) > 0
     assert "busy" in refused.json()["error"]["message"] and refused.json()["error"]["code"] == "busy"
 
-    page = requests.Session()
+    page = PageSession()
     cid = page.post(server.url + "/api/conversations", json={}).json()["id"]
     refused = page.post(f"{server.url}/api/conversations/{cid}/messages", json={"content": "hello"}, timeout=30)
     assert refused.status_code == 503 and int(refused.headers["Retry-After"]) > 0

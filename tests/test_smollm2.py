@@ -5,15 +5,15 @@ answers repeatable.
 """
 
 import openai
-import requests
 
 from tests.conftest import read_sse
+from tests.server_process import PageSession
 
 QUESTION = "What is the capital of France?"
 
 
 def test_page_stream_answers_paris(smollm2_server):
-    session = requests.Session()
+    session = PageSession()
     health = session.get(smollm2_server.url + "/healthz").json()
     assert health["status"] == "ok" and health["model"] == "smollm2"
     assert health["speech"] == {"model": "whisper-tiny-en-ct2", "backend": "faster-whisper", "status": "not loaded"}

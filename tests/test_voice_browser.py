@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import convert, generate_audio, speak
+from tests.conftest import convert, generate_audio, speak, wait_for
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -76,7 +76,7 @@ def open_page(browser, url):
 def record(page, seconds: float):
     page.click("#mic")
     page.wait_for_selector("#mic.recording")
-    page.wait_for_function("document.getElementById('mic-timer').textContent !== '0:00'", timeout=10_000)
+    wait_for(page, "document.getElementById('mic-timer').textContent !== '0:00'", timeout=10_000)
     page.wait_for_timeout(seconds * 1000)
     assert page.is_visible("#mic-timer")
     page.click("#mic")
@@ -86,7 +86,7 @@ def test_record_stop_and_the_transcript_appears_in_the_input(speaking_browser, s
     page = open_page(speaking_browser, smollm2_server.url)
     page.fill("#input", "Please answer:")
     record(page, 3)
-    page.wait_for_function("document.getElementById('input').value.includes('capital of France')", timeout=60_000)
+    wait_for(page, "document.getElementById('input').value.includes('capital of France')", timeout=60_000)
     assert page.input_value("#input").startswith("Please answer: What is the capital of France?")
     assert not page.is_visible("#mic-timer") and page.get_attribute("#mic", "aria-pressed") == "false"
     assert page.locator(".message").count() == 0  # auto-send is off: nothing sent yet
@@ -146,6 +146,6 @@ def test_hold_to_talk_on_a_touch_screen(speaking_browser, smollm2_server):
     page.wait_for_timeout(2500)  # holding
     assert page.is_visible("#mic-timer")
     cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})  # release stops
-    page.wait_for_function("document.getElementById('input').value.includes('capital of France')", timeout=60_000)
+    wait_for(page, "document.getElementById('input').value.includes('capital of France')", timeout=60_000)
     assert page.get_attribute("#mic", "aria-pressed") == "false"
     context.close()

@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from tests.conftest import convert, generate_audio, speak
+from tests.server_process import PageSession
 
 QUESTION = "What is the capital of France?"
 
@@ -62,7 +63,7 @@ def test_spoken_question_to_answer_mentions_paris(client):
 
 
 def test_page_route_on_the_real_server(smollm2_server, question_file):
-    with requests.Session() as browser:
+    with PageSession() as browser:
         response = browser.post(smollm2_server.url + "/api/transcriptions",
                                 files={"file": ("recording.webm", question_file.read_bytes(), "audio/webm")})
         assert response.status_code == 200 and response.json()["text"] == QUESTION
@@ -99,5 +100,5 @@ def test_a_missing_speech_model_is_reported_not_fatal(start_server, tiny_model_d
         time.sleep(0.2)
     assert health["status"] == "ok"  # chat still works
     clip = convert(speak(QUESTION), "-c:a", "libopus", fmt="webm")
-    response = requests.post(server.url + "/api/transcriptions", files={"file": ("r.webm", clip)}, timeout=30)
+    response = PageSession().post(server.url + "/api/transcriptions", files={"file": ("r.webm", clip)}, timeout=30)
     assert response.status_code == 503 and "could not be loaded" in response.json()["error"]["message"]

@@ -1,0 +1,88 @@
+"""CSRF protection on the page's writes and the security headers, on the real app."""
+
+import re
+
+import pytest
+from flask.testing import FlaskClient
+
+from tests.server_process import CSRF_META
+
+
+def bare_client(app) -> FlaskClient:
+    """A client that sends no CSRF token unless told to (unlike the page)."""
+    return FlaskClient(app, app.response_class, use_cookies=True)
+
+
+def token_of(client) -> str:
+    return CSRF_META.search(client.get("/").get_data(as_text=True)).group(1)
+
+
+@pytest.fixture
+def conversation(app):
+    """A client with a conversation of one exchange, made through the page's own (token-carrying) client."""
+    client = app.test_client()
+    cid = client.post("/api/conversations", json={}).json["id"]
+    response = client.post(f"/api/conversations/{cid}/messages", json={"content": "hello", "max_tokens": 3})
+    assert response.status_code == 200 and b"event: done" in response.get_data()
+    return client, cid
+
+
+WRITES = [
+    ("post", "/api/conversations", {"json": {}}),
+    ("patch", "/api/conversations/{cid}", {"json": {"title": "renamed"}}),
+    ("delete", "/api/conversations/{cid}", {}),
+    ("post", "/api/conversations/{cid}/messages", {"json": {"content": "hi"}}),
+    ("post", "/api/conversations/{cid}/stop", {}),
+    ("post", "/api/transcriptions", {"data": {}}),
+]
+
+
+@pytest.mark.parametrize("method, path, kwargs", WRITES)
+def test_every_page_write_without_the_token_is_refused_and_changes_nothing(app, conversation, method, path, kwargs):
+    page, cid = conversation
+    before = page.get(f"/api/conversations/{cid}").json
+    attacker = bare_client(app)
+    attacker.set_cookie("webbot_session", page.get_cookie("webbot_session").value)  # even with the cookie
+    response = getattr(attacker, method)(path.format(cid=cid), **kwargs)
+    assert response.status_code == 400
+    assert response.json["error"]["code"] == "csrf_failed"
+    assert "reload the page" in response.json["error"]["message"]
+    assert page.get(f"/api/conversations/{cid}").json == before
+    assert len(page.get("/api/conversations").json["conversations"]) == 1
+
+
+def test_a_wrong_or_foreign_token_is_refused_and_the_page_token_accepted(app):
+    client, other = bare_client(app), bare_client(app)
+    mine = token_of(client)
+    assert client.post("/api/conversations", json={}, headers={"X-CSRFToken": "forged"}).status_code == 400
+    # a token from another session does not work in this one
+    assert client.post("/api/conversations", json={}, headers={"X-CSRFToken": token_of(other)}).status_code == 400
+    created = client.post("/api/conversations", json={}, headers={"X-CSRFToken": mine})
+    assert created.status_code == 201
+
+
+def test_the_api_uses_bearer_keys_not_csrf_tokens(make_app):
+    app = make_app(WEBBOT_API_KEY="k")
+    client = bare_client(app)
+    body = {"model": "x", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    assert client.post("/v1/chat/completions", json=body).status_code == 401
+    ok = client.post("/v1/chat/completions", json=body, headers={"Authorization": "Bearer k"})
+    assert ok.status_code == 200 and ok.json["usage"]["completion_tokens"] == 2
+
+
+def test_security_headers_on_pages_api_and_errors(client):
+    for path in ("/", "/api/conversations", "/v1/models", "/no-such-page", "/healthz"):
+        response = client.get(path)
+        policy = response.headers["Content-Security-Policy"]
+        assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+        assert "'unsafe-inline'" not in policy and "object-src 'none'" in policy
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["Referrer-Policy"] == "same-origin"
+        assert response.headers["X-Frame-Options"] == "DENY"
+
+
+def test_the_page_has_no_inline_script(client):
+    html = client.get("/").get_data(as_text=True)
+    scripts = re.findall(r"<script([^>]*)>(.*?)</script>", html, re.S)
+    assert scripts and all("src=" in attrs and not body.strip() for attrs, body in scripts)
+    assert not re.search(r"\son[a-z]+\s*=", html), "inline event handlers would be blocked by the CSP"
