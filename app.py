@@ -23,6 +23,7 @@ import conversations
 import settings
 from chat_bot import ChatBot
 from metrics import Metrics
+from rate_limits import init_rate_limits
 from security import init_security
 from speech import Transcriber
 from store import Store
@@ -115,6 +116,7 @@ def create_app(config: dict | None = None, bot: ChatBot | None = None, transcrib
     init_security(app, api.bp)
     _register_pages(app)
     _register_errors(app)
+    init_rate_limits(app)
     return app
 
 

@@ -219,3 +219,15 @@ def test_page_waits_for_a_loading_gguf_model_then_answers(browser, start_server)
     page.wait_for_selector(".message.assistant:not(.streaming)", timeout=120_000)
     assert "Paris" in page.inner_text(".message.assistant .body")
     page.close()
+
+
+def test_the_page_says_when_messages_come_too_fast(page, start_server, tiny_model_dir):
+    server = start_server(tiny_model_dir, WEBBOT_RATE_MESSAGES="1/minute", WEBBOT_MAX_TOKENS="1024")
+    page.goto(server.url)
+    ask(page, "first")
+    page.wait_for_selector(".message.assistant:not(.streaming)")
+    ask(page, "second")
+    page.wait_for_selector("#notice:not([hidden])")
+    assert page.inner_text("#notice").startswith("Too many messages: the limit is 1 per 1 minute. Try again in ")
+    assert page.input_value("#input") == "second"  # the refused message is kept to send again
+    page.problems.clear()  # the browser logs the refused request's 429 itself; that is the point here

@@ -86,3 +86,42 @@ def test_the_page_has_no_inline_script(client):
     scripts = re.findall(r"<script([^>]*)>(.*?)</script>", html, re.S)
     assert scripts and all("src=" in attrs and not body.strip() for attrs, body in scripts)
     assert not re.search(r"\son[a-z]+\s*=", html), "inline event handlers would be blocked by the CSP"
+
+
+def test_too_many_messages_get_429_with_retry_after_and_nothing_is_stored(make_app):
+    app = make_app(WEBBOT_RATE_MESSAGES="2/minute")
+    page = app.test_client()
+    cid = page.post("/api/conversations", json={}).json["id"]
+    for n in range(2):
+        sent = page.post(f"/api/conversations/{cid}/messages", json={"content": f"m{n}", "max_tokens": 2})
+        assert sent.status_code == 200 and b"event: done" in sent.get_data()
+        sent.close()  # as a browser does at the end of the stream; the conversation is free again
+    refused = page.post(f"/api/conversations/{cid}/messages", json={"content": "one more", "max_tokens": 2})
+    assert refused.status_code == 429 and 0 < int(refused.headers["Retry-After"]) <= 61
+    message = refused.json["error"]["message"]
+    assert message.startswith("Too many messages: the limit is 2 per 1 minute. Try again in ") and refused.json[
+        "error"]["code"] == "rate_limited"
+    assert [m["content"] for m in page.get(f"/api/conversations/{cid}").json["messages"] if m["role"] == "user"] == [
+        "m0", "m1"]
+    other = app.test_client()  # another browser session has its own allowance
+    other_cid = other.post("/api/conversations", json={}).json["id"]
+    assert other.post(f"/api/conversations/{other_cid}/messages", json={"content": "hi", "max_tokens": 2}
+                      ).status_code == 200
+    # API clients without a session count per address, against the same limit
+    api = bare_client(app)
+    body = {"model": "x", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    assert [api.post("/v1/chat/completions", json=body).status_code for _ in range(3)] == [200, 200, 429]
+
+
+def test_too_many_transcriptions_get_429(make_app):
+    app = make_app(WEBBOT_RATE_TRANSCRIPTIONS="1/minute")
+    page = app.test_client()
+    assert page.post("/api/transcriptions", data={}).status_code == 415  # counted, though it had no file
+    refused = page.post("/api/transcriptions", data={})
+    assert refused.status_code == 429 and refused.json["error"]["message"].startswith("Too many recordings")
+
+
+def test_a_malformed_rate_setting_stops_startup_with_a_sentence(make_app):
+    with pytest.raises(ValueError, match="WEBBOT_RATE_MESSAGES must be a rate such as 30/minute"):
+        make_app(WEBBOT_RATE_MESSAGES="lots")
+    make_app(WEBBOT_RATE_MESSAGES="off")  # switched off
