@@ -102,7 +102,7 @@ def create_app(config: dict | None = None, bot: ChatBot | None = None, transcrib
     store = Store(f"sqlite:///{data_dir / 'webbot.db'}")
     interrupted = store.close_interrupted()
     if interrupted:
-        log.info("marked %d replies interrupted by the last shutdown as stopped", interrupted)
+        log.info("marked %d replies cut off by the last shutdown as interrupted", interrupted)
     bot = bot or bot_from_config(app.config)
     if bot.metrics is None:
         bot.metrics = Metrics()

@@ -57,7 +57,11 @@ def new_conversation():
     title = body.get("title") or "New chat"
     if not isinstance(title, str) or len(title) > settings.MAX_TITLE_CHARS:
         raise BadInput(400, f"'title' must be text of at most {settings.MAX_TITLE_CHARS} characters.", "invalid_title")
-    return jsonify(_state().store.create_conversation(current_owner(), title.strip() or "New chat")), 201
+    store, owner, most = _state().store, current_owner(), current_app.config["WEBBOT_MAX_CONVERSATIONS"]
+    if store.count_conversations(owner) >= most:
+        raise BadInput(409, f"You have {most} conversations, the most this server keeps for one person; delete some "
+                            "to start a new one.", "too_many_conversations")
+    return jsonify(store.create_conversation(owner, title.strip() or "New chat")), 201
 
 
 @bp.get("/conversations/<conversation_id>")

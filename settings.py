@@ -63,6 +63,7 @@ def from_env(environ: dict | None = None) -> dict:
         "WEBBOT_MAX_REPLY_SECONDS": float(env.get("WEBBOT_MAX_REPLY_SECONDS", 600)),
         "WEBBOT_KV_CACHE_MB": _auto_int(env, "WEBBOT_KV_CACHE_MB"),
         "WEBBOT_KV_REUSE": _choice(env, "WEBBOT_KV_REUSE", ("on", "off")) == "on",
+        "WEBBOT_MAX_CONVERSATIONS": int(env.get("WEBBOT_MAX_CONVERSATIONS", 1000)),
         "WEBBOT_RATE_MESSAGES": env.get("WEBBOT_RATE_MESSAGES", "30/minute"),
         "WEBBOT_RATE_TRANSCRIPTIONS": env.get("WEBBOT_RATE_TRANSCRIPTIONS", "20/minute"),
         "WEBBOT_RATE_LIMIT_STORAGE": env.get("WEBBOT_RATE_LIMIT_STORAGE", "memory://"),

@@ -44,7 +44,7 @@ messages = Table(
            nullable=False, index=True),
     Column("role", String(16), nullable=False),
     Column("content", Text, nullable=False),
-    # complete | streaming | stopped (by the user or a closed tab) | error
+    # complete | streaming | stopped (by the user or a closed tab) | interrupted (the server died) | error
     Column("status", String(16), nullable=False, default="complete"),
     Column("created_at", Float, nullable=False),
 )
@@ -82,6 +82,12 @@ class Store:
             rows = db.execute(select(conversations).where(conversations.c.owner == owner)
                               .order_by(conversations.c.updated_at.desc())).mappings().all()
         return [dict(r) for r in rows]
+
+    def count_conversations(self, owner: str) -> int:
+        """How many conversations this owner has."""
+        with self.engine.connect() as db:
+            return db.execute(select(func.count()).select_from(conversations)
+                              .where(conversations.c.owner == owner)).scalar_one()
 
     def get_conversation(self, owner: str, conversation_id: str) -> dict | None:
         """One conversation, or None when it does not exist or belongs to someone else."""
@@ -136,10 +142,10 @@ class Store:
             return db.execute(select(func.count()).select_from(messages)).scalar_one()
 
     def close_interrupted(self) -> int:
-        """Mark replies left 'streaming' by a process that died as stopped; returns how many."""
+        """Mark replies left 'streaming' by a process that died as interrupted; returns how many."""
         with self.engine.begin() as db:
             return db.execute(update(messages).where(messages.c.status == "streaming")
-                              .values(status="stopped")).rowcount
+                              .values(status="interrupted")).rowcount
 
 
 def _sqlite_pragmas(connection, _record) -> None:

@@ -58,7 +58,11 @@ function messageElement(message) {
 function setStatus(element, status) {
   element.classList.toggle("streaming", status === "streaming");
   let label = element.querySelector(".status");
-  const text = { stopped: "Stopped before the end.", error: "The model failed on this reply." }[status];
+  const text = {
+    stopped: "Stopped before the end.",
+    interrupted: "Cut off when the server stopped; this is what was saved.",
+    error: "The model failed on this reply.",
+  }[status];
   if (!text) { if (label) label.remove(); return; }
   if (!label) { label = document.createElement("span"); label.className = "status"; element.appendChild(label); }
   label.textContent = text;

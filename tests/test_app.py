@@ -250,7 +250,7 @@ def test_conversations_survive_an_app_restart(make_app, tmp_path, tiny_bot):
     assert (data / "secret_key").stat().st_mode & 0o777 == 0o600
 
 
-def test_a_reply_left_streaming_by_a_crash_is_marked_stopped_on_start(make_app, tmp_path):
+def test_a_reply_left_streaming_by_a_crash_is_marked_interrupted_on_start(make_app, tmp_path):
     data = tmp_path / "crash"
     app = make_app(data_dir=data)
     store: Store = app.extensions["webbot"].store
@@ -260,7 +260,7 @@ def test_a_reply_left_streaming_by_a_crash_is_marked_stopped_on_start(make_app, 
     store.add_message(cid, "assistant", "half a rep", status="streaming")
     restarted = make_app(data_dir=data)
     messages = restarted.extensions["webbot"].store.messages(cid)
-    assert messages[-1]["status"] == "stopped" and messages[-1]["content"] == "half a rep"
+    assert messages[-1]["status"] == "interrupted" and messages[-1]["content"] == "half a rep"
 
 
 def test_streamed_html_always_matches_the_text_sent_so_far(client):

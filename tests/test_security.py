@@ -125,3 +125,14 @@ def test_a_malformed_rate_setting_stops_startup_with_a_sentence(make_app):
     with pytest.raises(ValueError, match="WEBBOT_RATE_MESSAGES must be a rate such as 30/minute"):
         make_app(WEBBOT_RATE_MESSAGES="lots")
     make_app(WEBBOT_RATE_MESSAGES="off")  # switched off
+
+
+def test_the_number_of_conversations_per_person_is_limited(make_app):
+    page = make_app(WEBBOT_MAX_CONVERSATIONS=2).test_client()
+    assert [page.post("/api/conversations", json={}).status_code for _ in range(2)] == [201, 201]
+    refused = page.post("/api/conversations", json={})
+    assert refused.status_code == 409 and "delete some to start a new one" in refused.json["error"]["message"]
+    assert len(page.get("/api/conversations").json["conversations"]) == 2
+    first = page.get("/api/conversations").json["conversations"][0]["id"]
+    assert page.delete(f"/api/conversations/{first}").status_code == 204
+    assert page.post("/api/conversations", json={}).status_code == 201

@@ -121,3 +121,34 @@ def test_several_users_at_once_each_get_their_own_reply(tiny_server):
     for (event, done), stored, n in results:
         assert event == "done" and done["usage"]["completion_tokens"] == 30
         assert [m["content"] for m in stored] == [f"user {n} here", done["message"]["content"]]
+
+
+def test_kill_9_mid_stream_loses_no_finished_message_and_keeps_the_partial_reply(start_server, tiny_model_dir,
+                                                                                 tmp_path):
+    import signal
+    import sqlite3
+
+    data = tmp_path / "crash"
+    server = start_server(tiny_model_dir, data_dir=data, WEBBOT_MAX_TOKENS="8192")
+    session = PageSession()
+    cid = session.post(server.url + "/api/conversations", json={}).json()["id"]
+    finished = read_sse(session.post(f"{server.url}/api/conversations/{cid}/messages",
+                                     json={"content": "first", "max_tokens": 8}).iter_lines())[-1][1]["message"]
+    running = session.post(f"{server.url}/api/conversations/{cid}/messages",
+                           json={"content": "second", "max_tokens": 100_000}, stream=True, timeout=30)
+    started = time.monotonic()
+    for _ in running.iter_lines():
+        if time.monotonic() - started > 3:  # past the first periodic save of the partial reply
+            break
+    server.process.send_signal(signal.SIGKILL)
+    server.process.wait(10)
+    running.close()
+
+    with sqlite3.connect(data / "webbot.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    again = start_server(tiny_model_dir, data_dir=data)
+    stored = session.get(f"{again.url}/api/conversations/{cid}").json()["messages"]
+    assert [(m["role"], m["status"]) for m in stored] == [
+        ("user", "complete"), ("assistant", "complete"), ("user", "complete"), ("assistant", "interrupted")]
+    assert stored[1]["content"] == finished["content"]
+    assert stored[3]["content"]  # the text saved before the crash
