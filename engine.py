@@ -190,8 +190,10 @@ class Engine:
                         self._prefill_step(row)
                     except BaseException as exc:  # reported to the waiting caller, never kills the worker
                         log.exception("prefill failed")
-                        self.prefilling.remove(row)
-                        self._finish(row, "error", exc)
+                        if row in self.prefilling:
+                            self.prefilling.remove(row)
+                        if row not in self.rows:
+                            self._finish(row, "error", exc)
                 if self.rows:
                     try:
                         self._decode_step()

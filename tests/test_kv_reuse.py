@@ -229,3 +229,17 @@ def test_cache_settings_come_from_the_environment():
         settings.from_env({"WEBBOT_KV_CACHE_MB": "lots"})
     with pytest.raises(ValueError, match="WEBBOT_KV_REUSE must be one of on, off"):
         settings.from_env({"WEBBOT_KV_REUSE": "yes"})
+
+
+def test_a_failing_prompt_fails_only_its_own_stream(tiny_model_dir):
+    bot = ChatBot(str(tiny_model_dir), max_tokens=2048, max_batch=4).load()
+    good = bot.generate(bot.plan([], QUESTIONS[0]), greedy(30))
+    bad = bot.engine.submit([128000, 10, 10**7], greedy(5))  # a token id past the vocabulary: the forward fails
+    with pytest.raises(IndexError):
+        list(bad)
+    assert bad.finish_reason == "error"
+    list(good)
+    assert good.finish_reason == "length" and len(good.generated_ids) == 30
+    after = bot.generate(bot.plan([], QUESTIONS[1]), greedy(5))  # the worker is still alive
+    list(after)
+    assert after.finish_reason == "length"
