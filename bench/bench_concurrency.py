@@ -27,7 +27,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.bench_turns import question
-from bench.common import llama32_1b_random_dir, memory_of, save_report, timed_stream
+from bench.common import MODEL_HELP, memory_of, save_report, setup, timed_stream
 from tests.server_process import Server
 
 
@@ -70,21 +70,15 @@ def cache_conversations(url: str, conversations: int, turns: int, tokens: int) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="local model directory (default: Llama-3.2-1B shape, random weights)")
+    parser.add_argument("--model", help=MODEL_HELP)
     parser.add_argument("--streams", default="1,2,4,8")
     parser.add_argument("--tokens", type=int, default=40, help="tokens each stream generates")
     parser.add_argument("--turns", type=int, default=4, help="turns of each cached conversation")
     args = parser.parse_args()
 
-    import torch
-
-    from chat_bot import resolve_device_dtype
-
-    model_dir = Path(args.model).expanduser() if args.model else llama32_1b_random_dir()
-    device, dtype = resolve_device_dtype()
-    print(f"model {model_dir.name} on {device} ({dtype}), {torch.get_num_threads()} threads", flush=True)
+    model_dir, where = setup(args.model)
     variants = {"default": {}}
-    if device == "cpu":
+    if where["device"] == "cpu":
         variants["batch_matmul_off"] = {"WEBBOT_CPU_BATCH_MATMUL": "off"}
     results = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as tmp:
@@ -118,7 +112,7 @@ def main() -> None:
     for rows in results.values():
         for row in rows:
             row["vs_one_stream_default"] = row["aggregate_tok_s"] / base
-    report = {"model": model_dir.name, "device": device, "dtype": dtype, "threads": torch.get_num_threads(),
+    report = {**where,
               "tokens_per_stream": args.tokens, "results": results, "memory": memory}
     print()
     print(f"{'server':<18}{'streams':>8}{'tok/s':>9}{'x one':>7}{'ITL p50 (s)':>13}{'ITL p99 (s)':>13}")
@@ -126,7 +120,7 @@ def main() -> None:
         for r in rows:
             print(f"{name:<18}{r['streams']:>8}{r['aggregate_tok_s']:>9.2f}{r['vs_one_stream_default']:>7.2f}"
                   f"{r['itl_p50_s']:>13.3f}{r['itl_p99_s']:>13.3f}")
-    save_report(f"concurrency-{model_dir.name}-{device}", report)
+    save_report(f"concurrency-{model_dir.name}-{where['device']}", report)
 
 
 if __name__ == "__main__":

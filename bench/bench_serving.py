@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import llama32_1b_random_dir, save_report, timed_stream
+from bench.common import MODEL_HELP, save_report, setup, timed_stream
 from tests import assets
 from tests.server_process import Server
 
@@ -130,7 +130,7 @@ def median(rows: list[dict], key: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="local model directory (default: Llama-3.2-1B shape, random weights)")
+    parser.add_argument("--model", help=MODEL_HELP)
     parser.add_argument("--new-tokens", type=int, default=48, help="tokens to decode per request")
     parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions of each path")
     args = parser.parse_args()
@@ -138,12 +138,8 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from chat_bot import resolve_device_dtype
-
-    model_dir = Path(args.model).expanduser() if args.model else llama32_1b_random_dir()
-    device, dtype = resolve_device_dtype()
-    threads = torch.get_num_threads()
-    print(f"model {model_dir.name} on {device} ({dtype}), {threads} threads", flush=True)
+    model_dir, where = setup(args.model)
+    device, dtype, threads = where["device"], where["dtype"], where["threads"]
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype), device_map=device).eval()
     messages = [{"role": "user", "content": PROMPT}]
@@ -183,8 +179,7 @@ def main() -> None:
     for row in runs["server"]:
         del row["times"], row["text"]
 
-    report = {"model": model_dir.name, "device": device, "dtype": dtype, "threads": threads,
-              "new_tokens": args.new_tokens, "prompt_tokens": len(prompt_ids), "reps": args.reps,
+    report = {**where, "new_tokens": args.new_tokens, "prompt_tokens": len(prompt_ids), "reps": args.reps,
               "llama_cpp_dtype": "bf16"}
     for name, rows in runs.items():
         if rows:

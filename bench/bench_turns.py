@@ -20,7 +20,7 @@ from pathlib import Path
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.common import llama32_1b_random_dir, memory_of, save_report, timed_stream
+from bench.common import MODEL_HELP, memory_of, save_report, setup, timed_stream
 from tests.server_process import Server
 
 
@@ -41,18 +41,12 @@ def prompt_tokens(url: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="local model directory (default: Llama-3.2-1B shape, random weights)")
+    parser.add_argument("--model", help=MODEL_HELP)
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--reply-tokens", type=int, default=24)
     args = parser.parse_args()
 
-    import torch
-
-    from chat_bot import resolve_device_dtype
-
-    model_dir = Path(args.model).expanduser() if args.model else llama32_1b_random_dir()
-    device, dtype = resolve_device_dtype()
-    print(f"model {model_dir.name} on {device} ({dtype}), {torch.get_num_threads()} threads", flush=True)
+    model_dir, where = setup(args.model)
     modes = ("on", "off")
     rows = {mode: [] for mode in modes}
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,7 +76,7 @@ def main() -> None:
 
     on, off = rows["on"], rows["off"]
     report = {
-        "model": model_dir.name, "device": device, "dtype": dtype, "threads": torch.get_num_threads(),
+        **where,
         "reply_tokens": args.reply_tokens, "reuse": on, "no_reuse": off, "memory": memory,
         "last_over_first_with_reuse": on[-1]["ttft_s"] / on[0]["ttft_s"],
         "last_over_first_without": off[-1]["ttft_s"] / off[0]["ttft_s"],
@@ -95,7 +89,7 @@ def main() -> None:
               f"{b['ttft_s'] / a['ttft_s']:>8.1f}")
     print(f"turn {args.turns} / turn 1 with reuse: {report['last_over_first_with_reuse']:.2f} "
           f"(without: {report['last_over_first_without']:.2f})")
-    save_report(f"turns-{model_dir.name}-{device}", report)
+    save_report(f"turns-{model_dir.name}-{where['device']}", report)
 
 
 if __name__ == "__main__":

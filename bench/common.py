@@ -13,6 +13,7 @@ import requests
 from tests import assets
 
 RESULTS = Path(__file__).resolve().parent / "results"
+MODEL_HELP = "local model directory (default: Llama-3.2-1B shape, random weights)"
 LLAMA_32_1B = {  # config.json of meta-llama/Llama-3.2-1B-Instruct
     "vocab_size": 128256, "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
     "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "max_position_embeddings": 131072,
@@ -21,6 +22,19 @@ LLAMA_32_1B = {  # config.json of meta-llama/Llama-3.2-1B-Instruct
     "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
                      "original_max_position_embeddings": 8192, "rope_type": "llama3"},
 }
+
+
+def setup(model: str | None) -> tuple[Path, dict]:
+    """The model directory a serving benchmark runs, and where: model, device, dtype, threads (printed)."""
+    import torch
+
+    from chat_bot import resolve_device_dtype
+
+    model_dir = Path(model).expanduser() if model else llama32_1b_random_dir()
+    device, dtype = resolve_device_dtype()
+    where = {"model": model_dir.name, "device": device, "dtype": dtype, "threads": torch.get_num_threads()}
+    print(f"model {model_dir.name} on {device} ({dtype}), {where['threads']} threads", flush=True)
+    return model_dir, where
 
 
 def save_report(name: str, report: dict) -> Path:
@@ -43,11 +57,7 @@ def llama32_1b_random_dir() -> Path:
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**LLAMA_32_1B)).to(torch.bfloat16)
     model.generation_config = GenerationConfig(bos_token_id=128000, eos_token_id=assets.LLAMA3_EOS_IDS)
-    tmp = out.with_suffix(".tmp")
-    model.save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(assets.llama32_tokenizer_dir()).save_pretrained(tmp)
-    tmp.rename(out)
-    return out
+    return assets.save_models(out, model, AutoTokenizer.from_pretrained(assets.llama32_tokenizer_dir()))
 
 
 def timed_stream(url: str, messages: list[dict], max_tokens: int) -> dict:

@@ -61,6 +61,15 @@ def _fresh_tmp(out: Path) -> Path:
     return tmp
 
 
+def save_models(out: Path, *parts) -> Path:
+    """Save models, tokenizers or processors (`save_pretrained`) together as `out`, atomically."""
+    tmp = _fresh_tmp(out)
+    for part in parts:
+        part.save_pretrained(tmp)
+    tmp.rename(out)
+    return out
+
+
 def llama32_tokenizer_dir() -> Path:
     """The real Llama 3.2 tokenizer with the real Llama 3.2 Instruct chat template."""
     out = CACHE / "llama32-tokenizer"
@@ -91,12 +100,7 @@ def tiny_llama_dir() -> Path:
     if (out / "config.json").exists():
         return out
     import torch
-    from transformers import (
-        AutoTokenizer,
-        GenerationConfig,
-        LlamaConfig,
-        LlamaForCausalLM,
-    )
+    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(llama32_tokenizer_dir())
     config = LlamaConfig(
@@ -108,11 +112,7 @@ def tiny_llama_dir() -> Path:
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     model.generation_config = GenerationConfig(bos_token_id=128000, eos_token_id=LLAMA3_EOS_IDS)
-    tmp = _fresh_tmp(out)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(out)
-    return out
+    return save_models(out, model, tokenizer)
 
 
 def smollm2_gguf() -> Path:
@@ -145,11 +145,7 @@ def smollm2_dir() -> Path:
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
-    tmp = _fresh_tmp(out)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(out)
-    return out
+    return save_models(out, model, tokenizer)
 
 
 def whisper_tiny_en_ct2_dir() -> Path:
@@ -196,11 +192,7 @@ def tiny_whisper_dir() -> Path:
         bos_token_id=50257, decoder_start_token_id=50257, eos_token_id=50256, pad_token_id=50256,
         no_timestamps_token_id=50362, prev_sot_token_id=50360, is_multilingual=False, max_length=64,
         begin_suppress_tokens=[220, 50256], max_initial_timestamp_index=50, return_timestamps=False)
-    tmp = _fresh_tmp(out)
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    tmp.rename(out)
-    return out
+    return save_models(out, model, processor)
 
 
 def _read_ct2(path: Path) -> dict:
