@@ -22,7 +22,6 @@ import api
 import conversations
 import settings
 from chat_bot import ChatBot
-from metrics import Metrics
 from rate_limits import init_rate_limits
 from security import init_security
 from speech import Transcriber
@@ -67,7 +66,7 @@ def bot_from_config(config: dict) -> ChatBot:
                    max_waiting=config["WEBBOT_MAX_WAITING"], max_batch=config["WEBBOT_MAX_BATCH"],
                    kv_cache_mb=config["WEBBOT_KV_CACHE_MB"], kv_reuse=config["WEBBOT_KV_REUSE"],
                    max_seconds=config["WEBBOT_MAX_REPLY_SECONDS"],
-                   cpu_batch_matmul=config["WEBBOT_CPU_BATCH_MATMUL"], metrics=Metrics())
+                   cpu_batch_matmul=config["WEBBOT_CPU_BATCH_MATMUL"])
 
 
 def transcriber_from_config(config: dict) -> Transcriber:
@@ -104,9 +103,6 @@ def create_app(config: dict | None = None, bot: ChatBot | None = None, transcrib
     if interrupted:
         log.info("marked %d replies cut off by the last shutdown as interrupted", interrupted)
     bot = bot or bot_from_config(app.config)
-    if bot.metrics is None:
-        bot.metrics = Metrics()
-    bot.metrics.watch(bot)
     app.extensions["webbot"] = SimpleNamespace(
         bot=bot, store=store, active=ActiveReplies(),
         transcriber=transcriber or transcriber_from_config(app.config))

@@ -79,7 +79,8 @@ class ChatBot:
         self.max_waiting, self.max_batch, self.max_seconds = max_waiting, max_batch, max_seconds
         self.kv_cache_mb, self.kv_reuse = kv_cache_mb, kv_reuse
         self.cpu_batch_matmul = cpu_batch_matmul
-        self.metrics = metrics
+        self.metrics = metrics or Metrics()  # counters of this bot's engine, served at /metrics
+        self.metrics.watch(self)
         self.requested = (device, dtype)
         self.max_tokens = max_tokens
         self.memory_ratio = memory_ratio
@@ -152,8 +153,6 @@ class ChatBot:
                         self.model_id, context, self.max_tokens)
             self.max_tokens = context
         self.memory = Memory(tokenizer, self.max_tokens, self.memory_ratio)
-        if self.metrics is None:
-            self.metrics = Metrics()
         kind = "cuda" if self.device.startswith("cuda") else "cpu"
         budget_mb = self.kv_cache_mb if self.kv_cache_mb is not None else default_kv_cache_mb(self.device)
         self.cache = PrefixCache(self.memory.decode, int(budget_mb * 1024 * 1024), self.kv_reuse,
@@ -176,7 +175,7 @@ class ChatBot:
 
     def prompt_ids(self, plan: MemoryPlan) -> list[int]:
         """The planned prompt's ids, continuing the exact ids of an earlier sequence it extends."""
-        text = self.memory.render_text(plan.kept_messages)
+        text = plan.prompt_text
         earlier = self.cache.continuation(text)
         if earlier is None:
             return plan.prompt_ids

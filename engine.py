@@ -55,7 +55,6 @@ class Stream:
         self.params = params
         self.cancelled = threading.Event()
         self.events: queue.Queue = queue.Queue()
-        self.completion_tokens = 0
         self.generated_ids: list[int] = []
         self.reused_tokens = 0  # prompt tokens whose KV cache came from an earlier sequence
         self.finish_reason: str | None = None
@@ -70,6 +69,11 @@ class Stream:
     def prompt_tokens(self) -> int:
         """Tokens in the prompt."""
         return len(self.prompt_ids)
+
+    @property
+    def completion_tokens(self) -> int:
+        """Tokens generated so far (end-of-turn token included)."""
+        return len(self.generated_ids)
 
     @property
     def done(self) -> bool:
@@ -313,7 +317,6 @@ class Engine:
         stream, now = row.stream, time.monotonic()
         row.ids.append(token)
         stream.generated_ids.append(token)
-        stream.completion_tokens += 1
         self.metrics.generated_tokens.inc()
         if stream.first_token_at is None:
             stream.first_token_at = now
@@ -346,7 +349,7 @@ class Engine:
             stream.events.put(tail)
         if reason != "error" and len(row.ids) > len(stream.prompt_ids):
             kv = [(_compact(k), _compact(v)) for k, v in row.kv] if row.kv and self.cache.reuse else None
-            self.cache.add(row.ids, kv, len(row.ids) - 1 if kv else 0, len(stream.prompt_ids), row.source)
+            self.cache.add(row.ids, kv, len(stream.prompt_ids), row.source)  # kv covers all ids but the last
         row.kv = row.cache = None
         stream.error, stream.finish_reason = error, reason
         self.metrics.replies.labels(reason).inc()

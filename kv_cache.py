@@ -43,9 +43,13 @@ class Entry:
     ids: list[int]
     text: str
     kv: list[tuple] | None = None  # per layer (keys, values), each [1, heads, kv_len, head_dim]
-    kv_len: int = 0
     prompt_len: int = 0  # the rest of ids was generated
     used: float = field(default_factory=time.monotonic)
+
+    @property
+    def kv_len(self) -> int:
+        """Tokens the tensors cover (the first kv_len of ids)."""
+        return self.kv[0][0].shape[2] if self.kv else 0
 
     @property
     def nbytes(self) -> int:
@@ -115,7 +119,7 @@ class PrefixCache:
         best, reused = None, 0
         with self._lock:
             for entry in self._entries:
-                if entry.kv is None or not entry.kv_len or entry.ids[0] != ids[0]:
+                if not entry.kv_len or entry.ids[0] != ids[0]:
                     continue
                 n = common_prefix(entry.ids[:entry.kv_len], ids[:-1])
                 if n > reused:
@@ -126,26 +130,19 @@ class PrefixCache:
                 best.used = time.monotonic()
             return reused, [(k[:, :, :reused], v[:, :, :reused]) for k, v in best.kv], best
 
-    def add(self, ids: list[int], kv: list[tuple] | None, kv_len: int, prompt_len: int,
-            continues: Entry | None = None) -> Entry:
+    def add(self, ids: list[int], kv: list[tuple] | None, prompt_len: int, continues: Entry | None = None) -> Entry:
         """Keep a finished sequence; entries it makes useless are dropped, then the budget is enforced.
 
         Useless: an entry the new one extends, and `continues`, the entry whose whole prompt
         the new sequence reused (the conversation went on from it; what it held beyond that
         prompt is its old reply, which the new prompt tokenised differently).
         """
-        entry = Entry(list(ids), self.decode(ids), kv if self.reuse else None, kv_len if self.reuse else 0,
-                      prompt_len)
+        entry = Entry(list(ids), self.decode(ids), kv if self.reuse else None, prompt_len)
         with self._lock:
             self._entries = [e for e in self._entries if not _extends(entry, e) and e is not continues]
             self._entries.append(entry)
             self._enforce()
         return entry
-
-    def clear(self) -> None:
-        """Drop every entry."""
-        with self._lock:
-            self._entries.clear()
 
     def _enforce(self) -> None:
         by_age = sorted(self._entries, key=lambda e: e.used)
@@ -155,7 +152,7 @@ class PrefixCache:
                 break
             if entry.kv is not None:
                 total -= entry.nbytes
-                entry.kv, entry.kv_len = None, 0
+                entry.kv = None
                 self.on_evict(entry)
         if len(self._entries) > self.max_entries:
             gone = {id(e) for e in by_age[:len(self._entries) - self.max_entries]}
@@ -165,7 +162,7 @@ class PrefixCache:
 def _extends(new: Entry, old: Entry) -> bool:
     """True when `new` continues `old` and covers at least its tensors, so `old` adds nothing."""
     return (len(new.ids) >= len(old.ids) and new.ids[:len(old.ids)] == old.ids
-            and (new.kv_len >= old.kv_len or old.kv is None))
+            and new.kv_len >= old.kv_len)
 
 
 def stack_left_padded(rows: list[list[tuple]]) -> tuple[list[tuple], list[int]]:

@@ -39,6 +39,7 @@ class MemoryPlan:
     first_kept: int  # index into the history of the first message the model sees
     dropped: int  # stored messages left outside memory
     kept_messages: list[dict] = field(repr=False, default_factory=list)
+    prompt_text: str = field(repr=False, default="")  # the prompt as the template wrote it; ids are its tokens
 
     @property
     def prompt_tokens(self) -> int:
@@ -119,7 +120,8 @@ class Memory:
     def _plan(self, history: list[dict], new_message: str, system_prompt: str | None) -> MemoryPlan:
         head = [{"role": "system", "content": system_prompt}] if system_prompt else []
         new = [{"role": "user", "content": new_message}]
-        minimal = self.render(head + new)
+        minimal_text = self.render_text(head + new)
+        minimal = self.encode(minimal_text)
         if len(minimal) > self.budget:
             own = len(minimal) - len(self.render(head + [{"role": "user", "content": ""}]))
             raise MessageTooLong(own, self.budget - (len(minimal) - own))
@@ -132,11 +134,12 @@ class Memory:
         # The new message may be long: drop more turns for this reply only, one at a time.
         for start in range(min(stable, len(turns)), len(turns) + 1):
             kept = [m for turn in turns[start:] for m in turn]
-            ids = self.render(head + kept + new)
+            text = self.render_text(head + kept + new)
+            ids = self.encode(text)
             if len(ids) <= self.budget:
                 first = sum(len(turn) for turn in turns[:start])
-                return MemoryPlan(ids, self.budget, first, first, head + kept + new)
-        return MemoryPlan(minimal, self.budget, len(history), len(history), head + new)
+                return MemoryPlan(ids, self.budget, first, first, head + kept + new, text)
+        return MemoryPlan(minimal, self.budget, len(history), len(history), head + new, minimal_text)
 
     def _tokens_to_drop(self, head: list[dict], history_tokens: int) -> int:
         """How many of the oldest history tokens to leave out: a whole number of chunks.

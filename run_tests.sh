@@ -38,4 +38,5 @@ fi
 
 .venv/bin/python -m tests.assets
 # pytest exits 5 when no test ran; set -e makes that a failure too.
-HF_HUB_OFFLINE=1 exec .venv/bin/python -m pytest "$@"
+# Strict: tests of tools this script installed (chromium, nginx) fail instead of skipping if one is missing.
+WEBBOT_TESTS_STRICT=1 HF_HUB_OFFLINE=1 exec .venv/bin/python -m pytest "$@"

@@ -5,6 +5,7 @@ fetched from a model hub). `HF_HUB_OFFLINE=1` makes any accidental hub access fa
 """
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,17 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from tests import assets  # noqa: E402
 from tests.server_process import Server  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-sync"]
+
+
+def requires(path, reason: str):
+    """Skip tests when a tool they drive is missing, but never under run_tests.sh
+    (WEBBOT_TESTS_STRICT=1): it installs the tool, so there a missing one must fail, not hide."""
+    strict = os.environ.get("WEBBOT_TESTS_STRICT") == "1"
+    return pytest.mark.skipif(not strict and not Path(path).exists(), reason=reason)
 
 
 @pytest.fixture(scope="session")

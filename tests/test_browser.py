@@ -5,7 +5,6 @@ Set WEBBOT_SCREENSHOTS=1 to write the README's screenshot to docs/screenshots/.
 """
 
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -13,15 +12,11 @@ import pytest
 import requests
 
 from store import Store
-from tests.conftest import wait_for
+from tests.conftest import CHROMIUM, CHROMIUM_ARGS, requires, wait_for
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--no-first-run", "--disable-sync"]
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                                reason="Debian's chromium is not installed (run_tests.sh installs it)")
+pytestmark = requires(CHROMIUM, "Debian's chromium is not installed (run_tests.sh installs it)")
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +24,7 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         yield browser
         browser.close()
 

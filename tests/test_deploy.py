@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import read_sse
+from tests.conftest import read_sse, requires
 from tests.server_process import ROOT, PageSession
 
 GUNICORN = ROOT / ".venv" / "bin" / "gunicorn"
-pytestmark = pytest.mark.skipif(not GUNICORN.exists(), reason="run_webbot.sh needs .venv (run_tests.sh makes it)")
+pytestmark = requires(GUNICORN, "run_webbot.sh needs .venv (run_tests.sh makes it)")
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +157,7 @@ def nginx_config(tmp: Path, listen_port: int, app_port: int, cert_dir: Path) -> 
     return tmp / "nginx.conf"
 
 
-@pytest.mark.skipif(not Path(NGINX).exists(), reason="Debian's nginx is not installed (run_tests.sh installs it)")
+@requires(NGINX, "Debian's nginx is not installed (run_tests.sh installs it)")
 def test_through_nginx_the_reply_streams_token_by_token(start_server, tiny_model_dir, cert_dir, tmp_path):
     from tests.server_process import free_port
 

@@ -6,20 +6,14 @@ permission prompt, so the page records, uploads and shows the transcript as with
 person speaking. A second browser without those flags checks the refusals.
 """
 
-import shutil
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import convert, generate_audio, speak, wait_for
+from tests.conftest import CHROMIUM, CHROMIUM_ARGS, convert, generate_audio, requires, speak, wait_for
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--no-first-run", "--disable-sync"]
 FAKE_MIC = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                                reason="Debian's chromium is not installed (run_tests.sh installs it)")
+pytestmark = requires(CHROMIUM, "Debian's chromium is not installed (run_tests.sh installs it)")
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +25,7 @@ def playwright():
 
 
 def launch(playwright, *extra):
-    return playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS + list(extra), headless=True)
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS + list(extra), headless=True)
 
 
 @pytest.fixture(scope="module")
