@@ -2,18 +2,18 @@
 
 Usable by the official `openai` Python client unchanged (point `base_url` at
 `http://host:port/v1`). The prompt goes through the same memory trimming and the same
-generation engine as the chat page. With WEBBOT_API_KEY set, every call needs
-`Authorization: Bearer <key>`.
+generation engine as the chat page. Which `Authorization: Bearer <key>` a call needs
+depends on WEBBOT_AUTH and WEBBOT_API_KEY (see auth.py); open mode without a key needs none.
 """
 
-import hmac
 import math
 import time
 import uuid
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, jsonify
 
 import settings
+from auth import check_api_key
 from streaming import event_stream, pieces, sse
 from validation import (
     BadInput,
@@ -28,15 +28,7 @@ bp = Blueprint("api", __name__, url_prefix="/v1")
 ROLES = ("system", "user", "assistant")
 
 
-@bp.before_request
-def check_key():
-    key = current_app.config.get("WEBBOT_API_KEY")
-    if not key:
-        return
-    given = request.headers.get("Authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
-        raise BadInput(401, "Missing or wrong API key; send the header Authorization: Bearer <your WEBBOT_API_KEY>.",
-                       "invalid_api_key", {"WWW-Authenticate": "Bearer"})
+bp.before_request(check_api_key)
 
 
 @bp.get("/models")

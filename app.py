@@ -8,6 +8,7 @@ WEBBOT_HOST:WEBBOT_PORT.
 
 import logging
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,14 +19,18 @@ from flask_session import Session
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+import account_pages
 import api
 import conversations
 import settings
+import user_cli
+from auth import check_api_key, init_auth
 from chat_bot import ChatBot
 from rate_limits import init_rate_limits
 from security import init_security
 from speech import Transcriber
 from store import Store
+from users import Users
 from validation import BadInput, transcribe_upload
 from web import current_owner, error_response
 
@@ -89,7 +94,7 @@ def create_app(config: dict | None = None, bot: ChatBot | None = None, transcrib
         # Session ids are 32 random bytes (Flask-Session's default), so they need no signature.
         SESSION_PERMANENT=True, PERMANENT_SESSION_LIFETIME=timedelta(days=90),
         SESSION_COOKIE_NAME="webbot_session", SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
-        MAX_CONTENT_LENGTH=settings.MAX_REQUEST_BYTES,
+        MAX_CONTENT_LENGTH=app.config["WEBBOT_MAX_REQUEST_BYTES"],
     )
     hops = app.config["WEBBOT_PROXY_HOPS"]
     if hops:  # trust X-Forwarded-For/-Proto/-Host/-Port from exactly this many proxies, no more
@@ -102,18 +107,28 @@ def create_app(config: dict | None = None, bot: ChatBot | None = None, transcrib
     interrupted = store.close_interrupted()
     if interrupted:
         log.info("marked %d replies cut off by the last shutdown as interrupted", interrupted)
+    users = Users(store.engine)
     bot = bot or bot_from_config(app.config)
     app.extensions["webbot"] = SimpleNamespace(
-        bot=bot, store=store, active=ActiveReplies(),
+        bot=bot, store=store, users=users, active=ActiveReplies(),
         transcriber=transcriber or transcriber_from_config(app.config))
 
+    init_auth(app, users)
+    app.register_blueprint(account_pages.bp)
     app.register_blueprint(conversations.bp)
     app.register_blueprint(api.bp)
+    app.cli.add_command(user_cli.users_command)
+    app.add_template_filter(_datetime, "datetime")
     init_security(app, api.bp)
     _register_pages(app)
     _register_errors(app)
     init_rate_limits(app)
     return app
+
+
+def _datetime(timestamp: float) -> str:
+    """A stored time as the account and admin pages show it."""
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(timestamp))
 
 
 def _register_pages(app: Flask) -> None:
@@ -133,7 +148,7 @@ def _register_pages(app: Flask) -> None:
         owner = current_owner()
         return render_template("chat.html", conversations=state.store.list_conversations(owner),
                                current=conversation_id, model=state.bot.name,
-                               max_message_chars=settings.MAX_MESSAGE_CHARS,
+                               max_message_chars=app.config["WEBBOT_MAX_MESSAGE_CHARS"],
                                max_audio_seconds=int(app.config["WEBBOT_MAX_AUDIO_SECONDS"]))
 
     @app.post("/api/transcriptions")
@@ -145,7 +160,7 @@ def _register_pages(app: Flask) -> None:
     @app.get("/metrics")
     def metrics():
         """Prometheus metrics; behind the API key when one is set."""
-        api.check_key()
+        check_api_key()
         return Response(state.bot.metrics.exposition(), mimetype="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/healthz")
@@ -166,7 +181,7 @@ def _register_errors(app: Flask) -> None:
         messages = {
             404: "Nothing is here; check the address.",
             405: f"{request.method} is not allowed here.",
-            413: f"The request is too large; send at most {settings.MAX_REQUEST_BYTES // 1024} KB.",
+            413: f"The request is too large; send at most {app.config['WEBBOT_MAX_REQUEST_BYTES'] // 1024} KB.",
         }
         default = messages.get(exc.code, exc.description)
         message = exc.description if exc.description and exc.description != type(exc).description else default

@@ -1,4 +1,4 @@
-"""The chat page's JSON routes: conversations (list, new, rename, delete), sending and stopping.
+"""The chat page's JSON routes: conversations (list, new, rename, delete, export), sending and stopping.
 
 Sending a message streams the reply as server-sent events: `start` (the stored user
 message and the memory gauge), `token` (text, and now and then the Markdown so far as
@@ -7,9 +7,11 @@ streams, so a crash or a closed tab loses at most a couple of seconds of it, and
 closed tab or the Stop button halts generation on the server.
 """
 
+import json
 import time
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.utils import secure_filename
 
 import settings
 from rendering import render_markdown
@@ -20,6 +22,7 @@ from web import current_owner
 
 bp = Blueprint("conversations", __name__, url_prefix="/api")
 HTML_EVERY_S = 0.25  # how often a streaming reply's Markdown is re-rendered for the page
+EXPORTS = {"json": ("application/json", "json"), "markdown": ("text/markdown; charset=utf-8", "md")}
 
 
 def _state():
@@ -77,6 +80,28 @@ def get_conversation(conversation_id):
         memory = state.bot.plan(history_of(stored), "").as_dict()
     return jsonify(conversation=conversation, messages=[message_view(m) for m in stored], memory=memory,
                    generating=generating)
+
+
+@bp.get("/conversations/<conversation_id>/export")
+def export_conversation(conversation_id):
+    """One conversation as a download: `?format=json` (the default) or `markdown`."""
+    conversation = _own(conversation_id)
+    kind = request.args.get("format", "json")
+    if kind not in EXPORTS:
+        raise BadInput(400, "'format' must be json or markdown.", "invalid_format")
+    stored = _state().store.messages(conversation_id)
+    fields = ("role", "content", "status", "created_at")
+    if kind == "json":
+        body = json.dumps({"title": conversation["title"], "created_at": conversation["created_at"],
+                           "messages": [{k: m[k] for k in fields} for m in stored]}, ensure_ascii=False, indent=2)
+    else:
+        parts = [f"# {conversation['title']}\n"]
+        parts += [f"**{m['role'].capitalize()}:**\n\n{m['content']}\n" for m in stored]
+        body = "\n".join(parts)
+    mimetype, suffix = EXPORTS[kind]
+    name = secure_filename(conversation["title"]) or "conversation"
+    return Response(body, mimetype=mimetype,
+                    headers={"Content-Disposition": f'attachment; filename="{name}.{suffix}"'})
 
 
 @bp.patch("/conversations/<conversation_id>")

@@ -1,4 +1,5 @@
-"""Rate limits (Flask-Limiter): replies and transcriptions per minute, per browser session or else per address.
+"""Rate limits (Flask-Limiter): replies and transcriptions per user, browser session or else address; sign-in
+attempts per address.
 
 A request over a limit gets a 429 with `Retry-After` and a sentence that says when to try
 again; nothing is stored for it. Counters live in memory by default (one process: the
@@ -9,25 +10,40 @@ gunicorn setup runs one worker), or in the storage `WEBBOT_RATE_LIMIT_STORAGE` n
 import math
 import time
 
-from flask import Flask, request, session
+from flask import Flask, g, request, session
 from flask_limiter import Limiter, RateLimitExceeded
+from flask_login import current_user
 from limits import parse
 
 from web import error_response
 
-# endpoint -> (setting that holds its limit, what the limit counts)
-LIMITED = {
-    "conversations.send_message": ("WEBBOT_RATE_MESSAGES", "messages"),
-    "api.chat_completions": ("WEBBOT_RATE_MESSAGES", "messages"),
-    "page_transcription": ("WEBBOT_RATE_TRANSCRIPTIONS", "recordings"),
-    "api.audio_transcriptions": ("WEBBOT_RATE_TRANSCRIPTIONS", "recordings"),
-}
-
 
 def client_key() -> str:
-    """Whom a request counts against: its browser session when it has one, else its address."""
+    """Whom a request counts against: the signed-in user (page or API key), else the browser session, else
+    the address."""
+    if current_user and current_user.is_authenticated:
+        return f"user:{current_user.id}"
+    if g.get("api_user"):
+        return f"user:{g.api_user['id']}"
     owner = session.get("owner")
-    return f"session:{owner}" if owner else f"address:{request.remote_addr}"
+    return f"session:{owner}" if owner else address_key()
+
+
+def address_key() -> str:
+    """The client's address (the real one behind WEBBOT_PROXY_HOPS proxies)."""
+    return f"address:{request.remote_addr}"
+
+
+# endpoint -> (setting that holds its limit, what the limit counts, whom it counts against)
+LIMITED = {
+    "conversations.send_message": ("WEBBOT_RATE_MESSAGES", "messages", client_key),
+    "api.chat_completions": ("WEBBOT_RATE_MESSAGES", "messages", client_key),
+    "page_transcription": ("WEBBOT_RATE_TRANSCRIPTIONS", "recordings", client_key),
+    "api.audio_transcriptions": ("WEBBOT_RATE_TRANSCRIPTIONS", "recordings", client_key),
+    # Guessing passwords from many sessions is still one address; sign-up shares the budget.
+    "auth.signin": ("WEBBOT_RATE_SIGNIN", "sign-in attempts", address_key),
+    "auth.signup": ("WEBBOT_RATE_SIGNIN", "sign-in attempts", address_key),
+}
 
 
 def init_rate_limits(app: Flask) -> Limiter:
@@ -35,7 +51,7 @@ def init_rate_limits(app: Flask) -> Limiter:
     # No headers_enabled: it would stamp its own Retry-After on every response, 503s included.
     limiter = Limiter(client_key, app=app, storage_uri=app.config["WEBBOT_RATE_LIMIT_STORAGE"],
                       strategy="moving-window")
-    for endpoint, (setting, counted) in LIMITED.items():
+    for endpoint, (setting, counted, key) in LIMITED.items():
         value = app.config[setting]
         if value == "off":
             continue
@@ -43,13 +59,17 @@ def init_rate_limits(app: Flask) -> Limiter:
             parse(value)
         except ValueError:
             raise ValueError(f"{setting} must be a rate such as 30/minute or 500/hour, or off; not {value!r}") from None
-        app.view_functions[endpoint] = limiter.limit(value, scope=counted)(app.view_functions[endpoint])
+        only_posts = endpoint.startswith("auth.")  # showing the form is free; sending it counts
+        # Shared by scope: messages sent from the page and through the API draw on one allowance.
+        app.view_functions[endpoint] = limiter.shared_limit(value, scope=counted, key_func=key,
+                                                            methods=["POST"] if only_posts else None)(
+            app.view_functions[endpoint])
 
     @app.errorhandler(RateLimitExceeded)
     def too_many(exc: RateLimitExceeded):
         current = limiter.current_limit
         wait = max(1, math.ceil(current.reset_at - time.time())) if current else 60
-        counted = LIMITED.get(request.endpoint, (None, "requests"))[1]
+        counted = LIMITED.get(request.endpoint, (None, "requests", None))[1]
         message = f"Too many {counted}: the limit is {exc.limit.limit}. Try again in {wait} seconds."
         return error_response(429, message, "rate_limit_error", "rate_limited", {"Retry-After": str(wait)})
 

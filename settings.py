@@ -1,8 +1,8 @@
 """Configuration: the WEBBOT_* environment variables, each with a default that works.
 
 A `.env` file in the working directory may set them too (read without overriding what
-the environment already says). Limits the app enforces are named constants here, so
-they are checked in one place and documented in one place.
+the environment already says). Limits a deployment may want to change are settings here;
+the fixed ones are named constants, so both are documented in one place.
 """
 
 import os
@@ -12,9 +12,7 @@ from pathlib import Path
 from chat_bot import DEFAULT_MODEL, DEFAULT_SYSTEM_PROMPT
 from speech import BACKENDS, DEFAULT_WHISPER_MODEL
 
-MAX_MESSAGE_CHARS = 32_000  # a message longer than this is refused before tokenising
 MAX_TITLE_CHARS = 200
-MAX_REQUEST_BYTES = 2 * 1024 * 1024  # JSON bodies; audio uploads get their own limit
 STREAM_HEARTBEAT_S = 10  # SSE comment sent while a request waits, so proxies keep it open
 PARTIAL_SAVE_S = 2.0  # how often a streaming reply is written to the database
 SPEECH_LOADS = ("startup", "lazy")
@@ -64,6 +62,12 @@ def from_env(environ: dict | None = None) -> dict:
         "WEBBOT_KV_CACHE_MB": _auto_int(env, "WEBBOT_KV_CACHE_MB"),
         "WEBBOT_KV_REUSE": _choice(env, "WEBBOT_KV_REUSE", ("on", "off")) == "on",
         "WEBBOT_MAX_CONVERSATIONS": int(env.get("WEBBOT_MAX_CONVERSATIONS", 1000)),
+        "WEBBOT_MAX_MESSAGE_CHARS": int(env.get("WEBBOT_MAX_MESSAGE_CHARS", 32_000)),
+        "WEBBOT_MAX_REQUEST_BYTES": int(float(env.get("WEBBOT_MAX_REQUEST_KB", 2048)) * 1024),
+        "WEBBOT_AUTH": env.get("WEBBOT_AUTH", "open"),
+        "WEBBOT_PASSWORD": env.get("WEBBOT_PASSWORD", ""),
+        "WEBBOT_SIGNUP": env.get("WEBBOT_SIGNUP", "closed"),
+        "WEBBOT_RATE_SIGNIN": env.get("WEBBOT_RATE_SIGNIN", "10/minute"),
         "WEBBOT_RATE_MESSAGES": env.get("WEBBOT_RATE_MESSAGES", "30/minute"),
         "WEBBOT_RATE_TRANSCRIPTIONS": env.get("WEBBOT_RATE_TRANSCRIPTIONS", "20/minute"),
         "WEBBOT_RATE_LIMIT_STORAGE": env.get("WEBBOT_RATE_LIMIT_STORAGE", "memory://"),

@@ -89,6 +89,12 @@ class Store:
             return db.execute(select(func.count()).select_from(conversations)
                               .where(conversations.c.owner == owner)).scalar_one()
 
+    def reassign(self, from_owner: str, to_owner: str) -> int:
+        """Give all of one owner's conversations to another (claiming a browser's chats on sign-in)."""
+        with self.engine.begin() as db:
+            return db.execute(update(conversations).where(conversations.c.owner == from_owner)
+                              .values(owner=to_owner)).rowcount
+
     def get_conversation(self, owner: str, conversation_id: str) -> dict | None:
         """One conversation, or None when it does not exist or belongs to someone else."""
         with self.engine.connect() as db:

@@ -4,10 +4,9 @@ Each failed check raises `BadInput` with a status and a sentence that says what 
 change; the app turns it into a JSON error (or a page) without touching stored data.
 """
 
-from flask import request
+from flask import current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-import settings
 from audio import AudioError
 from engine import EngineBusy, SamplingParams
 from memory import MessageTooLong
@@ -67,13 +66,14 @@ def json_body() -> dict:
 
 
 def message_text(value, field: str = "content") -> str:
-    """A non-empty message of at most MAX_MESSAGE_CHARS characters."""
+    """A non-empty message of at most WEBBOT_MAX_MESSAGE_CHARS characters."""
     if not isinstance(value, str):
         raise BadInput(400, f"'{field}' must be a string with your message.", "invalid_message")
     if not value.strip():
         raise BadInput(400, "The message is empty; type something to send.", "empty_message")
-    if len(value) > settings.MAX_MESSAGE_CHARS:
-        raise BadInput(413, f"The message is {len(value)} characters; the limit is {settings.MAX_MESSAGE_CHARS}. "
+    most = current_app.config["WEBBOT_MAX_MESSAGE_CHARS"]
+    if len(value) > most:
+        raise BadInput(413, f"The message is {len(value)} characters; the limit is {most}. "
                             "Shorten it or split it into several messages.", "message_too_long")
     return value
 

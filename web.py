@@ -1,4 +1,4 @@
-"""Helpers shared by the page routes and the API: the session's owner id and error responses.
+"""Helpers shared by the page routes and the API: whose conversations a request sees, and error responses.
 
 Errors are OpenAI-style JSON (`{"error": {"message", "type", "code"}}`) for API clients
 and the page's own routes, and an HTML page for browsers asking for pages.
@@ -7,13 +7,22 @@ and the page's own routes, and an HTML page for browsers asking for pages.
 import uuid
 
 from flask import jsonify, render_template, request, session
+from flask_login import current_user
 
 
 def current_owner() -> str:
-    """The id of this browser session, made on its first request."""
+    """Whose conversations this request sees: the signed-in user's, else this browser session's (made on
+    its first request)."""
+    if current_user and current_user.is_authenticated:
+        return user_owner(current_user.id)
     if "owner" not in session:
         session["owner"] = uuid.uuid4().hex
     return session["owner"]
+
+
+def user_owner(user_id: int) -> str:
+    """The owner id of a signed-in user's conversations (anonymous browsers have random hex ids)."""
+    return f"user:{user_id}"
 
 
 def wants_json() -> bool:

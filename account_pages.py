@@ -1,0 +1,210 @@
+"""Sign-in, sign-up, sign-out, the account page (password, API keys) and the admin page.
+
+Forms are Flask-WTF forms, so each carries the session's CSRF token. Signing in makes a
+new session id (a session id planted before sign-in is worthless after it), and moves the
+conversations this browser made while anonymous into the account. A failed form is shown
+again with its status (400, 401, 403) and a sentence that says what to change.
+"""
+
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, session, url_for
+from flask_login import current_user, login_user, logout_user
+from flask_wtf import FlaskForm
+from wtforms import PasswordField, StringField
+from wtforms.validators import DataRequired, EqualTo, Length
+
+from auth import Account, password_fingerprint, safe_next
+from users import MAX_PASSWORD_CHARS, UserError
+from web import current_owner, user_owner
+
+bp = Blueprint("auth", __name__)
+
+
+class SignInForm(FlaskForm):
+    name = StringField("Name", validators=[Length(max=64)])
+    password = PasswordField("Password", validators=[DataRequired("Type your password."),
+                                                     Length(max=MAX_PASSWORD_CHARS)])
+
+
+class SignUpForm(FlaskForm):
+    name = StringField("Name", validators=[DataRequired("Choose a name."), Length(max=64)])
+    password = PasswordField("Password", validators=[DataRequired("Choose a password.")])
+    confirm = PasswordField("Repeat the password", validators=[EqualTo("password", "The two passwords differ.")])
+
+
+class PasswordForm(FlaskForm):
+    current = PasswordField("Current password", validators=[DataRequired("Type your current password.")])
+    password = PasswordField("New password", validators=[DataRequired("Choose a new password.")])
+    confirm = PasswordField("Repeat the new password",
+                            validators=[EqualTo("password", "The two new passwords differ.")])
+
+
+class KeyForm(FlaskForm):
+    name = StringField("Name", validators=[Length(max=64, message="Name the key in at most 64 characters.")])
+
+
+def _state():
+    return current_app.extensions["webbot"]
+
+
+def _mode() -> str:
+    return current_app.config["WEBBOT_AUTH"]
+
+
+def _form_errors(form: FlaskForm) -> list[str]:
+    return [message for messages in form.errors.values() for message in messages]
+
+
+def _start_session() -> str | None:
+    """A fresh session id for the signed-in browser; returns the anonymous owner it had, if any."""
+    anonymous = session.pop("owner", None)
+    current_app.session_interface.regenerate(session)
+    return anonymous
+
+
+@bp.route("/signin", methods=["GET", "POST"])
+def signin():
+    mode = _mode()
+    if mode == "open":
+        return redirect(url_for("index"))
+    form = SignInForm()
+    target = safe_next(request.args.get("next"))
+    errors, status = [], 200
+    if form.validate_on_submit():
+        if mode == "password":
+            if form.password.data == current_app.config["WEBBOT_PASSWORD"]:
+                anonymous = _start_session()
+                if anonymous:
+                    session["owner"] = anonymous  # household mode: the browser keeps its own conversations
+                session["household"] = password_fingerprint(current_app)
+                return redirect(target)
+            errors, status = ["Wrong password."], 401
+        else:
+            user = _state().users.authenticate(form.name.data, form.password.data)
+            if user is None:
+                errors, status = ["Wrong name or password."], 401
+            elif user["disabled"]:
+                errors, status = ["This account is disabled; ask the server's admin."], 403
+            else:
+                anonymous = _start_session()
+                login_user(Account(user))
+                _claim(anonymous)
+                return redirect(target)
+    elif request.method == "POST":
+        errors, status = _form_errors(form), 400
+    no_users = mode == "accounts" and _state().users.count() == 0
+    return render_template("signin.html", form=form, errors=errors, no_users=no_users), status
+
+
+def _claim(anonymous: str | None) -> None:
+    """Move the conversations this browser made before signing in into the account."""
+    if anonymous:
+        moved = _state().store.reassign(anonymous, current_owner())
+        if moved:
+            flash(f"{moved} conversation{'s' if moved != 1 else ''} from this browser "
+                  f"{'are' if moved != 1 else 'is'} now in your account.")
+
+
+@bp.route("/signup", methods=["GET", "POST"])
+def signup():
+    if _mode() != "accounts" or current_app.config["WEBBOT_SIGNUP"] != "open":
+        abort(403, description="Sign-up is closed on this server; ask its admin for an account.")
+    form = SignUpForm()
+    errors, status = [], 200
+    if form.validate_on_submit():
+        try:
+            user = _state().users.create(form.name.data, form.password.data)
+        except UserError as exc:
+            errors, status = [str(exc)], 400
+        else:
+            anonymous = _start_session()
+            login_user(Account(user))
+            _claim(anonymous)
+            return redirect(url_for("index"))
+    elif request.method == "POST":
+        errors, status = _form_errors(form), 400
+    return render_template("signup.html", form=form, errors=errors), status
+
+
+@bp.post("/signout")
+def signout():
+    logout_user()
+    session.clear()
+    return redirect(url_for("auth.signin") if _mode() != "open" else url_for("index"))
+
+
+def _signed_in_account() -> Account:
+    if _mode() != "accounts" or not current_user.is_authenticated:
+        abort(404, description="Accounts are off on this server (WEBBOT_AUTH is not accounts).")
+    return current_user
+
+
+@bp.get("/account")
+def account(new_key: str | None = None, errors: list[str] | None = None, status: int = 200):
+    user = _signed_in_account()
+    return render_template("account.html", password_form=PasswordForm(), key_form=KeyForm(),
+                           keys=_state().users.keys(user.id), new_key=new_key, errors=errors or []), status
+
+
+@bp.post("/account/password")
+def change_password():
+    user = _signed_in_account()
+    users, form = _state().users, PasswordForm()
+    if not form.validate_on_submit():
+        return account(errors=_form_errors(form), status=400)
+    if users.authenticate(user.name, form.current.data) is None:
+        return account(errors=["The current password is wrong."], status=400)
+    try:
+        users.set_password(user.id, form.password.data)
+    except UserError as exc:
+        return account(errors=[str(exc)], status=400)
+    login_user(Account(users.get(user.id)))  # this browser stays in; every other session is out
+    flash("Your password is changed; other browsers signed in as you are signed out.")
+    return redirect(url_for("auth.account"))
+
+
+@bp.post("/account/keys")
+def create_key():
+    user = _signed_in_account()
+    form = KeyForm()
+    if not form.validate_on_submit():
+        return account(errors=_form_errors(form), status=400)
+    token, _ = _state().users.create_key(user.id, form.name.data)
+    return account(new_key=token)
+
+
+@bp.post("/account/keys/<int:key_id>/revoke")
+def revoke_key(key_id):
+    user = _signed_in_account()
+    if not _state().users.revoke_key(user.id, key_id):
+        abort(404, description="There is no such key on your account.")
+    flash("The key is revoked; requests with it now get 401.")
+    return redirect(url_for("auth.account"))
+
+
+def _admin() -> Account:
+    user = _signed_in_account()
+    if not user.is_admin:
+        abort(403, description="Only an admin can use this page.")
+    return user
+
+
+@bp.get("/admin")
+def admin():
+    _admin()
+    state = _state()
+    people = [{**u, "conversations": state.store.count_conversations(user_owner(u["id"]))} for u in state.users.all()]
+    return render_template("admin.html", people=people)
+
+
+@bp.post("/admin/users/<int:user_id>/<any(disable, enable):action>")
+def set_disabled(user_id, action):
+    me = _admin()
+    users = _state().users
+    target = users.get(user_id)
+    if target is None:
+        abort(404, description="There is no such user.")
+    if target["id"] == me.id:
+        abort(400, description="You cannot disable your own account; ask another admin.")
+    users.set_disabled(user_id, action == "disable")
+    flash(f"{target['name']} is {action}d" + (" and signed out everywhere." if action == "disable" else "."))
+    return redirect(url_for("auth.admin"))
