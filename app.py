@@ -22,6 +22,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 import account_pages
 import api
 import conversations
+import openapi
 import settings
 import user_cli
 from auth import check_api_key, init_auth
@@ -35,6 +36,7 @@ from validation import BadInput, transcribe_upload
 from web import current_owner, error_response
 
 log = logging.getLogger("webbot")
+API_VERSION = "1.0"
 
 
 class ActiveReplies:
@@ -162,6 +164,11 @@ def _register_pages(app: Flask) -> None:
         """Prometheus metrics; behind the API key when one is set."""
         check_api_key()
         return Response(state.bot.metrics.exposition(), mimetype="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/v1/openapi.json")
+    def openapi_description():
+        """The /v1 API's OpenAPI description; public, like any API's documentation."""
+        return jsonify(openapi.describe(API_VERSION))
 
     @app.get("/healthz")
     def healthz():

@@ -26,7 +26,7 @@ from web import error_response
 MODES = ("open", "password", "accounts")
 SIGNUPS = ("closed", "open")
 # Reachable signed out: the sign-in pages, static files, the health check; /v1 and /metrics check keys instead.
-PUBLIC_ENDPOINTS = {"static", "healthz", "metrics", "auth.signin", "auth.signup", "auth.signout"}
+PUBLIC_ENDPOINTS = {"static", "healthz", "metrics", "openapi_description", "auth.signin", "auth.signup", "auth.signout"}
 
 
 class Account(UserMixin):

@@ -1,0 +1,124 @@
+"""The OpenAPI 3.1 description of the /v1 API, served at /v1/openapi.json.
+
+It describes what the server accepts and answers (a subset of OpenAI's API): the ranges
+here are the ones validation.py enforces, and every error is the same `{"error": {...}}`
+object. Fuzzers (schemathesis) and client generators read it; tests check the server
+against it.
+"""
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _errors(*statuses: int) -> dict:
+    reasons = {400: "The request is malformed; the message says what to change.",
+               401: "Missing or wrong API key.", 413: "The request or the audio is too large.",
+               415: "Wrong content type.", 429: "Too many requests; see Retry-After.",
+               503: "The model is loading or the server is busy; see Retry-After."}
+    return {str(s): {"description": reasons[s], "content": {"application/json": {"schema": ERROR}}} for s in statuses}
+
+
+TEXT_PART = {"type": "object", "required": ["type", "text"],
+             "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}
+
+MESSAGE = {
+    "type": "object", "required": ["role", "content"],
+    "properties": {
+        "role": {"enum": ["system", "user", "assistant"]},
+        "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": TEXT_PART}]},
+    },
+}
+
+CHAT_REQUEST = {
+    "type": "object", "required": ["messages"],
+    "properties": {
+        "model": {"type": "string", "description": "Ignored: the server answers with the model it runs."},
+        "messages": {"type": "array", "minItems": 1, "items": MESSAGE,
+                     "description": "The last message must be the user's, with text in it."},
+        "max_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": 1_000_000},
+        "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": 1_000_000},
+        "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
+        "top_p": {"type": ["number", "null"], "minimum": 0.01, "maximum": 1},
+        "stop": {"anyOf": [{"type": "null"}, {"type": "string"},
+                           {"type": "array", "maxItems": 4, "items": {"type": "string", "minLength": 1}}]},
+        "n": {"const": 1},
+        "stream": {"type": "boolean"},
+        "stream_options": {"type": ["object", "null"], "properties": {"include_usage": {"type": "boolean"}}},
+    },
+}
+
+USAGE = {"type": "object", "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
+         "properties": {k: {"type": "integer", "minimum": 0}
+                        for k in ("prompt_tokens", "completion_tokens", "total_tokens")}}
+
+CHAT_RESPONSE = {
+    "type": "object", "required": ["id", "object", "created", "model", "choices", "usage"],
+    "properties": {
+        "id": {"type": "string"}, "object": {"const": "chat.completion"}, "created": {"type": "integer"},
+        "model": {"type": "string"}, "usage": USAGE,
+        "choices": {"type": "array", "minItems": 1, "items": {
+            "type": "object", "required": ["index", "message", "finish_reason"],
+            "properties": {"index": {"type": "integer"}, "finish_reason": {"enum": ["stop", "length"]},
+                           "message": {"type": "object", "required": ["role", "content"],
+                                       "properties": {"role": {"const": "assistant"},
+                                                      "content": {"type": "string"}}}}}},
+    },
+}
+
+TRANSCRIPTION_REQUEST = {
+    "type": "object", "required": ["file"],
+    "properties": {
+        "file": {"type": "string", "format": "binary", "description": "Audio in any format ffmpeg reads."},
+        "model": {"type": "string", "description": "Ignored: the server uses its own Whisper."},
+        "response_format": {"enum": ["json", "text", "verbose_json"]},
+        "language": {"type": "string", "description": "An ISO-639-1 code or a language name."},
+    },
+}
+
+
+def describe(version: str) -> dict:
+    """The whole OpenAPI document."""
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Web chat robot API", "version": version,
+                 "description": "An OpenAI-compatible subset: models, chat completions (JSON or server-sent "
+                                "events), audio transcriptions."},
+        "servers": [{"url": "/v1"}],
+        "security": [{"bearer": []}],
+        "paths": {
+            "/models": {"get": {
+                "operationId": "listModels", "summary": "The model this server runs.",
+                "responses": {"200": {"description": "The model list.", "content": {"application/json": {
+                    "schema": {"type": "object", "required": ["object", "data"],
+                               "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": {
+                                   "type": "object", "required": ["id", "object"],
+                                   "properties": {"id": {"type": "string"}, "object": {"const": "model"}}}}}}}}},
+                              **_errors(401)}}},
+            "/chat/completions": {"post": {
+                "operationId": "createChatCompletion", "summary": "A reply to a conversation.",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": CHAT_REQUEST}}},
+                "responses": {"200": {"description": "The reply, whole or as server-sent events (stream: true).",
+                                      "content": {"application/json": {"schema": CHAT_RESPONSE},
+                                                  "text/event-stream": {"schema": {"type": "string"}}}},
+                              **_errors(400, 401, 413, 415, 429, 503)}}},
+            "/audio/transcriptions": {"post": {
+                "operationId": "createTranscription", "summary": "The text spoken in a recording.",
+                "requestBody": {"required": True,
+                                "content": {"multipart/form-data": {"schema": TRANSCRIPTION_REQUEST}}},
+                "responses": {"200": {"description": "The transcript (text/plain for response_format=text).",
+                                      "content": {"application/json": {"schema": {
+                                          "type": "object", "required": ["text"],
+                                          "properties": {"text": {"type": "string"}}}},
+                                          "text/plain": {"schema": {"type": "string"}}}},
+                              **_errors(400, 401, 413, 415, 429, 503)}}},
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "WEBBOT_API_KEY, a user's key (accounts mode) or the "
+                                                          "shared password (password mode). Not needed in open "
+                                                          "mode without WEBBOT_API_KEY."}},
+            "schemas": {"Error": {"type": "object", "required": ["error"], "properties": {"error": {
+                "type": "object", "required": ["message", "type"],
+                "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                               "code": {"type": ["string", "null"]}}}}}},
+        },
+    }
