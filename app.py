@@ -27,6 +27,7 @@ import settings
 import user_cli
 from auth import check_api_key, init_auth
 from chat_bot import ChatBot
+from malloc_tuning import fix_mmap_threshold
 from rate_limits import init_rate_limits
 from security import init_security
 from speech import Transcriber
@@ -213,6 +214,7 @@ def start_loading(app: Flask) -> threading.Thread:
     The speech model loads after it when WEBBOT_SPEECH_LOAD is `startup`, else on the first clip.
     """
     state = app.extensions["webbot"]
+    fix_mmap_threshold()  # this process is a server from here on
 
     def load():
         try:

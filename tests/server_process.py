@@ -11,6 +11,7 @@ from pathlib import Path
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
+GUNICORN = ROOT / ".venv" / "bin" / "gunicorn"
 
 
 WRITES = ("POST", "PUT", "PATCH", "DELETE")

@@ -13,9 +13,8 @@ import pytest
 import requests
 
 from tests.conftest import read_sse, requires
-from tests.server_process import ROOT, PageSession
+from tests.server_process import GUNICORN, ROOT, PageSession
 
-GUNICORN = ROOT / ".venv" / "bin" / "gunicorn"
 pytestmark = requires(GUNICORN, "run_webbot.sh needs .venv (run_tests.sh makes it)")
 
 
