@@ -226,3 +226,39 @@ def test_the_page_says_when_messages_come_too_fast(page, start_server, tiny_mode
     assert page.inner_text("#notice").startswith("Too many messages: the limit is 1 per 1 minute. Try again in ")
     assert page.input_value("#input") == "second"  # the refused message is kept to send again
     page.problems.clear()  # the browser logs the refused request's 429 itself; that is the point here
+
+
+def test_sign_in_chat_make_a_key_and_sign_out_in_accounts_mode(page, start_server, tiny_model_dir, tmp_path):
+    from tests.test_accounts import users_cli
+
+    assert users_cli(tmp_path / "data", "create", "alice", "--admin", password="alice-password").returncode == 0
+    server = start_server(tiny_model_dir, tmp_path / "data", WEBBOT_AUTH="accounts")
+    page.goto(server.url + "/c/nowhere")
+    assert page.url.startswith(server.url + "/signin?next=")
+    page.fill("#name", "alice")
+    page.fill("#password", "wrong-password")
+    page.click("button[type=submit]")
+    assert "Wrong name or password." in page.inner_text(".form-error")
+    page.fill("#name", "alice")
+    page.fill("#password", "alice-password")
+    page.click("button[type=submit]")
+    page.wait_for_selector("text=There is no such conversation here")  # went on to where it was going
+    expected = ["Failed to load resource: the server responded with a status of 401 (UNAUTHORIZED)",
+                "Failed to load resource: the server responded with a status of 404 (NOT FOUND)"]
+    assert page.problems == expected  # the wrong password's page, then the missing conversation's
+    page.problems.clear()
+    page.goto(server.url + "/")
+    assert page.inner_text("#account-link") == "alice"
+    ask(page, "hello")
+    page.wait_for_selector(".message.assistant:not(.streaming)", timeout=60_000)
+    page.click("#account-link")
+    page.fill("#name", "laptop")
+    page.click("text=Make a key")
+    assert page.inner_text("#new-key").startswith("wb-")
+    page.click("text=Admin")
+    assert "alice" in page.inner_text("#users")
+    page.click("text=Back to the chat")
+    page.click("#signout")
+    page.wait_for_url(server.url + "/signin")
+    assert page.is_visible("#password")
+    page.goto("about:blank")  # leave before the server stops, so its closing is not a page error
