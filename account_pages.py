@@ -6,6 +6,8 @@ conversations this browser made while anonymous into the account. A failed form 
 again with its status (400, 401, 403) and a sentence that says what to change.
 """
 
+import hmac
+
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_user, logout_user
 from flask_wtf import FlaskForm
@@ -71,7 +73,7 @@ def signin():
     errors, status = [], 200
     if form.validate_on_submit():
         if mode == "password":
-            if form.password.data == current_app.config["WEBBOT_PASSWORD"]:
+            if hmac.compare_digest(form.password.data.encode(), current_app.config["WEBBOT_PASSWORD"].encode()):
                 anonymous = _start_session()
                 if anonymous:
                     session["owner"] = anonymous  # household mode: the browser keeps its own conversations

@@ -11,6 +11,7 @@ import hashlib
 import re
 import secrets
 import time
+from functools import cached_property
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -92,7 +93,11 @@ class Users:
         self.engine = engine
         self.hasher = hasher or PasswordHasher()
         metadata.create_all(engine)
-        self._dummy_hash = self.hasher.hash(secrets.token_hex(16))  # unknown names cost as much as known ones
+
+    @cached_property
+    def _dummy_hash(self) -> str:
+        """Checked against for unknown names, so they cost as much time as known ones."""
+        return self.hasher.hash(secrets.token_hex(16))
 
     def create(self, name: str, password: str, admin: bool = False) -> dict:
         """A new user; UserError when the name is taken or the name or password breaks the rules."""
