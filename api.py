@@ -15,14 +15,7 @@ from flask import Blueprint, current_app, jsonify
 import settings
 from auth import check_api_key
 from streaming import event_stream, pieces, sse
-from validation import (
-    BadInput,
-    json_body,
-    message_text,
-    sampling_params,
-    start_reply,
-    transcribe_upload,
-)
+from validation import BadInput, json_body, message_text, sampling_params, start_reply, transcribe_upload
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
 ROLES = ("system", "user", "assistant")

@@ -162,7 +162,7 @@ def _register_pages(app: Flask) -> None:
 
     @app.get("/metrics")
     def metrics():
-        """Prometheus metrics; behind the API key when one is set."""
+        """Prometheus metrics; behind the same bearer keys as /v1."""
         check_api_key()
         return Response(state.bot.metrics.exposition(), mimetype="text/plain; version=0.0.4; charset=utf-8")
 
@@ -209,12 +209,13 @@ def _register_errors(app: Flask) -> None:
 
 
 def start_loading(app: Flask) -> threading.Thread:
-    """Load the app's models in the background; /healthz is 503 until the chat model is ready.
+    """Make this process a server: pin malloc's mmap threshold, then load the app's models in the
+    background; /healthz is 503 until the chat model is ready.
 
     The speech model loads after it when WEBBOT_SPEECH_LOAD is `startup`, else on the first clip.
     """
     state = app.extensions["webbot"]
-    fix_mmap_threshold()  # this process is a server from here on
+    fix_mmap_threshold()
 
     def load():
         try:

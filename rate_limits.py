@@ -15,16 +15,16 @@ from flask_limiter import Limiter, RateLimitExceeded
 from flask_login import current_user
 from limits import parse
 
-from web import error_response
+from web import error_response, user_owner
 
 
 def client_key() -> str:
     """Whom a request counts against: the signed-in user (page or API key), else the browser session, else
     the address."""
     if current_user and current_user.is_authenticated:
-        return f"user:{current_user.id}"
+        return user_owner(current_user.id)
     if g.get("api_user"):
-        return f"user:{g.api_user['id']}"
+        return user_owner(g.api_user["id"])
     owner = session.get("owner")
     return f"session:{owner}" if owner else address_key()
 

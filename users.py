@@ -58,7 +58,8 @@ NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 MIN_PASSWORD_CHARS = 8
 MAX_PASSWORD_CHARS = 1024  # argon2 takes any length; this only bounds the work a request can ask for
 KEY_PREFIX = "wb-"
-PUBLIC = ("id", "name", "is_admin", "disabled", "session_version", "created_at")
+PUBLIC = ("id", "name", "is_admin", "disabled", "session_version", "created_at")  # all but the hash
+PUBLIC_COLUMNS = [users.c[key] for key in PUBLIC]
 
 
 class UserError(ValueError):
@@ -112,19 +113,19 @@ class Users:
         return {key: row[key] for key in PUBLIC}
 
     def get(self, user_id: int) -> dict | None:
-        with self.engine.connect() as db:
-            row = db.execute(select(*[users.c[k] for k in PUBLIC]).where(users.c.id == user_id)).mappings().first()
-        return dict(row) if row else None
+        return self._one(users.c.id == user_id)
 
     def by_name(self, name: str) -> dict | None:
+        return self._one(users.c.name == (name or "").strip().lower())
+
+    def _one(self, condition, columns=PUBLIC_COLUMNS) -> dict | None:
         with self.engine.connect() as db:
-            row = db.execute(select(*[users.c[k] for k in PUBLIC])
-                             .where(users.c.name == (name or "").strip().lower())).mappings().first()
+            row = db.execute(select(*columns).where(condition)).mappings().first()
         return dict(row) if row else None
 
     def all(self) -> list[dict]:
         with self.engine.connect() as db:
-            rows = db.execute(select(*[users.c[k] for k in PUBLIC]).order_by(users.c.name)).mappings().all()
+            rows = db.execute(select(*PUBLIC_COLUMNS).order_by(users.c.name)).mappings().all()
         return [dict(r) for r in rows]
 
     def count(self) -> int:
@@ -133,8 +134,7 @@ class Users:
 
     def authenticate(self, name: str, password: str) -> dict | None:
         """The user when the name and password match (disabled or not: the caller says which), else None."""
-        with self.engine.connect() as db:
-            row = db.execute(select(users).where(users.c.name == (name or "").strip().lower())).mappings().first()
+        row = self._one(users.c.name == (name or "").strip().lower(), users.c)
         stored = row["password_hash"] if row else self._dummy_hash
         try:
             self.hasher.verify(stored, password or "")
@@ -198,7 +198,7 @@ class Users:
             return None
         digest = key_digest(token)
         with self.engine.begin() as db:
-            row = db.execute(select(*[users.c[k] for k in PUBLIC], api_keys.c.id.label("key_id"))
+            row = db.execute(select(*PUBLIC_COLUMNS, api_keys.c.id.label("key_id"))
                              .join(api_keys, api_keys.c.user_id == users.c.id)
                              .where(api_keys.c.digest == digest)).mappings().first()
             if row is None or row["disabled"]:

@@ -107,10 +107,7 @@ def sampling_params(body: dict, default_temperature: float = 0.7) -> SamplingPar
 
 
 def _language(value: str | None) -> str | None:
-    from transformers.models.whisper.tokenization_whisper import (
-        LANGUAGES,
-        TO_LANGUAGE_CODE,
-    )
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
 
     if not value:
         return None
