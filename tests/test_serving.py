@@ -77,7 +77,7 @@ def test_metrics_need_the_api_key_when_one_is_set(start_server, tiny_model_dir):
 
 
 def test_a_full_queue_answers_503_with_retry_after_on_the_api_and_the_page(start_server, tiny_model_dir):
-    server = start_server(tiny_model_dir, WEBBOT_MAX_TOKENS="8192", WEBBOT_MAX_BATCH="1", WEBBOT_MAX_WAITING="1")
+    server = start_server(tiny_model_dir, WEBBOT_MAX_TOKENS="65536", WEBBOT_MAX_BATCH="1", WEBBOT_MAX_WAITING="1")
     running = chat_stream(server, [{"role": "user", "content": "Go on forever."}], 100_000)
     lines = running.iter_lines()
     while not next(lines).startswith(b"data: {"):
@@ -103,7 +103,10 @@ def test_a_full_queue_answers_503_with_retry_after_on_the_api_and_the_page(start
     assert value(scrape(server), "webbot_replies_total", reason="cancelled") == 1
 
 
-def test_a_disconnected_stream_frees_its_slot_within_a_second(tiny_server):
+def test_a_disconnected_stream_frees_its_slot_within_a_second(start_server, tiny_model_dir):
+    # A reply budget of 16k tokens keeps the tiny model writing for many seconds: the server writes ahead of
+    # a slow client, so with a short budget the reply can be complete before the client has read five chunks.
+    tiny_server = start_server(tiny_model_dir, WEBBOT_MAX_TOKENS="65536")
     response = chat_stream(tiny_server, [{"role": "user", "content": "Go on forever."}], 100_000)
     chunks = 0
     for line in response.iter_lines():
