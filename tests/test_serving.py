@@ -104,15 +104,14 @@ def test_a_full_queue_answers_503_with_retry_after_on_the_api_and_the_page(start
 
 
 def test_a_disconnected_stream_frees_its_slot_within_a_second(start_server, tiny_model_dir):
-    # A reply budget of 16k tokens keeps the tiny model writing for many seconds: the server writes ahead of
-    # a slow client, so with a short budget the reply can be complete before the client has read five chunks.
+    # A reply budget of 16k tokens keeps the tiny model writing for many seconds, however slow the client.
     tiny_server = start_server(tiny_model_dir, WEBBOT_MAX_TOKENS="65536")
     response = chat_stream(tiny_server, [{"role": "user", "content": "Go on forever."}], 100_000)
-    chunks = 0
-    for line in response.iter_lines():
-        chunks += line.startswith(b"data: {")
-        if chunks == 5:
-            break
+    # Read through one iterator kept alive: leaving a `for` loop over iter_lines() closes the generator,
+    # which closes the connection, and the server (rightly) cancels the reply at once.
+    lines, chunks = response.iter_lines(), 0
+    while chunks < 5:
+        chunks += next(lines).startswith(b"data: {")
     assert value(scrape(tiny_server), "webbot_active_streams") == 1
     response.close()
     closed = time.monotonic()
