@@ -15,6 +15,7 @@ from flask import Blueprint, current_app, jsonify
 import settings
 from auth import check_api_key
 from streaming import event_stream, pieces, sse
+from upstream import UpstreamError
 from validation import BadInput, json_body, message_text, sampling_params, start_reply, transcribe_upload
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
@@ -97,8 +98,9 @@ def chat_completions():
         for piece in pieces(stream, settings.STREAM_HEARTBEAT_S):
             yield ": waiting for the model\n\n" if piece is None else chunk({"content": piece})
         if stream.finish_reason == "error":
-            yield sse({"error": {"message": "The model failed while writing this reply.", "type": "server_error",
-                                 "code": None}})
+            error = stream.error if isinstance(stream.error, UpstreamError) else None
+            message = error.sentence if error else "The model failed while writing this reply."
+            yield sse({"error": {"message": message, "type": "server_error", "code": error.code if error else None}})
             return
         if include_usage:
             yield chunk({}, _finish_reason(stream))

@@ -9,19 +9,21 @@ WEBBOT_HOST:WEBBOT_PORT.
 import logging
 import threading
 import time
-from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
-from cachelib import FileSystemCache
 from flask import Flask, Response, abort, jsonify, render_template, request
-from flask_session import Session
+from redis.exceptions import RedisError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 import account_pages
 import api
 import conversations
+import database
+import db_cli
+import health
 import openapi
 import settings
 import user_cli
@@ -29,9 +31,13 @@ from auth import check_api_key, init_auth
 from chat_bot import ChatBot
 from malloc_tuning import fix_mmap_threshold
 from rate_limits import init_rate_limits
+from remote_bot import RemoteBot
+from replies import LocalReplies, RedisReplies
 from security import init_security
+from sessions import init_sessions, redis_client
 from speech import Transcriber
 from store import Store
+from upstream import UpstreamError
 from users import Users
 from validation import BadInput, transcribe_upload
 from web import current_owner, error_response
@@ -40,35 +46,12 @@ log = logging.getLogger("webbot")
 API_VERSION = "1.0"
 
 
-class ActiveReplies:
-    """The reply being generated for each conversation, so Stop can find it."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._streams = {}
-
-    def claim(self, conversation_id: str, stream) -> bool:
-        """Register a reply; False when the conversation already has one running."""
-        with self._lock:
-            if conversation_id in self._streams:
-                return False
-            self._streams[conversation_id] = stream
-            return True
-
-    def release(self, conversation_id: str, stream) -> None:
-        """Forget a finished reply."""
-        with self._lock:
-            if self._streams.get(conversation_id) is stream:
-                del self._streams[conversation_id]
-
-    def get(self, conversation_id: str):
-        """The running reply of a conversation, or None."""
-        with self._lock:
-            return self._streams.get(conversation_id)
-
-
-def bot_from_config(config: dict) -> ChatBot:
-    """A ChatBot (not yet loaded) from the WEBBOT_* settings."""
+def bot_from_config(config: dict):
+    """A ChatBot, or a RemoteBot for WEBBOT_BACKEND=openai (not yet loaded), from the WEBBOT_* settings."""
+    if config["WEBBOT_BACKEND"] == "openai":
+        return RemoteBot(config["WEBBOT_BACKEND_URL"], config["WEBBOT_MODEL"], config["WEBBOT_BACKEND_KEY"],
+                         config["WEBBOT_BACKEND_MODEL"], config["WEBBOT_MAX_TOKENS"], config["WEBBOT_MEMORY_RATIO"],
+                         config["WEBBOT_SYSTEM_PROMPT"], config["WEBBOT_BACKEND_TIMEOUT"])
     return ChatBot(config["WEBBOT_MODEL"], config["WEBBOT_DEVICE"], config["WEBBOT_DTYPE"],
                    config["WEBBOT_MAX_TOKENS"], config["WEBBOT_MEMORY_RATIO"], config["WEBBOT_SYSTEM_PROMPT"],
                    max_waiting=config["WEBBOT_MAX_WAITING"], max_batch=config["WEBBOT_MAX_BATCH"],
@@ -80,47 +63,44 @@ def bot_from_config(config: dict) -> ChatBot:
 def transcriber_from_config(config: dict) -> Transcriber:
     """A Transcriber (not yet loaded) from the WEBBOT_* settings."""
     return Transcriber(config["WEBBOT_WHISPER_MODEL"], config["WEBBOT_SPEECH_BACKEND"], config["WEBBOT_DEVICE"],
-                       config["WEBBOT_MAX_AUDIO_SECONDS"], config["WEBBOT_SPEECH_MAX_WAITING"])
+                       config["WEBBOT_MAX_AUDIO_SECONDS"], config["WEBBOT_SPEECH_MAX_WAITING"],
+                       config["WEBBOT_SPEECH_URL"], config["WEBBOT_SPEECH_KEY"], config["WEBBOT_BACKEND_TIMEOUT"])
 
 
-def create_app(config: dict | None = None, bot: ChatBot | None = None, transcriber: Transcriber | None = None) -> Flask:
-    """Build the app around a bot and a transcriber (loaded or not) and a store in the data dir."""
+def create_app(config: dict | None = None, bot=None, transcriber: Transcriber | None = None) -> Flask:
+    """Build the app around a bot and a transcriber (loaded or not), its database and, when configured, Redis."""
     app = Flask(__name__)
     app.config.update(settings.from_env())
     app.config.update(config or {})
     data_dir = Path(app.config["WEBBOT_DATA_DIR"])
     data_dir.mkdir(parents=True, exist_ok=True)
-    app.secret_key = settings.secret_key(data_dir)
-    app.config.setdefault("SESSION_TYPE", "cachelib")
-    app.config.setdefault("SESSION_CACHELIB", FileSystemCache(str(data_dir / "sessions"), threshold=100_000))
-    app.config.update(
-        # Session ids are 32 random bytes (Flask-Session's default), so they need no signature.
-        SESSION_PERMANENT=True, PERMANENT_SESSION_LIFETIME=timedelta(days=90),
-        SESSION_COOKIE_NAME="webbot_session", SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
-        MAX_CONTENT_LENGTH=app.config["WEBBOT_MAX_REQUEST_BYTES"],
-    )
+    app.secret_key = settings.secret_key(data_dir, app.config["WEBBOT_SECRET_KEY"])
+    app.config["MAX_CONTENT_LENGTH"] = app.config["WEBBOT_MAX_REQUEST_BYTES"]
     hops = app.config["WEBBOT_PROXY_HOPS"]
     if hops:  # trust X-Forwarded-For/-Proto/-Host/-Port from exactly this many proxies, no more
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)
     # The cookie is Secure when the app serves TLS itself or sits behind a TLS-terminating proxy.
     secure = bool(hops) or settings.tls_files(app.config) is not None
     app.config["SESSION_COOKIE_SECURE"] = (config or {}).get("SESSION_COOKIE_SECURE", secure)
-    Session(app)
-    store = Store(f"sqlite:///{data_dir / 'webbot.db'}")
-    interrupted = store.close_interrupted()
+    redis = redis_client(app.config["WEBBOT_REDIS_URL"]) if app.config["WEBBOT_REDIS_URL"] else None
+    init_sessions(app, data_dir, redis)
+    engine = database.connect(app.config["WEBBOT_DATABASE_URL"] or f"sqlite:///{data_dir / 'webbot.db'}")
+    database.upgrade(engine)
+    store = Store(engine)
+    active = RedisReplies(redis) if redis is not None else LocalReplies()
+    interrupted = store.close_interrupted(live=active.live())
     if interrupted:
         log.info("marked %d replies cut off by the last shutdown as interrupted", interrupted)
-    users = Users(store.engine)
-    bot = bot or bot_from_config(app.config)
     app.extensions["webbot"] = SimpleNamespace(
-        bot=bot, store=store, users=users, active=ActiveReplies(),
+        bot=bot or bot_from_config(app.config), store=store, users=Users(engine), active=active, redis=redis,
         transcriber=transcriber or transcriber_from_config(app.config))
 
-    init_auth(app, users)
+    init_auth(app, app.extensions["webbot"].users)
     app.register_blueprint(account_pages.bp)
     app.register_blueprint(conversations.bp)
     app.register_blueprint(api.bp)
     app.cli.add_command(user_cli.users_command)
+    app.cli.add_command(db_cli.db_command)
     app.add_template_filter(_datetime, "datetime")
     init_security(app, api.bp)
     _register_pages(app)
@@ -173,14 +153,8 @@ def _register_pages(app: Flask) -> None:
 
     @app.get("/healthz")
     def healthz():
-        bot, speech = state.bot, state.transcriber
-        voice = {"model": speech.name, "backend": speech.backend_name,
-                 "status": "ok" if speech.ready else "error" if speech.error else "not loaded"}
-        if bot.ready:
-            return jsonify(status="ok", model=bot.name, speech=voice)
-        if bot.error:
-            return jsonify(status="error", model=bot.name, error=bot.error, speech=voice), 503
-        return jsonify(status="loading", model=bot.name, speech=voice), 503, {"Retry-After": "5"}
+        body, status, headers = health.report(state)
+        return jsonify(body), status, headers
 
 
 def _register_errors(app: Flask) -> None:
@@ -201,6 +175,25 @@ def _register_errors(app: Flask) -> None:
     def bad_input(exc: BadInput):
         kind = "not_found_error" if exc.status == 404 else "invalid_request_error"
         return error_response(exc.status, exc.message, kind, exc.code, exc.headers)
+
+    @app.errorhandler(UpstreamError)
+    def upstream_failed(exc: UpstreamError):
+        headers = {"Retry-After": "5"} if exc.status == 503 else {}
+        return error_response(exc.status, exc.sentence, "upstream_error", exc.code, headers)
+
+    @app.errorhandler(DBAPIError)
+    def database_down(exc: DBAPIError):
+        if not exc.connection_invalidated and not isinstance(exc, OperationalError):
+            return server_error(exc)  # a bug (a constraint, a bad query), not an outage
+        log.warning("database unreachable on %s %s: %s", request.method, request.path, exc.orig)
+        return error_response(503, "The database cannot be reached right now, so nothing was changed; try again "
+                                   "in a few seconds.", "server_error", "database_unavailable", {"Retry-After": "5"})
+
+    @app.errorhandler(RedisError)
+    def redis_down(exc: Exception):
+        log.warning("Redis unreachable on %s %s: %s", request.method, request.path, exc)
+        return error_response(503, "The session store (Redis) cannot be reached right now; try again in a few "
+                                   "seconds.", "server_error", "session_store_unavailable", {"Retry-After": "5"})
 
     @app.errorhandler(Exception)
     def server_error(exc: Exception):

@@ -8,20 +8,26 @@ closed tab or the Stop button halts generation on the server.
 """
 
 import json
+import logging
+import threading
 import time
 
 from flask import Blueprint, Response, current_app, jsonify, request
+from sqlalchemy.exc import DBAPIError
 from werkzeug.utils import secure_filename
 
 import settings
 from rendering import render_markdown
 from store import title_from
 from streaming import event_stream, pieces, sse
+from upstream import UpstreamError
 from validation import BadInput, json_body, message_text, sampling_params, start_reply
 from web import current_owner
 
+log = logging.getLogger(__name__)
 bp = Blueprint("conversations", __name__, url_prefix="/api")
 HTML_EVERY_S = 0.25  # how often a streaming reply's Markdown is re-rendered for the page
+SAVE_RETRY_S, SAVE_RETRY_FOR_S = 2.0, 600.0  # a finished reply waits this long for a database that is down
 EXPORTS = {"json": ("application/json", "json"), "markdown": ("text/markdown; charset=utf-8", "md")}
 
 
@@ -42,6 +48,23 @@ def message_view(message: dict) -> dict:
     if message["role"] == "assistant":
         view["html"] = render_markdown(message["content"])
     return view
+
+
+def save_when_back(store, message_id: int, text: str, status: str) -> None:
+    """Keep trying to store a finished reply (every SAVE_RETRY_S, for up to SAVE_RETRY_FOR_S) in a thread."""
+    def retry():
+        deadline = time.monotonic() + SAVE_RETRY_FOR_S
+        while time.monotonic() < deadline:
+            time.sleep(SAVE_RETRY_S)
+            try:
+                store.finish_message(message_id, text, status)
+                log.info("reply %s saved after the database came back", message_id)
+                return
+            except DBAPIError:
+                continue
+        log.error("reply %s could not be saved: the database stayed unreachable", message_id)
+
+    threading.Thread(target=retry, daemon=True, name="save-when-back").start()
 
 
 def history_of(messages: list[dict]) -> list[dict]:
@@ -146,22 +169,31 @@ def send_message(conversation_id):
     bot, store = state.bot, state.store
     plan, stream = start_reply(bot, history_of(store.messages(conversation_id)), content, params, None,
                                ("Shorten it or split it into several messages.", "message_too_long"))
-    if not state.active.claim(conversation_id, stream):
+    try:
+        claimed = state.active.claim(conversation_id, stream)
+    except Exception:  # Redis is down: a 503, and the reply never starts
+        stream.cancel()
+        raise
+    if not claimed:
         stream.cancel()
         raise BadInput(409, "A reply is still being written in this conversation; stop it or wait for it.", "busy")
-
-    user = store.add_message(conversation_id, "user", content)
-    title = conversation["title"]
-    if title == "New chat":
-        title = title_from(content)
-        store.rename(conversation["owner"], conversation_id, title)
-    reply = store.add_message(conversation_id, "assistant", "", status="streaming")
+    title = title_from(content) if conversation["title"] == "New chat" else conversation["title"]
+    try:  # one transaction: the message, the empty reply and the title are all stored, or none of them
+        user, reply = store.add_turn(conversation_id, content, title)
+    except Exception:
+        stream.cancel()
+        state.active.release(conversation_id, stream)
+        raise
     finished = {}
 
     def finish(status: str) -> None:
         if not finished:
             finished["status"] = status
-            store.finish_message(reply["id"], stream.text, status)
+            try:
+                store.finish_message(reply["id"], stream.text, status)
+            except DBAPIError:  # the database is down: the reply lands when it is back
+                log.warning("database unreachable; reply %s will be saved when it returns", reply["id"])
+                save_when_back(store, reply["id"], stream.text, status)
 
     def events():
         yield sse({"user": message_view(user), "reply_id": reply["id"], "title": title,
@@ -178,17 +210,28 @@ def send_message(conversation_id):
             if now - last_html >= HTML_EVERY_S:
                 event["html"], last_html = render_markdown(sent), now
             if now - last_save >= settings.PARTIAL_SAVE_S:
-                store.finish_message(reply["id"], stream.text, "streaming")
                 last_save = now
+                try:
+                    store.finish_message(reply["id"], stream.text, "streaming")
+                except DBAPIError:  # the database is down for a moment: the final save tries again
+                    log.warning("could not save the partial reply %s", reply["id"])
             yield sse(event, "token")
         if stream.finish_reason == "error":
+            if isinstance(stream.error, UpstreamError):  # the model server went away: keep what came
+                finish("interrupted")
+                yield sse({"message": f"{stream.error.sentence} What arrived is kept.", "code": stream.error.code,
+                           "status": "interrupted"}, "error")
+                return
             finish("error")
             yield sse({"message": "The model failed while writing this reply; the error is in the server log."},
                       "error")
             return
         finish("stopped" if stream.finish_reason == "cancelled" else "complete")
         done = message_view({**reply, "content": stream.text, "status": finished["status"]})
-        after = bot.plan(history_of(store.messages(conversation_id)), "").as_dict()  # the gauge for the next turn
+        try:
+            after = bot.plan(history_of(store.messages(conversation_id)), "").as_dict()  # the gauge for the next turn
+        except DBAPIError:
+            after = None  # the database is down; the page hides the gauge until the next turn
         yield sse({"message": done, "finish_reason": stream.finish_reason, "usage": stream.usage(),
                    "memory": after}, "done")
 

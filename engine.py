@@ -84,6 +84,11 @@ class Stream:
         """Ask the engine to stop generating; takes effect before the next step."""
         self.cancelled.set()
 
+    def end(self, reason: str, error: BaseException | None = None) -> None:
+        """Record why the reply ended and wake the reader (called once, by whoever generated it)."""
+        self.error, self.finish_reason = error, reason
+        self.events.put(_END)
+
     def next_piece(self, timeout: float | None = None) -> str | None:
         """The next text piece, None at the end; raises queue.Empty after timeout, or the engine's error."""
         item = self.events.get(timeout=timeout)
@@ -351,9 +356,8 @@ class Engine:
             kv = [(_compact(k), _compact(v)) for k, v in row.kv] if row.kv and self.cache.reuse else None
             self.cache.add(row.ids, kv, len(stream.prompt_ids), row.source)  # kv covers all ids but the last
         row.kv = row.cache = None
-        stream.error, stream.finish_reason = error, reason
         self.metrics.replies.labels(reason).inc()
-        stream.events.put(_END)
+        stream.end(reason, error)
 
 
 def _compact(tensor):

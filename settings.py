@@ -10,12 +10,14 @@ import secrets
 from pathlib import Path
 
 from chat_bot import DEFAULT_MODEL, DEFAULT_SYSTEM_PROMPT
-from speech import BACKENDS, DEFAULT_WHISPER_MODEL
+from speech import BACKENDS as SPEECH_BACKENDS
+from speech import DEFAULT_WHISPER_MODEL
 
 MAX_TITLE_CHARS = 200
 STREAM_HEARTBEAT_S = 10  # SSE comment sent while a request waits, so proxies keep it open
 PARTIAL_SAVE_S = 2.0  # how often a streaming reply is written to the database
 SPEECH_LOADS = ("startup", "lazy")
+MODEL_BACKENDS = ("local", "openai")  # the model in this process, or an OpenAI-compatible server
 CERTS = Path(__file__).resolve().parent / "certs"  # where certs/make_cert.sh writes cert.pem and key.pem
 
 
@@ -35,8 +37,23 @@ def from_env(environ: dict | None = None) -> dict:
     """Flask config keys for every WEBBOT_* setting."""
     env = {**read_dotenv(Path(".env")), **(os.environ if environ is None else environ)}
     data_dir = Path(env.get("WEBBOT_DATA_DIR", "instance")).resolve()
+    redis_url = env.get("WEBBOT_REDIS_URL") or None
+    backend = _choice(env, "WEBBOT_BACKEND", MODEL_BACKENDS)
+    if backend == "openai" and not env.get("WEBBOT_BACKEND_URL"):
+        raise ValueError("WEBBOT_BACKEND=openai needs WEBBOT_BACKEND_URL, the model server's OpenAI-compatible "
+                         "base URL (for example http://vllm:8000/v1)")
     return {
         "WEBBOT_MODEL": env.get("WEBBOT_MODEL", DEFAULT_MODEL),
+        "WEBBOT_BACKEND": backend,
+        "WEBBOT_BACKEND_URL": env.get("WEBBOT_BACKEND_URL") or None,
+        "WEBBOT_BACKEND_KEY": env.get("WEBBOT_BACKEND_KEY") or None,
+        "WEBBOT_BACKEND_MODEL": env.get("WEBBOT_BACKEND_MODEL") or None,
+        "WEBBOT_BACKEND_TIMEOUT": float(env.get("WEBBOT_BACKEND_TIMEOUT", 120)),
+        "WEBBOT_SPEECH_URL": env.get("WEBBOT_SPEECH_URL") or None,
+        "WEBBOT_SPEECH_KEY": env.get("WEBBOT_SPEECH_KEY") or None,
+        "WEBBOT_DATABASE_URL": env.get("WEBBOT_DATABASE_URL") or None,  # None: webbot.db in the data dir
+        "WEBBOT_REDIS_URL": redis_url,
+        "WEBBOT_SECRET_KEY": env.get("WEBBOT_SECRET_KEY") or None,
         "WEBBOT_DEVICE": env.get("WEBBOT_DEVICE", "auto"),
         "WEBBOT_DTYPE": env.get("WEBBOT_DTYPE", "auto"),
         "WEBBOT_MAX_TOKENS": int(env.get("WEBBOT_MAX_TOKENS", 8192)),
@@ -51,7 +68,7 @@ def from_env(environ: dict | None = None) -> dict:
         "WEBBOT_PROXY_HOPS": int(env.get("WEBBOT_PROXY_HOPS", 0)),
         "WEBBOT_API_KEY": env.get("WEBBOT_API_KEY") or None,
         "WEBBOT_WHISPER_MODEL": env.get("WEBBOT_WHISPER_MODEL", DEFAULT_WHISPER_MODEL),
-        "WEBBOT_SPEECH_BACKEND": _choice(env, "WEBBOT_SPEECH_BACKEND", BACKENDS),
+        "WEBBOT_SPEECH_BACKEND": _choice(env, "WEBBOT_SPEECH_BACKEND", SPEECH_BACKENDS),
         "WEBBOT_SPEECH_LOAD": _choice(env, "WEBBOT_SPEECH_LOAD", SPEECH_LOADS),
         "WEBBOT_MAX_AUDIO_BYTES": int(float(env.get("WEBBOT_MAX_AUDIO_MB", 25)) * 1_000_000),
         "WEBBOT_MAX_AUDIO_SECONDS": float(env.get("WEBBOT_MAX_AUDIO_SECONDS", 300)),
@@ -70,7 +87,7 @@ def from_env(environ: dict | None = None) -> dict:
         "WEBBOT_RATE_SIGNIN": env.get("WEBBOT_RATE_SIGNIN", "10/minute"),
         "WEBBOT_RATE_MESSAGES": env.get("WEBBOT_RATE_MESSAGES", "30/minute"),
         "WEBBOT_RATE_TRANSCRIPTIONS": env.get("WEBBOT_RATE_TRANSCRIPTIONS", "20/minute"),
-        "WEBBOT_RATE_LIMIT_STORAGE": env.get("WEBBOT_RATE_LIMIT_STORAGE", "memory://"),
+        "WEBBOT_RATE_LIMIT_STORAGE": env.get("WEBBOT_RATE_LIMIT_STORAGE") or redis_url or "memory://",
         "WEBBOT_CPU_BATCH_MATMUL": _choice(env, "WEBBOT_CPU_BATCH_MATMUL", ("on", "off")) == "on",
     }
 
@@ -94,8 +111,11 @@ def _choice(env: dict, name: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-def secret_key(data_dir: Path) -> bytes:
-    """The session-signing key: generated once, kept in the data dir, readable by the owner only."""
+def secret_key(data_dir: Path, given: str | None = None) -> bytes:
+    """The session-signing key: WEBBOT_SECRET_KEY (replicas must share one), else generated once and kept
+    in the data dir, readable by the owner only."""
+    if given:
+        return given.encode()
     path = data_dir / "secret_key"
     data_dir.mkdir(parents=True, exist_ok=True)
     try:

@@ -4,6 +4,8 @@ Two backends behind one interface, chosen by WEBBOT_SPEECH_BACKEND:
 - `transformers` (default): Whisper through transformers, fp16 on CUDA, fp32 on CPU
   (bf16 is 5x slower on a CPU without native bf16, DESIGN.md section 4);
 - `faster-whisper`: CTranslate2, int8 on CPU and float16 on CUDA, for CPU-only servers.
+With WEBBOT_SPEECH_URL set, a third backend sends the decoded clip to an OpenAI-compatible
+transcription server instead (vLLM, speaches, another webbot); decoding and VAD stay here.
 
 Silero voice-activity detection (shipped with faster-whisper) runs first: a clip with no
 speech returns an empty transcript instead of Whisper's invented "Thank you.", and the
@@ -28,6 +30,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_WHISPER_MODEL = "openai/whisper-base"
 BACKENDS = ("transformers", "faster-whisper")
+REMOTE = "openai"  # an OpenAI-compatible transcription server at WEBBOT_SPEECH_URL
+REMOTE_SLOTS = 8  # clips sent to a speech server at once (a local model takes one at a time)
 CHUNK_S = 30.0  # Whisper's window
 # Chunks of a long clip decoded together by the transformers backend. On 2 CPU cores a 120 s
 # clip took 16.1 s one chunk at a time, 13.9 s two at a time, 23.9 s eight at a time.
@@ -107,12 +111,12 @@ def chunks_of(regions: list[tuple[int, int]], max_chunk_s: float = CHUNK_S) -> l
 
 
 class Admission:
-    """One transcription at a time, at most `max_waiting` more queued; beyond that SpeechBusy."""
+    """`slots` transcriptions at a time, at most `max_waiting` more queued; beyond that SpeechBusy."""
 
-    def __init__(self, max_waiting: int):
-        self.max_waiting = max_waiting
+    def __init__(self, max_waiting: int, slots: int = 1):
+        self.max_waiting, self.slots = max_waiting, slots
         self._cond = threading.Condition()
-        self._busy = False
+        self._active = 0
         self._waiting = 0
 
     @property
@@ -122,20 +126,20 @@ class Admission:
     @contextmanager
     def turn(self):
         with self._cond:
-            if self._busy:
+            if self._active >= self.slots:
                 if self._waiting >= self.max_waiting:
                     raise SpeechBusy(f"{self._waiting} transcriptions are already waiting")
                 self._waiting += 1
                 try:
-                    self._cond.wait_for(lambda: not self._busy)
+                    self._cond.wait_for(lambda: self._active < self.slots)
                 finally:
                     self._waiting -= 1
-            self._busy = True
+            self._active += 1
         try:
             yield
         finally:
             with self._cond:
-                self._busy = False
+                self._active -= 1
                 self._cond.notify()
 
 
@@ -203,16 +207,67 @@ class FasterWhisperBackend:
         return segments, info.language
 
 
+class OpenAIBackend:
+    """A transcription server with OpenAI's /audio/transcriptions: the decoded clip goes up as 16 kHz WAV."""
+
+    def __init__(self, model: str, url: str, key: str | None, timeout: float):
+        from upstream import make_client
+
+        self.model, self.url, self.timeout = model, url, timeout
+        self.client = make_client(url, key, timeout)
+
+    def transcribe(self, samples: np.ndarray, spans: list[tuple[int, int]], language: str | None):
+        from upstream import upstream_error
+
+        options = {"language": language} if language else {}
+        try:
+            result = self.client.audio.transcriptions.create(
+                model=self.model, file=("clip.wav", wav_bytes(samples), "audio/wav"),
+                response_format="verbose_json", **options)
+        except Exception as exc:
+            raise upstream_error(exc, "speech server", self.url, self.timeout) from None
+        duration = samples.size / SAMPLE_RATE
+        pieces = getattr(result, "segments", None) or [{"start": 0.0, "end": duration, "text": result.text}]
+        segments = [Segment(i, float(_field(p, "start")), float(_field(p, "end")), (_field(p, "text") or "").strip())
+                    for i, p in enumerate(pieces)]
+        return segments, language or getattr(result, "language", None) or "en"
+
+
+def _field(item, name: str):
+    return item.get(name) if isinstance(item, dict) else getattr(item, name, None)
+
+
+def wav_bytes(samples: np.ndarray) -> bytes:
+    """16 kHz mono float samples as a 16-bit PCM WAV file."""
+    import io
+    import wave
+
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(SAMPLE_RATE)
+        out.writeframes((np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes())
+    return buffer.getvalue()
+
+
 class Transcriber:
-    """The shared speech model: `load()` once (or let the first clip load it), then `transcribe_bytes()`."""
+    """The shared speech model: `load()` once (or let the first clip load it), then `transcribe_bytes()`.
+
+    With `url` set, the model runs on that server (backend `openai`) and `model` is its name there.
+    """
 
     def __init__(self, model: str = DEFAULT_WHISPER_MODEL, backend: str = "transformers", device: str = "auto",
-                 max_seconds: float = 300, max_waiting: int = 4):
-        if backend not in BACKENDS:
+                 max_seconds: float = 300, max_waiting: int = 4, url: str | None = None, key: str | None = None,
+                 timeout: float = 120.0):
+        if url:
+            backend = REMOTE
+        elif backend not in BACKENDS:
             raise ValueError(f"WEBBOT_SPEECH_BACKEND must be one of {', '.join(BACKENDS)}, not {backend!r}")
         self.model_id, self.backend_name, self.requested_device = model, backend, device
+        self.url, self.key, self.timeout = url, key, timeout
         self.max_seconds = max_seconds
-        self.admission = Admission(max_waiting)
+        self.admission = Admission(max_waiting, REMOTE_SLOTS if url else 1)
         self.error: str | None = None
         self._backend = None
         self._load_lock = threading.Lock()
@@ -242,8 +297,11 @@ class Transcriber:
             started = time.monotonic()
             log.info("loading speech model %s (%s on %s)", self.model_id, self.backend_name, device)
             try:
-                kind = TransformersBackend if self.backend_name == "transformers" else FasterWhisperBackend
-                self._backend = kind(self.model_id, device)
+                if self.url:
+                    self._backend = OpenAIBackend(self.model_id, self.url, self.key, self.timeout)
+                else:
+                    kind = TransformersBackend if self.backend_name == "transformers" else FasterWhisperBackend
+                    self._backend = kind(self.model_id, device)
             except Exception as exc:
                 self.error = f"{type(exc).__name__}: {exc}"
                 log.exception("speech model %s failed to load", self.model_id)

@@ -1,4 +1,5 @@
-"""Conversations and their messages, kept in a SQL database (SQLite under the data dir by default).
+"""Conversations and their messages, kept in a SQL database (SQLite under the data dir by default, or
+WEBBOT_DATABASE_URL; `database.py` connects and migrates it).
 
 Every read and write names the owner (the browser session that made the conversation),
 so one session can never see or change another's conversations: a foreign id behaves
@@ -18,9 +19,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    create_engine,
     delete,
-    event,
     func,
     select,
     update,
@@ -61,12 +60,8 @@ def title_from(text: str) -> str:
 class Store:
     """Reads and writes conversations; safe to share between threads."""
 
-    def __init__(self, url: str):
-        sqlite = url.startswith("sqlite")
-        self.engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30} if sqlite else {})
-        if sqlite:
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-        metadata.create_all(self.engine)
+    def __init__(self, engine):
+        self.engine = engine  # from database.connect, its schema upgraded by database.upgrade
 
     def create_conversation(self, owner: str, title: str = "New chat") -> dict:
         """Make an empty conversation for this owner."""
@@ -137,6 +132,20 @@ class Store:
         return {"id": new_id, "conversation_id": conversation_id, "role": role, "content": content,
                 "status": status, "created_at": now}
 
+    def add_turn(self, conversation_id: str, content: str, title: str) -> tuple[dict, dict]:
+        """In one transaction: the user's message, an empty reply marked streaming, and the title; returns
+        (user message, reply)."""
+        now = time.time()
+        rows = []
+        with self.engine.begin() as db:
+            for role, text, status in (("user", content, "complete"), ("assistant", "", "streaming")):
+                row = {"conversation_id": conversation_id, "role": role, "content": text, "status": status,
+                       "created_at": now}
+                rows.append({"id": db.execute(messages.insert().values(**row)).inserted_primary_key[0], **row})
+            db.execute(update(conversations).where(conversations.c.id == conversation_id)
+                       .values(updated_at=now, title=title))
+        return rows[0], rows[1]
+
     def finish_message(self, message_id: int, content: str, status: str) -> None:
         """Store the final text and status of a reply that was streaming."""
         with self.engine.begin() as db:
@@ -147,16 +156,12 @@ class Store:
         with self.engine.connect() as db:
             return db.execute(select(func.count()).select_from(messages)).scalar_one()
 
-    def close_interrupted(self) -> int:
-        """Mark replies left 'streaming' by a process that died as interrupted; returns how many."""
+    def close_interrupted(self, live: set[str] = frozenset()) -> int:
+        """Mark replies left 'streaming' by a process that died as interrupted, except in the conversations
+        `live` (still being written by another replica); returns how many."""
+        query = update(messages).where(messages.c.status == "streaming")
+        if live:
+            query = query.where(messages.c.conversation_id.not_in(live))
         with self.engine.begin() as db:
-            return db.execute(update(messages).where(messages.c.status == "streaming")
-                              .values(status="interrupted")).rowcount
+            return db.execute(query.values(status="interrupted")).rowcount
 
-
-def _sqlite_pragmas(connection, _record) -> None:
-    """WAL lets readers and the writer work at once; foreign keys make deletes cascade."""
-    cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()

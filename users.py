@@ -93,7 +93,6 @@ class Users:
     def __init__(self, engine, hasher: PasswordHasher | None = None):
         self.engine = engine
         self.hasher = hasher or PasswordHasher()
-        metadata.create_all(engine)
 
     @cached_property
     def _dummy_hash(self) -> str:

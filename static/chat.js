@@ -60,7 +60,7 @@ function setStatus(element, status) {
   let label = element.querySelector(".status");
   const text = {
     stopped: "Stopped before the end.",
-    interrupted: "Cut off when the server stopped; this is what was saved.",
+    interrupted: "Cut off when the server or the model server stopped; this is what was saved.",
     error: "The model failed on this reply.",
   }[status];
   if (!text) { if (label) label.remove(); return; }
@@ -211,7 +211,7 @@ async function send(text) {
         setStatus(reply, data.message.status);
         showGauge(data.memory);
       } else if (event === "error") {
-        setStatus(reply, "error");
+        setStatus(reply, data.status || "error");
         showNotice(data.message);
       }
       scrollDown();
@@ -305,7 +305,7 @@ async function watchModel() {
     }
     notice.dataset.model = "1";
     if (health.status === "error") {
-      showNotice(`The model could not be loaded: ${health.error}`);
+      showNotice(health.error);
       return;
     }
     showNotice("The model is still loading; you can type, and send once it is ready.");

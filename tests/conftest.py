@@ -247,3 +247,37 @@ def read_sse(lines) -> list[tuple[str, object]]:
         elif line.startswith("data: "):
             data.append(line[6:])
     return events
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One real PostgreSQL server (Debian's package) for the session; tests take fresh databases from it."""
+    from tests.services import PostgresServer, postgres_bin
+
+    if postgres_bin() is None and os.environ.get("WEBBOT_TESTS_STRICT") != "1":
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    server = PostgresServer().start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def pg_url(postgres, request):
+    """The URL of a new empty PostgreSQL database for this test."""
+    import re
+
+    return postgres.create_database(re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:50])
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server (Debian's package) on a free port, persisting to tmp_path so a restart keeps sessions."""
+    import shutil
+
+    from tests.services import RedisServer
+
+    if shutil.which("redis-server") is None and os.environ.get("WEBBOT_TESTS_STRICT") != "1":
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 import requests
-from sqlalchemy import create_engine
 
+from database import connect
 from tests.server_process import ROOT, PageSession
 from users import Users
 
@@ -201,7 +201,7 @@ def test_a_disabled_user_is_out_at_once_and_back_when_enabled(accounts):
     # an admin cannot lock themselves out: no button on their own row, and a hand-made request is refused
     root_row = users_page[users_page.index('data-name="root"'):]
     assert "<form" not in root_row[:root_row.index("</tr>")]
-    root_id = Users(create_engine(f"sqlite:///{accounts.env['WEBBOT_DATA_DIR']}/webbot.db")).by_name("root")["id"]
+    root_id = Users(connect(f"sqlite:///{accounts.env['WEBBOT_DATA_DIR']}/webbot.db")).by_name("root")["id"]
     itself = post_form(admin, f"{accounts.url}/admin/users/{root_id}/disable", accounts.url + "/admin")
     assert itself.status_code == 400 and "You cannot disable your own account" in itself.text
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from database import connect
 from store import Store
 from tests.conftest import CHROMIUM, CHROMIUM_ARGS, requires, wait_for
 
@@ -145,7 +146,7 @@ def test_markup_from_user_and_model_never_runs(page, smollm2_server):
     page.wait_for_selector(".message.assistant:not(.streaming)", timeout=60_000)
     cid = page.url.rsplit("/", 1)[1]
     # Model output carrying the same payloads, stored exactly as a finished reply is.
-    store = Store(f"sqlite:///{smollm2_server.env['WEBBOT_DATA_DIR']}/webbot.db")
+    store = Store(connect(f"sqlite:///{smollm2_server.env['WEBBOT_DATA_DIR']}/webbot.db"))
     store.add_message(cid, "user", "show me html")
     store.add_message(cid, "assistant", "Sure:\n\n" + "\n\n".join(payloads) + "\n\n```html\n<b>code</b>\n```")
     page.reload()
@@ -167,7 +168,7 @@ def test_gauge_says_how_many_messages_are_outside_memory(page, smollm2_server):
     page.wait_for_selector("#conversation-list li.active")
     cid = page.url.rsplit("/", 1)[1]
     assert page.inner_text("#gauge-dropped") == ""
-    store = Store(f"sqlite:///{smollm2_server.env['WEBBOT_DATA_DIR']}/webbot.db")
+    store = Store(connect(f"sqlite:///{smollm2_server.env['WEBBOT_DATA_DIR']}/webbot.db"))
     for n in range(30):  # far more than the 1,536-token budget holds
         store.add_message(cid, "user", f"Question {n}: " + "tell me about the sea " * 10)
         store.add_message(cid, "assistant", f"Answer {n}: " + "the sea is wide and deep " * 10)

@@ -1,0 +1,63 @@
+"""GET /healthz: each dependency's state, and 503 when any of them is down.
+
+A load balancer takes a replica out of rotation on 503. The body names what is wrong:
+the model (loading, failed) or the model server it streams from, the database, and
+Redis when one is configured; the speech model is reported but never fails the check
+(voice is optional, and loads on first use).
+"""
+
+from sqlalchemy import text
+
+
+def database_check(engine) -> dict:
+    """Whether the database answers a trivial query."""
+    try:
+        with engine.connect() as db:
+            db.execute(text("SELECT 1"))
+        return {"status": "ok", "kind": engine.dialect.name}
+    except Exception as exc:
+        return {"status": "error", "kind": engine.dialect.name,
+                "error": f"The database cannot be reached ({type(exc).__name__}); check that it is running."}
+
+
+def redis_check(redis) -> dict:
+    """Whether Redis answers PING (`not used` without WEBBOT_REDIS_URL)."""
+    if redis is None:
+        return {"status": "not used"}
+    try:
+        redis.ping()
+        return {"status": "ok"}
+    except Exception as exc:
+        return {"status": "error",
+                "error": f"Redis cannot be reached ({type(exc).__name__}); check that it is running."}
+
+
+def model_check(bot) -> dict:
+    """The local model's (or the model server's tokenizer's) loading state."""
+    if bot.ready:
+        return {"status": "ok", "model": bot.name}
+    if bot.error:
+        return {"status": "error", "model": bot.name, "error": bot.error}
+    return {"status": "loading", "model": bot.name}
+
+
+def report(state) -> tuple[dict, int, dict]:
+    """(body, status, headers) for /healthz."""
+    bot, speech = state.bot, state.transcriber
+    checks = {"model": model_check(bot), "database": database_check(state.store.engine),
+              "redis": redis_check(state.redis)}
+    if bot.ready and hasattr(bot, "check"):
+        checks["upstream"] = bot.check()
+    checks["speech"] = {"status": "ok" if speech.ready else "error" if speech.error else "not loaded",
+                        "model": speech.name, "backend": speech.backend_name}
+    failed = [name for name, check in checks.items() if name != "speech" and check["status"] in ("error", "loading")]
+    status = checks["model"]["status"] if checks["model"]["status"] != "ok" else "error" if failed else "ok"
+    body = {"status": status, "model": bot.name, "checks": checks,
+            "speech": {"model": speech.name, "backend": speech.backend_name, "status": checks["speech"]["status"]}}
+    if bot.error:
+        body["error"] = f"The model could not be loaded: {bot.error}"
+    elif failed and "error" in checks[failed[0]]:
+        body["error"] = checks[failed[0]]["error"]  # a sentence the page shows as it is
+    if not failed:
+        return body, 200, {}
+    return body, 503, {"Retry-After": "5"} if status == "loading" else {}

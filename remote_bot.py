@@ -1,0 +1,247 @@
+"""RemoteBot: the ChatBot's interface over an OpenAI-compatible model server (WEBBOT_BACKEND=openai).
+
+When one GPU is not enough, the model runs in vLLM, TGI or a llama.cpp server and every
+app replica streams from it. The replica still loads the same model's tokenizer and chat
+template (no weights) from WEBBOT_MODEL, so memory trimming and the "outside memory"
+gauge count exactly the tokens the server will see; the trimmed messages go upstream
+and the server applies the same template.
+
+Each reply is one streaming /chat/completions request made with the official openai
+client. A reader thread feeds an `engine.Stream`, so the page and the /v1 API cannot
+tell the two backends apart. Stop and a closed tab cancel the stream, which closes the
+HTTP response: vLLM, TGI and llama.cpp abort a request whose client has gone. A server
+that cannot be reached, refuses, or goes quiet for WEBBOT_BACKEND_TIMEOUT seconds
+becomes an `UpstreamError` (502/503/504 with a sentence) before the reply starts, or
+ends a started reply with finish reason "error" and that sentence. No Flask imports.
+"""
+
+import logging
+import threading
+import time
+
+from chat_bot import DEFAULT_SYSTEM_PROMPT, split_gguf
+from engine import EngineBusy, SamplingParams, Stream
+from memory import Memory, MemoryPlan
+from metrics import Metrics
+from upstream import UpstreamError, make_client, upstream_error
+
+log = logging.getLogger(__name__)
+
+MAX_STREAMS = 64  # replies one replica streams from the model server at once; more get 503
+HEALTH_TIMEOUT_S = 3.0
+HEALTH_CACHE_S = 5.0  # /healthz asks the model server at most this often
+
+
+class RemoteStream(Stream):
+    """A reply read from the model server; cancelling it closes the HTTP response."""
+
+    def __init__(self, prompt_ids: list[int], params: SamplingParams):
+        super().__init__(prompt_ids, params)
+        self.response = None
+        self.upstream_tokens: int | None = None  # the server's own count, when it sends usage
+        self.counted_tokens = 0
+
+    @property
+    def completion_tokens(self) -> int:
+        """Tokens of the reply: the server's count when it gave one, else our tokenizer's."""
+        return self.upstream_tokens if self.upstream_tokens is not None else self.counted_tokens
+
+    def cancel(self) -> None:
+        """Stop reading and close the connection, which tells the server to stop generating."""
+        self.cancelled.set()
+        response = self.response
+        if response is not None:
+            try:
+                response.close()
+            except Exception:  # closing a half-read response from another thread may complain; it is closed
+                log.debug("closing an upstream response raised", exc_info=True)
+
+
+class RemoteBot:
+    """Trims memory locally and streams replies from `url` (an OpenAI-compatible /v1 base URL)."""
+
+    def __init__(self, url: str, model: str, key: str | None = None, served_model: str | None = None,
+                 max_tokens: int = 8192, memory_ratio: float = 0.25, system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+                 timeout: float = 120.0, max_streams: int = MAX_STREAMS, metrics=None, client=None):
+        self.url, self.model_id, self.key = url.rstrip("/"), model, key
+        self.served_model = served_model or model
+        self.max_tokens, self.memory_ratio, self.system_prompt = max_tokens, memory_ratio, system_prompt
+        self.timeout = timeout
+        self.engine = None  # no local engine: the gauges read `running` below
+        self.metrics = metrics or Metrics()
+        self.metrics.watch(self)
+        self.metrics.active_streams.set_function(lambda: self.running)
+        self.memory: Memory | None = None
+        self.error: str | None = None
+        self._client = client
+        self._slots = threading.BoundedSemaphore(max_streams)
+        self._running: set[RemoteStream] = set()
+        self._lock = threading.Lock()
+        self._loaded = threading.Event()
+        self._health: tuple[float, dict] | None = None
+
+    @property
+    def ready(self) -> bool:
+        """True once the tokenizer is loaded (the model server is checked by `check()`)."""
+        return self._loaded.is_set()
+
+    @property
+    def name(self) -> str:
+        """The model id clients see: the one the server serves."""
+        return self.served_model
+
+    @property
+    def running(self) -> int:
+        """Replies streaming from the server now."""
+        with self._lock:
+            return len(self._running)
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = make_client(self.url, self.key, self.timeout)
+        return self._client
+
+    def load(self) -> "RemoteBot":
+        """Load the tokenizer and chat template (no weights) for memory trimming."""
+        if self.ready:
+            return self
+        from transformers import AutoTokenizer
+
+        started = time.monotonic()
+        source, gguf_file = split_gguf(self.model_id)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, **({"gguf_file": gguf_file} if gguf_file else {}))
+            if not getattr(tokenizer, "chat_template", None):
+                raise ValueError(f"{self.model_id} has no chat template; point WEBBOT_MODEL at the served model's "
+                                 "tokenizer files")
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.exception("could not load the tokenizer of %s", self.model_id)
+            raise
+        self.memory = Memory(tokenizer, self.max_tokens, self.memory_ratio)
+        log.info("tokenizer of %s ready in %.1f s; replies come from %s (model %s); context %d tokens, "
+                 "prompt budget %d", self.model_id, time.monotonic() - started, self.url, self.served_model,
+                 self.max_tokens, self.memory.budget)
+        self._loaded.set()
+        return self
+
+    @property
+    def reply_reserve(self) -> int:
+        """Tokens kept free for the reply."""
+        return self.max_tokens - self.memory.budget
+
+    def plan(self, history: list[dict], message: str, system_prompt: str | None = None) -> MemoryPlan:
+        """What the model would see for `message` after `history` (raises MessageTooLong)."""
+        system = self.system_prompt if system_prompt is None else system_prompt
+        return self.memory.plan(history, message, system)
+
+    def generate(self, plan: MemoryPlan, params: SamplingParams) -> RemoteStream:
+        """Send the planned messages upstream; returns once the server has accepted the request.
+
+        Raises EngineBusy when this replica already streams MAX_STREAMS replies, and
+        UpstreamError when the server cannot be reached or refuses.
+        """
+        if not self._slots.acquire(blocking=False):
+            self.metrics.rejected.inc()
+            raise EngineBusy(f"{self.running} replies are streaming from the model server")
+        room = self.max_tokens - plan.prompt_tokens
+        params.max_new_tokens = max(1, min(params.max_new_tokens or self.reply_reserve, room))
+        stream = RemoteStream(plan.prompt_ids, params)
+        request = {"model": self.served_model, "messages": plan.kept_messages, "stream": True,
+                   "max_tokens": params.max_new_tokens, "temperature": params.temperature, "top_p": params.top_p,
+                   "stream_options": {"include_usage": True}}
+        if params.stop:
+            request["stop"] = params.stop
+        try:
+            stream.response = self.client.chat.completions.create(**request)
+        except Exception as exc:
+            self._slots.release()
+            self.metrics.replies.labels("error").inc()
+            error = upstream_error(exc, "model server", self.url, self.timeout)
+            log.warning("model server request failed: %s", error.sentence)
+            raise error from None
+        stream.started = time.monotonic()
+        with self._lock:
+            self._running.add(stream)
+        threading.Thread(target=self._read, args=(stream,), daemon=True, name="upstream-reader").start()
+        return stream
+
+    def _read(self, stream: RemoteStream) -> None:
+        """Move the server's chunks into the stream until it ends, fails or is cancelled."""
+        reason, error = "stop", None
+        try:
+            for chunk in stream.response:
+                if stream.cancelled.is_set():
+                    reason = "cancelled"
+                    break
+                if getattr(chunk, "usage", None) is not None and chunk.usage.completion_tokens is not None:
+                    stream.upstream_tokens = chunk.usage.completion_tokens
+                for choice in chunk.choices or ():
+                    piece = choice.delta.content if choice.delta is not None else None
+                    if piece:
+                        self._emit(stream, piece)
+                    if choice.finish_reason:
+                        reason = "length" if choice.finish_reason == "length" else "stop"
+            else:
+                if stream.cancelled.is_set():
+                    reason = "cancelled"
+        except Exception as exc:
+            if stream.cancelled.is_set():
+                reason = "cancelled"
+            else:
+                reason = "error"
+                cause = upstream_error(exc, "model server", self.url, self.timeout)
+                error = UpstreamError(502, f"The model server stopped in the middle of this reply ({cause.sentence})",
+                                      "upstream_interrupted")
+                log.warning("reply from %s cut off after %d characters: %s", self.url, len(stream.text), exc)
+        finally:
+            try:
+                stream.response.close()
+            except Exception:
+                log.debug("closing an upstream response raised", exc_info=True)
+            with self._lock:
+                self._running.discard(stream)
+            self._slots.release()
+            self._finish(stream, reason, error)
+
+    def _emit(self, stream: RemoteStream, piece: str) -> None:
+        now = time.monotonic()
+        tokens = len(self.memory.encode(piece)) or 1
+        stream.counted_tokens += tokens
+        self.metrics.generated_tokens.inc(tokens)
+        if stream.first_token_at is None:
+            stream.first_token_at = now
+            self.metrics.time_to_first_token.observe(now - stream.submitted)
+        else:
+            self.metrics.time_per_output_token.observe(now - stream.last_token_at)
+        stream.last_token_at = now
+        stream.text += piece
+        stream.events.put(piece)
+
+    def _finish(self, stream: RemoteStream, reason: str, error: BaseException | None) -> None:
+        self.metrics.replies.labels(reason).inc()
+        self.metrics.prompt_tokens.labels("computed").inc(stream.prompt_tokens)
+        stream.end(reason, error)
+
+    def cancel_all(self) -> int:
+        """Cancel every reply streaming now (a shutdown); each is stored as stopped."""
+        with self._lock:
+            streams = list(self._running)
+        for stream in streams:
+            stream.cancel()
+        return len(streams)
+
+    def check(self) -> dict:
+        """Whether the model server answers GET /models, asked at most every HEALTH_CACHE_S seconds."""
+        now = time.monotonic()
+        if self._health and now - self._health[0] < HEALTH_CACHE_S:
+            return self._health[1]
+        try:
+            self.client.with_options(timeout=HEALTH_TIMEOUT_S).models.list()
+            result = {"status": "ok", "url": self.url}
+        except Exception as exc:
+            result = {"status": "error", "url": self.url,
+                      "error": upstream_error(exc, "model server", self.url, HEALTH_TIMEOUT_S).sentence}
+        self._health = (now, result)
+        return result
