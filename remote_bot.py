@@ -157,6 +157,7 @@ class RemoteBot:
             stream.response = self.client.chat.completions.create(**request)
         except Exception as exc:
             self._slots.release()
+            self._health = None  # /healthz asks again rather than repeat a stale "ok"
             self.metrics.replies.labels("error").inc()
             error = upstream_error(exc, "model server", self.url, self.timeout)
             log.warning("model server request failed: %s", error.sentence)
@@ -190,10 +191,9 @@ class RemoteBot:
             if stream.cancelled.is_set():
                 reason = "cancelled"
             else:
-                reason = "error"
-                cause = upstream_error(exc, "model server", self.url, self.timeout)
-                error = UpstreamError(502, f"The model server stopped in the middle of this reply ({cause.sentence})",
-                                      "upstream_interrupted")
+                reason, self._health = "error", None
+                error = UpstreamError(502, f"The model server at {self.url} stopped answering in the middle of "
+                                           f"this reply ({type(exc).__name__}).", "upstream_interrupted")
                 log.warning("reply from %s cut off after %d characters: %s", self.url, len(stream.text), exc)
         finally:
             try:

@@ -25,13 +25,18 @@ def sse(data, event: str | None = None) -> str:
 
 
 def pieces(stream: Stream, heartbeat_s: float) -> Iterator[str | None]:
-    """Text pieces of a reply; None every `heartbeat_s` seconds while nothing arrives."""
+    """Text pieces of a reply; None every `heartbeat_s` seconds while nothing arrives. A reply that fails just
+    ends here: the caller reads `stream.finish_reason` and `stream.error`."""
     while True:
         try:
             piece = stream.next_piece(timeout=heartbeat_s)
         except queue.Empty:
             yield None
             continue
+        except Exception:
+            if stream.finish_reason == "error":
+                return  # the caller tells the client, from stream.error
+            raise
         if piece is None:
             return
         yield piece
