@@ -13,7 +13,9 @@ def _errors(*statuses: int) -> dict:
     reasons = {400: "The request is malformed; the message says what to change.",
                401: "Missing or wrong API key.", 413: "The request or the audio is too large.",
                415: "Wrong content type.", 429: "Too many requests; see Retry-After.",
-               503: "The model is loading or the server is busy; see Retry-After."}
+               502: "The model or speech server (WEBBOT_BACKEND=openai, WEBBOT_SPEECH_URL) failed or is unreachable.",
+               503: "The model is loading or the server is busy; see Retry-After.",
+               504: "The model or speech server did not answer in time."}
     return {str(s): {"description": reasons[s], "content": {"application/json": {"schema": ERROR}}} for s in statuses}
 
 
@@ -99,7 +101,7 @@ def describe(version: str) -> dict:
                 "responses": {"200": {"description": "The reply, whole or as server-sent events (stream: true).",
                                       "content": {"application/json": {"schema": CHAT_RESPONSE},
                                                   "text/event-stream": {"schema": {"type": "string"}}}},
-                              **_errors(400, 401, 413, 415, 429, 503)}}},
+                              **_errors(400, 401, 413, 415, 429, 502, 503, 504)}}},
             "/audio/transcriptions": {"post": {
                 "operationId": "createTranscription", "summary": "The text spoken in a recording.",
                 "requestBody": {"required": True,
@@ -109,7 +111,7 @@ def describe(version: str) -> dict:
                                           "type": "object", "required": ["text"],
                                           "properties": {"text": {"type": "string"}}}},
                                           "text/plain": {"schema": {"type": "string"}}}},
-                              **_errors(400, 401, 413, 415, 429, 503)}}},
+                              **_errors(400, 401, 413, 415, 429, 502, 503, 504)}}},
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",

@@ -123,10 +123,9 @@ def main() -> None:
                                                                                         median(1, key), 3)}
                for key in ("replies_per_s", "tokens_per_s", "ttft_p50_s", "ttft_p95_s")}
     print("median over rounds (2 replicas / 1):", summary, flush=True)
-    path = save_report("replicas", {"model": model.name, "clients": args.clients, "requests": args.requests,
+    save_report("replicas", {"model": model.name, "clients": args.clients, "requests": args.requests,
                                     "tokens": args.tokens, "rounds": args.rounds, "runs": runs,
                                     "summary": summary})
-    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
