@@ -91,7 +91,7 @@ class RedisReplies(LocalReplies):
         return True
 
     def release(self, conversation_id: str, stream) -> None:
-        mine = self._streams.get(conversation_id) is stream
+        mine = super().get(conversation_id) is stream
         super().release(conversation_id, stream)
         if mine:
             try:
