@@ -263,3 +263,18 @@ def test_sign_in_chat_make_a_key_and_sign_out_in_accounts_mode(page, start_serve
     page.wait_for_url(server.url + "/signin")
     assert page.is_visible("#password")
     page.goto("about:blank")  # leave before the server stops, so its closing is not a page error
+
+
+def test_the_page_says_why_when_the_model_server_dies_mid_reply(page, start_server, tiny_model_dir, tmp_path):
+    upstream = start_server(tiny_model_dir, tmp_path / "upstream", WEBBOT_MAX_TOKENS="65536")
+    front = start_server(tiny_model_dir, tmp_path / "front", WEBBOT_BACKEND="openai", WEBBOT_MAX_TOKENS="65536",
+                         WEBBOT_BACKEND_URL=upstream.url + "/v1", WEBBOT_BACKEND_MODEL="tiny-llama")
+    page.goto(front.url)
+    ask(page, "Go on forever.")
+    page.wait_for_selector(".message.assistant.streaming", timeout=60_000)
+    wait_for(page, "document.querySelector('.message.assistant .body').textContent.length > 40")
+    upstream.process.kill()
+    page.wait_for_selector(".message.assistant:not(.streaming) .status", timeout=30_000)
+    assert "Cut off" in page.inner_text(".message.assistant .status")
+    assert "stopped answering in the middle of this reply" in page.inner_text("#notice")
+    assert page.inner_text(".message.assistant .body").strip()  # what arrived stays on the page
