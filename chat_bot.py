@@ -27,7 +27,7 @@ from engine import (
     Stream,
 )
 from kv_cache import PrefixCache
-from memory import Memory, MemoryPlan
+from memory import Memory, MemoryPlan, PlansReplies
 from metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def split_gguf(model: str) -> tuple[str, str | None]:
     return model, None
 
 
-class ChatBot:
+class ChatBot(PlansReplies):
     """Holds the model and answers conversations; call `load()` once before use."""
 
     def __init__(self, model: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto",
@@ -163,16 +163,6 @@ class ChatBot:
                  "on" if self.kv_reuse else "off", budget_mb, self.engine.max_batch)
         self._loaded.set()
 
-    @property
-    def reply_reserve(self) -> int:
-        """Tokens kept free for the reply."""
-        return self.max_tokens - self.memory.budget
-
-    def plan(self, history: list[dict], message: str, system_prompt: str | None = None) -> MemoryPlan:
-        """What the model would see for `message` after `history` (raises MessageTooLong)."""
-        system = self.system_prompt if system_prompt is None else system_prompt
-        return self.memory.plan(history, message, system)
-
     def prompt_ids(self, plan: MemoryPlan) -> list[int]:
         """The planned prompt's ids, continuing the exact ids of an earlier sequence it extends."""
         text = plan.prompt_text
@@ -185,8 +175,7 @@ class ChatBot:
     def generate(self, plan: MemoryPlan, params: SamplingParams) -> Stream:
         """Start a reply to a planned prompt; the returned stream yields text pieces."""
         ids = self.prompt_ids(plan)
-        room = self.max_tokens - len(ids)
-        params.max_new_tokens = max(1, min(params.max_new_tokens or self.reply_reserve, room))
+        params.max_new_tokens = self.reply_tokens(len(ids), params.max_new_tokens)
         return self.engine.submit(ids, params)
 
     def cancel_all(self) -> int:

@@ -84,6 +84,22 @@ class Stream:
         """Ask the engine to stop generating; takes effect before the next step."""
         self.cancelled.set()
 
+    def record_token(self, metrics: Metrics, count: int = 1) -> None:
+        """Count `count` new tokens and time them: time to first token, then time per output token."""
+        now = time.monotonic()
+        metrics.generated_tokens.inc(count)
+        if self.first_token_at is None:
+            self.first_token_at = now
+            metrics.time_to_first_token.observe(now - self.submitted)
+        else:
+            metrics.time_per_output_token.observe(now - self.last_token_at)
+        self.last_token_at = now
+
+    def push(self, piece: str) -> None:
+        """Hand a piece of text to the reader."""
+        self.text += piece
+        self.events.put(piece)
+
     def end(self, reason: str, error: BaseException | None = None) -> None:
         """Record why the reply ended and wake the reader (called once, by whoever generated it)."""
         self.error, self.finish_reason = error, reason
@@ -319,27 +335,20 @@ class Engine:
 
     def _emit(self, row: _Row, token: int) -> str | None:
         """Hand one new token to the stream; returns why the reply ends here, if it does."""
-        stream, now = row.stream, time.monotonic()
+        stream = row.stream
         row.ids.append(token)
         stream.generated_ids.append(token)
-        self.metrics.generated_tokens.inc()
-        if stream.first_token_at is None:
-            stream.first_token_at = now
-            self.metrics.time_to_first_token.observe(now - stream.submitted)
-        else:
-            self.metrics.time_per_output_token.observe(now - stream.last_token_at)
-        stream.last_token_at = now
+        stream.record_token(self.metrics)
         if token in self.eos_ids:
             return "stop"
         piece = row.decoder.push(token)
         if piece:
-            stream.text += piece
-            stream.events.put(piece)
+            stream.push(piece)
         if row.decoder.stopped:
             return "stop"
         if stream.completion_tokens >= stream.params.max_new_tokens:
             return "length"
-        if now - stream.started > self.max_seconds:
+        if stream.last_token_at - stream.started > self.max_seconds:
             log.warning("a reply reached the %.0f s limit after %d tokens", self.max_seconds,
                         stream.completion_tokens)
             return "length"
@@ -350,8 +359,7 @@ class Engine:
         stream = row.stream
         tail = row.decoder.flush() if reason != "error" else ""
         if tail:
-            stream.text += tail
-            stream.events.put(tail)
+            stream.push(tail)
         if reason != "error" and len(row.ids) > len(stream.prompt_ids):
             kv = [(_compact(k), _compact(v)) for k, v in row.kv] if row.kv and self.cache.reuse else None
             self.cache.add(row.ids, kv, len(stream.prompt_ids), row.source)  # kv covers all ids but the last

@@ -151,3 +151,25 @@ class Memory:
         fixed = len(self.render(head + [{"role": "user", "content": ""}]))
         overflow = fixed + history_tokens + self.chunk // 2 - self.budget
         return 0 if overflow <= 0 else -(-overflow // self.chunk) * self.chunk
+
+
+class PlansReplies:
+    """Prompt planning shared by ChatBot and RemoteBot; they set `memory`, `max_tokens` and `system_prompt`."""
+
+    memory: Memory
+    max_tokens: int
+    system_prompt: str
+
+    @property
+    def reply_reserve(self) -> int:
+        """Tokens kept free for the reply."""
+        return self.max_tokens - self.memory.budget
+
+    def plan(self, history: list[dict], message: str, system_prompt: str | None = None) -> MemoryPlan:
+        """What the model would see for `message` after `history` (raises MessageTooLong)."""
+        system = self.system_prompt if system_prompt is None else system_prompt
+        return self.memory.plan(history, message, system)
+
+    def reply_tokens(self, prompt_tokens: int, requested: int | None) -> int:
+        """The most tokens a reply may have: as many as asked (else the reserve), as far as the context has room."""
+        return max(1, min(requested or self.reply_reserve, self.max_tokens - prompt_tokens))

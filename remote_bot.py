@@ -21,7 +21,7 @@ import time
 
 from chat_bot import DEFAULT_SYSTEM_PROMPT, split_gguf
 from engine import EngineBusy, SamplingParams, Stream
-from memory import Memory, MemoryPlan
+from memory import Memory, MemoryPlan, PlansReplies
 from metrics import Metrics
 from upstream import UpstreamError, make_client, upstream_error
 
@@ -57,7 +57,7 @@ class RemoteStream(Stream):
                 log.debug("closing an upstream response raised", exc_info=True)
 
 
-class RemoteBot:
+class RemoteBot(PlansReplies):
     """Trims memory locally and streams replies from `url` (an OpenAI-compatible /v1 base URL)."""
 
     def __init__(self, url: str, model: str, key: str | None = None, served_model: str | None = None,
@@ -126,16 +126,6 @@ class RemoteBot:
         self._loaded.set()
         return self
 
-    @property
-    def reply_reserve(self) -> int:
-        """Tokens kept free for the reply."""
-        return self.max_tokens - self.memory.budget
-
-    def plan(self, history: list[dict], message: str, system_prompt: str | None = None) -> MemoryPlan:
-        """What the model would see for `message` after `history` (raises MessageTooLong)."""
-        system = self.system_prompt if system_prompt is None else system_prompt
-        return self.memory.plan(history, message, system)
-
     def generate(self, plan: MemoryPlan, params: SamplingParams) -> RemoteStream:
         """Send the planned messages upstream; returns once the server has accepted the request.
 
@@ -145,8 +135,7 @@ class RemoteBot:
         if not self._slots.acquire(blocking=False):
             self.metrics.rejected.inc()
             raise EngineBusy(f"{self.running} replies are streaming from the model server")
-        room = self.max_tokens - plan.prompt_tokens
-        params.max_new_tokens = max(1, min(params.max_new_tokens or self.reply_reserve, room))
+        params.max_new_tokens = self.reply_tokens(plan.prompt_tokens, params.max_new_tokens)
         stream = RemoteStream(plan.prompt_ids, params)
         request = {"model": self.served_model, "messages": plan.kept_messages, "stream": True,
                    "max_tokens": params.max_new_tokens, "temperature": params.temperature, "top_p": params.top_p,
@@ -174,7 +163,6 @@ class RemoteBot:
         try:
             for chunk in stream.response:
                 if stream.cancelled.is_set():
-                    reason = "cancelled"
                     break
                 if getattr(chunk, "usage", None) is not None and chunk.usage.completion_tokens is not None:
                     stream.upstream_tokens = chunk.usage.completion_tokens
@@ -184,13 +172,8 @@ class RemoteBot:
                         self._emit(stream, piece)
                     if choice.finish_reason:
                         reason = "length" if choice.finish_reason == "length" else "stop"
-            else:
-                if stream.cancelled.is_set():
-                    reason = "cancelled"
         except Exception as exc:
-            if stream.cancelled.is_set():
-                reason = "cancelled"
-            else:
+            if not stream.cancelled.is_set():  # a cancel closes the response, which may raise here
                 reason, self._health = "error", None
                 error = UpstreamError(502, f"The model server at {self.url} stopped answering in the middle of "
                                            f"this reply ({type(exc).__name__}).", "upstream_interrupted")
@@ -203,21 +186,13 @@ class RemoteBot:
             with self._lock:
                 self._running.discard(stream)
             self._slots.release()
-            self._finish(stream, reason, error)
+            self._finish(stream, "cancelled" if stream.cancelled.is_set() and error is None else reason, error)
 
     def _emit(self, stream: RemoteStream, piece: str) -> None:
-        now = time.monotonic()
         tokens = len(self.memory.encode(piece)) or 1
         stream.counted_tokens += tokens
-        self.metrics.generated_tokens.inc(tokens)
-        if stream.first_token_at is None:
-            stream.first_token_at = now
-            self.metrics.time_to_first_token.observe(now - stream.submitted)
-        else:
-            self.metrics.time_per_output_token.observe(now - stream.last_token_at)
-        stream.last_token_at = now
-        stream.text += piece
-        stream.events.put(piece)
+        stream.record_token(self.metrics, tokens)
+        stream.push(piece)
 
     def _finish(self, stream: RemoteStream, reason: str, error: BaseException | None) -> None:
         self.metrics.replies.labels(reason).inc()

@@ -10,6 +10,7 @@ reply sees it within POLL_S and cancels the generation. No Flask imports.
 import logging
 import secrets
 import threading
+import time
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +122,6 @@ class RedisReplies(LocalReplies):
         self._watcher.start()
 
     def _run(self) -> None:
-        import time
-
         renewed = time.monotonic()
         while True:
             time.sleep(POLL_S)

@@ -65,9 +65,6 @@ def init_sessions(app: Flask, data_dir: Path, redis=None) -> None:
         app.config.setdefault("SESSION_CACHELIB", FileSystemCache(str(data_dir / "sessions"), threshold=100_000))
         Session(app)
         return
-    app.config["SESSION_TYPE"] = "redis"
-    app.config["SESSION_REDIS"] = redis
-    Session(app)
     app.session_interface = TolerantRedisSessions(app, client=redis, key_prefix="webbot:session:")
 
     @app.before_request

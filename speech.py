@@ -25,6 +25,7 @@ import numpy as np
 
 import audio
 from audio import SAMPLE_RATE, AudioError
+from upstream import make_client, upstream_error
 
 log = logging.getLogger(__name__)
 
@@ -211,14 +212,10 @@ class OpenAIBackend:
     """A transcription server with OpenAI's /audio/transcriptions: the decoded clip goes up as 16 kHz WAV."""
 
     def __init__(self, model: str, url: str, key: str | None, timeout: float):
-        from upstream import make_client
-
         self.model, self.url, self.timeout = model, url, timeout
         self.client = make_client(url, key, timeout)
 
     def transcribe(self, samples: np.ndarray, spans: list[tuple[int, int]], language: str | None):
-        from upstream import upstream_error
-
         options = {"language": language} if language else {}
         try:
             result = self.client.audio.transcriptions.create(
@@ -290,7 +287,7 @@ class Transcriber:
             if self.error:
                 raise SpeechUnavailable(self.error)
             device = self.requested_device
-            if device == "auto":
+            if device == "auto" and not self.url:  # a speech server picks its own device
                 import torch
 
                 device = "cuda" if torch.cuda.is_available() else "cpu"
