@@ -24,6 +24,7 @@ import conversations
 import database
 import db_cli
 import health
+import messages
 import openapi
 import settings
 import user_cli
@@ -98,6 +99,7 @@ def create_app(config: dict | None = None, bot=None, transcriber: Transcriber | 
     init_auth(app, app.extensions["webbot"].users)
     app.register_blueprint(account_pages.bp)
     app.register_blueprint(conversations.bp)
+    app.register_blueprint(messages.bp)
     app.register_blueprint(api.bp)
     app.cli.add_command(user_cli.users_command)
     app.cli.add_command(db_cli.db_command)

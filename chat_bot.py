@@ -178,6 +178,10 @@ class ChatBot(PlansReplies):
         params.max_new_tokens = self.reply_tokens(len(ids), params.max_new_tokens)
         return self.engine.submit(ids, params)
 
+    def queue_position(self, stream: Stream) -> tuple[int, int]:
+        """(place in the queue, 1 for next and 0 once started; replies being written now)."""
+        return self.engine.position(stream), self.engine.running
+
     def cancel_all(self) -> int:
         """End every running and queued reply now (a shutdown); each is stored as stopped."""
         return self.engine.cancel_all() if self.engine else 0

@@ -1,70 +1,52 @@
-"""The chat page's JSON routes: conversations (list, new, rename, delete, export), sending and stopping.
+"""The chat page's JSON routes for conversations: list, new, open, rename, pin, settings, delete and undo,
+switch branch, search, export and import. The routes that make the model write are in `messages.py`.
 
-Sending a message streams the reply as server-sent events: `start` (the stored user
-message and the memory gauge), `token` (text, and now and then the Markdown so far as
-sanitised HTML), then `done` or `error`. The reply is written to the database while it
-streams, so a crash or a closed tab loses at most a couple of seconds of it, and a
-closed tab or the Stop button halts generation on the server.
+Every route names the owner (`web.current_owner`), so someone else's conversation
+behaves exactly like one that does not exist: a 404.
 """
 
 import json
-import logging
-import threading
-import time
 
 from flask import Blueprint, Response, current_app, jsonify, request
-from sqlalchemy.exc import DBAPIError
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.utils import secure_filename
 
+import chat_settings
 import settings
+import transfer
+from branches import newest_leaf, path_to, sibling_ids
 from rendering import render_markdown
-from store import title_from
-from streaming import event_stream, pieces, sse
-from upstream import UpstreamError
-from validation import BadInput, json_body, message_text, sampling_params, start_reply
+from validation import BadInput, json_body
 from web import current_owner
 
-log = logging.getLogger(__name__)
 bp = Blueprint("conversations", __name__, url_prefix="/api")
-HTML_EVERY_S = 0.25  # how often a streaming reply's Markdown is re-rendered for the page
-SAVE_RETRY_S, SAVE_RETRY_FOR_S = 2.0, 600.0  # a finished reply waits this long for a database that is down
 EXPORTS = {"json": ("application/json", "json"), "markdown": ("text/markdown; charset=utf-8", "md")}
+SEARCH_CHARS = 200
+IMPORT_MAX_BYTES = 64 * 1024 * 1024  # an export of many long conversations is larger than any message
 
 
-def _state():
+def state():
+    """The app's shared collaborators (bot, store, active replies)."""
     return current_app.extensions["webbot"]
 
 
-def _own(conversation_id: str) -> dict:
-    conversation = _state().store.get_conversation(current_owner(), conversation_id)
+def own(conversation_id: str) -> dict:
+    """This person's conversation, or a 404."""
+    conversation = state().store.get_conversation(current_owner(), conversation_id)
     if conversation is None:
         raise BadInput(404, "There is no such conversation here; it may have been deleted.", "conversation_not_found")
     return conversation
 
 
-def message_view(message: dict) -> dict:
-    """A stored message as the page shows it: assistant text rendered to safe HTML."""
+def message_view(message: dict, versions: list[int] | None = None) -> dict:
+    """A stored message as the page shows it: assistant text rendered to safe HTML, and its versions (the
+    ids of the branches at this point, when there are several)."""
     view = {key: message[key] for key in ("id", "role", "content", "status", "created_at")}
+    view["parent_id"] = message.get("parent_id")
     if message["role"] == "assistant":
         view["html"] = render_markdown(message["content"])
+    view["versions"] = versions or [message["id"]]
     return view
-
-
-def save_when_back(store, message_id: int, text: str, status: str) -> None:
-    """Keep trying to store a finished reply (every SAVE_RETRY_S, for up to SAVE_RETRY_FOR_S) in a thread."""
-    def retry():
-        deadline = time.monotonic() + SAVE_RETRY_FOR_S
-        while time.monotonic() < deadline:
-            time.sleep(SAVE_RETRY_S)
-            try:
-                store.finish_message(message_id, text, status)
-                log.info("reply %s saved after the database came back", message_id)
-                return
-            except DBAPIError:
-                continue
-        log.error("reply %s could not be saved: the database stayed unreachable", message_id)
-
-    threading.Thread(target=retry, daemon=True, name="save-when-back").start()
 
 
 def history_of(messages: list[dict]) -> list[dict]:
@@ -72,172 +54,205 @@ def history_of(messages: list[dict]) -> list[dict]:
     return [{"role": m["role"], "content": m["content"]} for m in messages if m["role"] in ("user", "assistant")]
 
 
+def reply_settings(conversation: dict) -> dict:
+    """The settings a reply in this conversation uses: the server's, the person's defaults, then its own."""
+    app_state = state()
+    defaults = chat_settings.server_defaults(app_state.bot, current_app.config)
+    return chat_settings.effective(defaults, app_state.store.preferences(current_owner()), conversation["settings"])
+
+
+def conversation_view(conversation: dict) -> dict:
+    """A conversation as the page opens it: the shown branch, the memory gauge, its settings."""
+    app_state = state()
+    cid = conversation["id"]
+    # Look before reading the messages: a reply is stored in its final state before it stops
+    # counting as running, so "not generating" here means the messages below are final.
+    generating = app_state.active.get(cid) is not None
+    if generating:  # a page polling for a reply it lost the connection to: keep that reply going
+        app_state.active.seen(cid, current_app.config["WEBBOT_RECONNECT_GRACE_S"])
+    stored = app_state.store.messages(cid)
+    shown = path_to(stored, conversation["leaf_id"])
+    chosen = reply_settings(conversation)
+    memory = None
+    if app_state.bot.ready:
+        memory = app_state.bot.plan(history_of(shown), "", chosen["system_prompt"]).as_dict()
+    return {"conversation": conversation, "messages": [message_view(m, sibling_ids(stored, m)) for m in shown],
+            "memory": memory, "generating": generating, "settings": chosen}
+
+
 @bp.get("/conversations")
 def list_conversations():
-    return jsonify(conversations=_state().store.list_conversations(current_owner()))
+    return jsonify(conversations=state().store.list_conversations(current_owner()))
+
+
+def _title(body: dict, required: bool) -> str | None:
+    title = body.get("title")
+    if title is None and not required:
+        return None
+    if not isinstance(title, str) or not title.strip() or len(title) > settings.MAX_TITLE_CHARS:
+        raise BadInput(400, f"'title' must be non-empty text of at most {settings.MAX_TITLE_CHARS} characters.",
+                       "invalid_title")
+    return " ".join(title.split())
+
+
+def _room_for(count: int) -> None:
+    store, owner, most = state().store, current_owner(), current_app.config["WEBBOT_MAX_CONVERSATIONS"]
+    have = store.count_conversations(owner)
+    if have + count > most:
+        advice = "delete some to start a new one" if count == 1 else f"delete some or import fewer than {count}"
+        raise BadInput(409, f"You have {have} conversations and this server keeps at most {most} for one person; "
+                            f"{advice}.", "too_many_conversations")
 
 
 @bp.post("/conversations")
 def new_conversation():
     body = json_body()
-    title = body.get("title") or "New chat"
-    if not isinstance(title, str) or len(title) > settings.MAX_TITLE_CHARS:
-        raise BadInput(400, f"'title' must be text of at most {settings.MAX_TITLE_CHARS} characters.", "invalid_title")
-    store, owner, most = _state().store, current_owner(), current_app.config["WEBBOT_MAX_CONVERSATIONS"]
-    if store.count_conversations(owner) >= most:
-        raise BadInput(409, f"You have {most} conversations, the most this server keeps for one person; delete some "
-                            "to start a new one.", "too_many_conversations")
-    return jsonify(store.create_conversation(owner, title.strip() or "New chat")), 201
+    title = _title(body, False) if body.get("title") else "New chat"
+    _room_for(1)
+    return jsonify(state().store.create_conversation(current_owner(), title)), 201
 
 
 @bp.get("/conversations/<conversation_id>")
 def get_conversation(conversation_id):
-    conversation = _own(conversation_id)
-    state = _state()
-    # Look before reading the messages: a reply is stored in its final state before it stops
-    # counting as running, so "not generating" here means the messages below are final.
-    generating = state.active.get(conversation_id) is not None
-    stored = state.store.messages(conversation_id)
-    memory = None
-    if state.bot.ready:
-        memory = state.bot.plan(history_of(stored), "").as_dict()
-    return jsonify(conversation=conversation, messages=[message_view(m) for m in stored], memory=memory,
-                   generating=generating)
-
-
-@bp.get("/conversations/<conversation_id>/export")
-def export_conversation(conversation_id):
-    """One conversation as a download: `?format=json` (the default) or `markdown`."""
-    conversation = _own(conversation_id)
-    kind = request.args.get("format", "json")
-    if kind not in EXPORTS:
-        raise BadInput(400, "'format' must be json or markdown.", "invalid_format")
-    stored = _state().store.messages(conversation_id)
-    fields = ("role", "content", "status", "created_at")
-    if kind == "json":
-        body = json.dumps({"title": conversation["title"], "created_at": conversation["created_at"],
-                           "messages": [{k: m[k] for k in fields} for m in stored]}, ensure_ascii=False, indent=2)
-    else:
-        parts = [f"# {conversation['title']}\n"]
-        parts += [f"**{m['role'].capitalize()}:**\n\n{m['content']}\n" for m in stored]
-        body = "\n".join(parts)
-    mimetype, suffix = EXPORTS[kind]
-    name = secure_filename(conversation["title"]) or "conversation"
-    return Response(body, mimetype=mimetype,
-                    headers={"Content-Disposition": f'attachment; filename="{name}.{suffix}"'})
+    return jsonify(conversation_view(own(conversation_id)))
 
 
 @bp.patch("/conversations/<conversation_id>")
-def rename_conversation(conversation_id):
-    _own(conversation_id)
+def update_conversation(conversation_id):
+    """Change the title, the pin or the conversation's own settings (null: back to the defaults)."""
+    own(conversation_id)
     body = json_body()
-    title = body.get("title")
-    if not isinstance(title, str) or not title.strip() or len(title) > settings.MAX_TITLE_CHARS:
-        raise BadInput(400, f"'title' must be non-empty text of at most {settings.MAX_TITLE_CHARS} characters.",
-                       "invalid_title")
-    _state().store.rename(current_owner(), conversation_id, title.strip())
-    return jsonify(_own(conversation_id))
+    changes = {}
+    if "title" in body:
+        changes["title"] = _title(body, True)
+    if "pinned" in body:
+        if not isinstance(body["pinned"], bool):
+            raise BadInput(400, "'pinned' must be true or false.", "invalid_pinned")
+        changes["pinned"] = body["pinned"]
+    if "settings" in body:
+        allowed = chat_settings.limits(state().bot, current_app.config)
+        changes["settings"] = chat_settings.check(body["settings"], allowed) if body["settings"] is not None else None
+    if not changes:
+        raise BadInput(400, "Send at least one of 'title', 'pinned' or 'settings'.", "nothing_to_change")
+    state().store.update_conversation(current_owner(), conversation_id, **changes)
+    return jsonify(own(conversation_id))
 
 
 @bp.delete("/conversations/<conversation_id>")
 def delete_conversation(conversation_id):
-    _own(conversation_id)
-    state = _state()
-    running = state.active.get(conversation_id)
+    """Hide a conversation; POST .../restore brings it back for a minute (store.UNDO_S)."""
+    own(conversation_id)
+    app_state = state()
+    running = app_state.active.get(conversation_id)
     if running is not None:
         running.cancel()
-    state.store.delete(current_owner(), conversation_id)
+    app_state.store.delete(current_owner(), conversation_id)
     return "", 204
 
 
-@bp.post("/conversations/<conversation_id>/stop")
-def stop(conversation_id):
-    _own(conversation_id)
-    running = _state().active.get(conversation_id)
-    if running is not None:
-        running.cancel()
-    return jsonify(stopped=running is not None)
+@bp.post("/conversations/<conversation_id>/restore")
+def restore_conversation(conversation_id):
+    conversation = state().store.restore(current_owner(), conversation_id)
+    if conversation is None:
+        raise BadInput(404, "This conversation cannot be restored any more; deleted conversations are kept for a "
+                            "minute.", "conversation_not_found")
+    return jsonify(conversation)
 
 
-@bp.post("/conversations/<conversation_id>/messages")
-def send_message(conversation_id):
-    conversation = _own(conversation_id)
+@bp.post("/conversations/<conversation_id>/branch")
+def show_branch(conversation_id):
+    """Show another version of a message (`message_id`): the newest branch below it."""
+    own(conversation_id)
     body = json_body()
-    content = message_text(body.get("content"))
-    params = sampling_params(body, default_temperature=current_app.config["WEBBOT_TEMPERATURE"])
-    state = _state()
-    bot, store = state.bot, state.store
-    plan, stream = start_reply(bot, history_of(store.messages(conversation_id)), content, params, None,
-                               ("Shorten it or split it into several messages.", "message_too_long"))
-    try:
-        claimed = state.active.claim(conversation_id, stream)
-    except Exception:  # Redis is down: a 503, and the reply never starts
-        stream.cancel()
-        raise
-    if not claimed:
-        stream.cancel()
+    stored = state().store.messages(conversation_id)
+    target = body.get("message_id")
+    if not any(m["id"] == target for m in stored):
+        raise BadInput(404, "This conversation has no such message; reload the page.", "message_not_found")
+    if state().active.get(conversation_id) is not None:
         raise BadInput(409, "A reply is still being written in this conversation; stop it or wait for it.", "busy")
-    title = title_from(content) if conversation["title"] == "New chat" else conversation["title"]
-    try:  # one transaction: the message, the empty reply and the title are all stored, or none of them
-        user, reply = store.add_turn(conversation_id, content, title)
-    except Exception:
-        stream.cancel()
-        state.active.release(conversation_id, stream)
-        raise
-    finished = {}
+    state().store.show_branch(conversation_id, newest_leaf(stored, target))
+    return jsonify(conversation_view(own(conversation_id)))
 
-    def finish(status: str) -> None:
-        if not finished:
-            finished["status"] = status
-            try:
-                store.finish_message(reply["id"], stream.text, status)
-            except DBAPIError:  # the database is down: the reply lands when it is back
-                log.warning("database unreachable; reply %s will be saved when it returns", reply["id"])
-                save_when_back(store, reply["id"], stream.text, status)
 
-    def events():
-        yield sse({"user": message_view(user), "reply_id": reply["id"], "title": title,
-                   "memory": plan.as_dict()}, "start")
-        last_html = last_save = time.monotonic()
-        sent = ""  # the worker may be ahead of the events; the HTML must match what was sent
-        for piece in pieces(stream, settings.STREAM_HEARTBEAT_S):
-            if piece is None:
-                yield ": waiting for the model\n\n"
-                continue
-            sent += piece
-            event = {"text": piece}
-            now = time.monotonic()
-            if now - last_html >= HTML_EVERY_S:
-                event["html"], last_html = render_markdown(sent), now
-            if now - last_save >= settings.PARTIAL_SAVE_S:
-                last_save = now
-                try:
-                    store.finish_message(reply["id"], stream.text, "streaming")
-                except DBAPIError:  # the database is down for a moment: the final save tries again
-                    log.warning("could not save the partial reply %s", reply["id"])
-            yield sse(event, "token")
-        if stream.finish_reason == "error":
-            if isinstance(stream.error, UpstreamError):  # the model server went away: keep what came
-                finish("interrupted")
-                yield sse({"message": f"{stream.error.sentence} What arrived is kept.", "code": stream.error.code,
-                           "status": "interrupted"}, "error")
-                return
-            finish("error")
-            yield sse({"message": "The model failed while writing this reply; the error is in the server log."},
-                      "error")
-            return
-        finish("stopped" if stream.finish_reason == "cancelled" else "complete")
-        done = message_view({**reply, "content": stream.text, "status": finished["status"]})
+@bp.get("/search")
+def search_conversations():
+    """Conversations whose title or messages hold every word of `q` (by word prefix)."""
+    query = request.args.get("q", "")
+    if len(query) > SEARCH_CHARS:
+        raise BadInput(400, f"The search is {len(query)} characters; use at most {SEARCH_CHARS}.", "query_too_long")
+    return jsonify(results=state().store.search(current_owner(), query))
+
+
+def _export_kind() -> tuple[str, str, str]:
+    kind = request.args.get("format", "json")
+    if kind not in EXPORTS:
+        raise BadInput(400, "'format' must be json or markdown.", "invalid_format")
+    return kind, *EXPORTS[kind]
+
+
+def _download(items: list[tuple[dict, list[dict]]], name: str) -> Response:
+    kind, mimetype, suffix = _export_kind()
+    body = transfer.as_json(items) if kind == "json" else transfer.as_markdown(items)
+    return Response(body, mimetype=mimetype, headers={"Content-Disposition": f'attachment; filename="{name}.{suffix}"'})
+
+
+@bp.get("/conversations/<conversation_id>/export")
+def export_conversation(conversation_id):
+    """One conversation as a download: `?format=json` (the default, every branch) or `markdown`."""
+    conversation = own(conversation_id)
+    _export_kind()
+    items = [(conversation, state().store.messages(conversation_id))]
+    return _download(items, secure_filename(conversation["title"]) or "conversation")
+
+
+@bp.get("/export")
+def export_all():
+    """Every conversation of this person as one download."""
+    _export_kind()
+    store = state().store
+    items = [(c, store.messages(c["id"])) for c in store.list_conversations(current_owner())]
+    return _download(items, "conversations")
+
+
+@bp.post("/import")
+def import_conversations():
+    """Conversations from a JSON export, stored as new ones (all or none)."""
+    request.max_content_length = IMPORT_MAX_BYTES
+    try:
+        data = json.loads(request.get_data(as_text=True)) if request.is_json else None
+    except RequestEntityTooLarge:
+        raise BadInput(413, f"The file is larger than {IMPORT_MAX_BYTES // 2**20} MB; export and import fewer "
+                            "conversations at a time.", "import_too_large") from None
+    except ValueError:
+        raise BadInput(400, "The file is not valid JSON; import a .json file exported from this app.",
+                       "invalid_json") from None
+    if data is None:
+        raise BadInput(415, "Send the exported file as JSON with the header Content-Type: application/json.",
+                       "unsupported_media_type")
+    config = current_app.config
+    items = transfer.parse(data, config["WEBBOT_MAX_CONVERSATIONS"], config["WEBBOT_MAX_MESSAGE_CHARS"] * 20)
+    allowed = chat_settings.limits(state().bot, config)
+    for item in items:
         try:
-            after = bot.plan(history_of(store.messages(conversation_id)), "").as_dict()  # the gauge for the next turn
-        except DBAPIError:
-            after = None  # the database is down; the page hides the gauge until the next turn
-        yield sse({"message": done, "finish_reason": stream.finish_reason, "usage": stream.usage(),
-                   "memory": after}, "done")
+            item["settings"] = chat_settings.check(item["settings"], allowed) if item["settings"] else None
+        except BadInput:
+            item["settings"] = None  # settings another server allowed may not fit this model: use the defaults
+    _room_for(len(items))
+    made = state().store.import_conversations(current_owner(), items)
+    return jsonify(imported=len(made), conversations=made), 201
 
-    def on_close():
-        stream.cancel()  # no effect once finished; halts generation when the client left early
-        finish("stopped")
-        state.active.release(conversation_id, stream)
 
-    return event_stream(events(), on_close)
+@bp.get("/settings")
+def get_settings():
+    """This person's default settings, the server's, and the model's limits."""
+    app_state = state()
+    return jsonify(saved=app_state.store.preferences(current_owner()), limits=chat_settings.limits(
+        app_state.bot, current_app.config), defaults=chat_settings.server_defaults(app_state.bot, current_app.config))
+
+
+@bp.put("/settings")
+def save_settings():
+    """Replace this person's default settings (fields left out fall back to the server's)."""
+    values = chat_settings.check(json_body(), chat_settings.limits(state().bot, current_app.config))
+    state().store.save_preferences(current_owner(), values)
+    return get_settings()

@@ -182,6 +182,13 @@ class Engine:
                 held += sum(k.numel() * k.element_size() * 2 for k, _ in kv)
         return held
 
+    def position(self, stream: Stream) -> int:
+        """Where a reply waits: 1 for the next to start, 0 once it has started (or left the queue)."""
+        try:
+            return list(self.requests.queue).index(stream) + 1
+        except ValueError:
+            return 0
+
     def submit(self, prompt_ids: list[int], params: SamplingParams) -> Stream:
         """Queue a reply; raises EngineBusy when too many are already waiting."""
         if not prompt_ids:

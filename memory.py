@@ -40,6 +40,7 @@ class MemoryPlan:
     dropped: int  # stored messages left outside memory
     kept_messages: list[dict] = field(repr=False, default_factory=list)
     prompt_text: str = field(repr=False, default="")  # the prompt as the template wrote it; ids are its tokens
+    continuing: bool = False  # the prompt ends inside an assistant reply that the model goes on writing
 
     @property
     def prompt_tokens(self) -> int:
@@ -85,10 +86,11 @@ class Memory:
             ids = ids["input_ids"]
         return list(ids)
 
-    def render_text(self, messages: list[dict]) -> str:
-        """The prompt for messages as text, rendered with the model's own chat template."""
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
-                                                  **self.template_kwargs)
+    def render_text(self, messages: list[dict], continuing: bool = False) -> str:
+        """The prompt for messages as text, rendered with the model's own chat template; `continuing` leaves
+        the last (assistant) message open for the model to go on."""
+        ending = {"continue_final_message": True} if continuing else {"add_generation_prompt": True}
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, **ending, **self.template_kwargs)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of template text (its special tokens are parsed, none are added)."""
@@ -112,15 +114,21 @@ class Memory:
             self._turn_costs.move_to_end(key)
         return cost
 
-    def plan(self, history: list[dict], new_message: str, system_prompt: str | None = None) -> MemoryPlan:
-        """Choose the newest turns that fit beside the system prompt and the new message."""
+    def plan(self, history: list[dict], new_message: str, system_prompt: str | None = None,
+             partial_reply: str | None = None) -> MemoryPlan:
+        """Choose the newest turns that fit beside the system prompt and the new message (and, to continue a
+        reply that was cut off, the start of that reply)."""
         with self._lock:
-            return self._plan(history, new_message, system_prompt)
+            return self._plan(history, new_message, system_prompt, partial_reply)
 
-    def _plan(self, history: list[dict], new_message: str, system_prompt: str | None) -> MemoryPlan:
+    def _plan(self, history: list[dict], new_message: str, system_prompt: str | None,
+              partial_reply: str | None = None) -> MemoryPlan:
         head = [{"role": "system", "content": system_prompt}] if system_prompt else []
         new = [{"role": "user", "content": new_message}]
-        minimal_text = self.render_text(head + new)
+        continuing = partial_reply is not None
+        if continuing:
+            new.append({"role": "assistant", "content": partial_reply})
+        minimal_text = self.render_text(head + new, continuing)
         minimal = self.encode(minimal_text)
         if len(minimal) > self.budget:
             own = len(minimal) - len(self.render(head + [{"role": "user", "content": ""}]))
@@ -134,12 +142,12 @@ class Memory:
         # The new message may be long: drop more turns for this reply only, one at a time.
         for start in range(min(stable, len(turns)), len(turns) + 1):
             kept = [m for turn in turns[start:] for m in turn]
-            text = self.render_text(head + kept + new)
+            text = self.render_text(head + kept + new, continuing)
             ids = self.encode(text)
             if len(ids) <= self.budget:
                 first = sum(len(turn) for turn in turns[:start])
-                return MemoryPlan(ids, self.budget, first, first, head + kept + new, text)
-        return MemoryPlan(minimal, self.budget, len(history), len(history), head + new, minimal_text)
+                return MemoryPlan(ids, self.budget, first, first, head + kept + new, text, continuing)
+        return MemoryPlan(minimal, self.budget, len(history), len(history), head + new, minimal_text, continuing)
 
     def _tokens_to_drop(self, head: list[dict], history_tokens: int) -> int:
         """How many of the oldest history tokens to leave out: a whole number of chunks.
@@ -165,10 +173,12 @@ class PlansReplies:
         """Tokens kept free for the reply."""
         return self.max_tokens - self.memory.budget
 
-    def plan(self, history: list[dict], message: str, system_prompt: str | None = None) -> MemoryPlan:
-        """What the model would see for `message` after `history` (raises MessageTooLong)."""
+    def plan(self, history: list[dict], message: str, system_prompt: str | None = None,
+             partial_reply: str | None = None) -> MemoryPlan:
+        """What the model would see for `message` after `history`, going on from `partial_reply` when given
+        (raises MessageTooLong)."""
         system = self.system_prompt if system_prompt is None else system_prompt
-        return self.memory.plan(history, message, system)
+        return self.memory.plan(history, message, system, partial_reply)
 
     def reply_tokens(self, prompt_tokens: int, requested: int | None) -> int:
         """The most tokens a reply may have: as many as asked (else the reserve), as far as the context has room."""

@@ -36,7 +36,11 @@ def address_key() -> str:
 
 # endpoint -> (setting that holds its limit, what the limit counts, whom it counts against)
 LIMITED = {
-    "conversations.send_message": ("WEBBOT_RATE_MESSAGES", "messages", client_key),
+    "messages.send_message": ("WEBBOT_RATE_MESSAGES", "messages", client_key),
+    "messages.edit_message": ("WEBBOT_RATE_MESSAGES", "messages", client_key),
+    "messages.regenerate": ("WEBBOT_RATE_MESSAGES", "messages", client_key),
+    "messages.continue_reply": ("WEBBOT_RATE_MESSAGES", "messages", client_key),
+    "messages.generate_title": ("WEBBOT_RATE_MESSAGES", "messages", client_key),
     "api.chat_completions": ("WEBBOT_RATE_MESSAGES", "messages", client_key),
     "page_transcription": ("WEBBOT_RATE_TRANSCRIPTIONS", "recordings", client_key),
     "api.audio_transcriptions": ("WEBBOT_RATE_TRANSCRIPTIONS", "recordings", client_key),

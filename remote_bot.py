@@ -142,6 +142,8 @@ class RemoteBot(PlansReplies):
                    "stream_options": {"include_usage": True}}
         if params.stop:
             request["stop"] = params.stop
+        if plan.continuing:  # vLLM's names for "go on writing the last assistant message"
+            request["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
         try:
             stream.response = self.client.chat.completions.create(**request)
         except Exception as exc:
@@ -198,6 +200,10 @@ class RemoteBot(PlansReplies):
         self.metrics.replies.labels(reason).inc()
         self.metrics.prompt_tokens.labels("computed").inc(stream.prompt_tokens)
         stream.end(reason, error)
+
+    def queue_position(self, stream: RemoteStream) -> tuple[int, int]:
+        """The model server queues on its own side and does not say where; (0, streams from this replica)."""
+        return 0, self.running
 
     def cancel_all(self) -> int:
         """Cancel every reply streaming now (a shutdown); each is stored as stopped."""

@@ -4,7 +4,9 @@
 shares them between replicas: a key per conversation says a reply is running and which
 replica runs it, kept alive while it streams and gone when it ends (or when its replica
 dies, after KEY_TTL_S). Stop on any replica sets a stop key; the replica that writes the
-reply sees it within POLL_S and cancels the generation. No Flask imports.
+reply sees it within POLL_S and cancels the generation. A page whose connection dropped
+marks the conversation as still watched (`seen`) while it polls for the reply, so the
+writer keeps going until nobody has looked for a while. No Flask imports.
 """
 
 import logging
@@ -28,6 +30,20 @@ class LocalReplies:
     def __init__(self):
         self._lock = threading.Lock()
         self._streams = {}
+        self._seen: dict[str, float] = {}
+
+    def seen(self, conversation_id: str, for_s: float) -> None:
+        """Someone is looking at this conversation's reply; it counts as watched for `for_s` seconds."""
+        with self._lock:
+            self._seen[conversation_id] = time.monotonic() + for_s
+            if len(self._seen) > 10_000:
+                now = time.monotonic()
+                self._seen = {k: v for k, v in self._seen.items() if v > now}
+
+    def watched(self, conversation_id: str) -> bool:
+        """Whether someone looked at this conversation's reply recently (see `seen`)."""
+        with self._lock:
+            return self._seen.get(conversation_id, 0.0) > time.monotonic()
 
     def claim(self, conversation_id: str, stream) -> bool:
         """Register a reply; False when the conversation already has one running."""
@@ -81,6 +97,15 @@ class RedisReplies(LocalReplies):
     @staticmethod
     def stop_key(conversation_id: str) -> str:
         return f"webbot:stop:{conversation_id}"
+
+    def seen(self, conversation_id: str, for_s: float) -> None:
+        self.redis.set(f"webbot:seen:{conversation_id}", 1, px=max(1, int(for_s * 1000)))
+
+    def watched(self, conversation_id: str) -> bool:
+        try:
+            return bool(self.redis.exists(f"webbot:seen:{conversation_id}"))
+        except Exception:  # Redis is down: keep writing; the reply is stored either way
+            return True
 
     def claim(self, conversation_id: str, stream) -> bool:
         self.redis.delete(self.stop_key(conversation_id))  # an old stop must not end the new reply

@@ -79,6 +79,9 @@ def from_env(environ: dict | None = None) -> dict:
         "WEBBOT_KV_CACHE_MB": _auto_int(env, "WEBBOT_KV_CACHE_MB"),
         "WEBBOT_KV_REUSE": _choice(env, "WEBBOT_KV_REUSE", ("on", "off")) == "on",
         "WEBBOT_MAX_CONVERSATIONS": int(env.get("WEBBOT_MAX_CONVERSATIONS", 1000)),
+        # a page that lost its connection mid-reply keeps it going while it polls; unwatched this long, it stops
+        "WEBBOT_RECONNECT_GRACE_S": float(env.get("WEBBOT_RECONNECT_GRACE_S", 10)),
+        "WEBBOT_GENERATE_TITLES": _choice(env, "WEBBOT_GENERATE_TITLES", ("on", "off")) == "on",
         "WEBBOT_MAX_MESSAGE_CHARS": int(env.get("WEBBOT_MAX_MESSAGE_CHARS", 32_000)),
         "WEBBOT_MAX_REQUEST_BYTES": int(float(env.get("WEBBOT_MAX_REQUEST_KB", 2048)) * 1024),
         "WEBBOT_AUTH": env.get("WEBBOT_AUTH", "open"),

@@ -4,13 +4,17 @@ WEBBOT_DATABASE_URL; `database.py` connects and migrates it).
 Every read and write names the owner (the browser session that made the conversation),
 so one session can never see or change another's conversations: a foreign id behaves
 exactly like an unknown one. Messages are only appended or finished, never cut, so
-memory trimming can never lose stored history.
+memory trimming can never lose stored history. Messages form a tree (`branches.py`):
+an edit or a regenerated reply is a new sibling, and `leaf_id` says which branch is shown.
+A deleted conversation is hidden at once and purged after UNDO_S, so Undo can bring it back.
 """
 
+import json
 import time
 import uuid
 
 from sqlalchemy import (
+    Boolean,
     Column,
     Float,
     ForeignKey,
@@ -20,10 +24,13 @@ from sqlalchemy import (
     Table,
     Text,
     delete,
+    false,
     func,
     select,
     update,
 )
+
+import search
 
 metadata = MetaData()
 
@@ -34,6 +41,10 @@ conversations = Table(
     Column("title", String(200), nullable=False),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    Column("leaf_id", Integer),  # the last message of the branch the page shows; None: the newest
+    Column("pinned", Boolean, nullable=False, default=False, server_default=false()),
+    Column("deleted_at", Float),  # set by Delete; the row is purged UNDO_S later unless restored
+    Column("settings", Text),  # JSON: this conversation's own sampling settings and system prompt
 )
 
 messages = Table(
@@ -46,9 +57,17 @@ messages = Table(
     # complete | streaming | stopped (by the user or a closed tab) | interrupted (the server died) | error
     Column("status", String(16), nullable=False, default="complete"),
     Column("created_at", Float, nullable=False),
+    Column("parent_id", Integer, index=True),  # the message this one follows; None for a first message
+)
+
+preferences = Table(
+    "preferences", metadata,
+    Column("owner", String(64), primary_key=True),
+    Column("settings", Text, nullable=False),  # JSON: this person's default settings for new replies
 )
 
 TITLE_CHARS = 60
+UNDO_S = 60.0  # how long a deleted conversation can be restored
 
 
 def title_from(text: str) -> str:
@@ -57,32 +76,44 @@ def title_from(text: str) -> str:
     return line if len(line) <= TITLE_CHARS else line[:TITLE_CHARS - 1].rstrip() + "…"
 
 
+def _conversation(row) -> dict:
+    conversation = dict(row)
+    conversation["pinned"] = bool(conversation["pinned"])
+    conversation["settings"] = json.loads(conversation["settings"]) if conversation["settings"] else None
+    return conversation
+
+
 class Store:
     """Reads and writes conversations; safe to share between threads."""
 
     def __init__(self, engine):
         self.engine = engine  # from database.connect, its schema upgraded by database.upgrade
 
+    def _mine(self, owner: str, conversation_id: str | None = None):
+        """The WHERE clause for this owner's conversations that are not deleted."""
+        clause = (conversations.c.owner == owner) & conversations.c.deleted_at.is_(None)
+        return clause if conversation_id is None else clause & (conversations.c.id == conversation_id)
+
     def create_conversation(self, owner: str, title: str = "New chat") -> dict:
         """Make an empty conversation for this owner."""
         now = time.time()
-        row = {"id": uuid.uuid4().hex, "owner": owner, "title": title, "created_at": now, "updated_at": now}
+        row = {"id": uuid.uuid4().hex, "owner": owner, "title": title, "created_at": now, "updated_at": now,
+               "pinned": False}
         with self.engine.begin() as db:
             db.execute(conversations.insert().values(**row))
-        return row
+        return {**row, "leaf_id": None, "deleted_at": None, "settings": None}
 
     def list_conversations(self, owner: str) -> list[dict]:
-        """This owner's conversations, most recently used first."""
+        """This owner's conversations: pinned first, then the most recently used."""
         with self.engine.connect() as db:
-            rows = db.execute(select(conversations).where(conversations.c.owner == owner)
-                              .order_by(conversations.c.updated_at.desc())).mappings().all()
-        return [dict(r) for r in rows]
+            rows = db.execute(select(conversations).where(self._mine(owner))
+                              .order_by(conversations.c.pinned.desc(), conversations.c.updated_at.desc())).mappings()
+            return [_conversation(r) for r in rows]
 
     def count_conversations(self, owner: str) -> int:
         """How many conversations this owner has."""
         with self.engine.connect() as db:
-            return db.execute(select(func.count()).select_from(conversations)
-                              .where(conversations.c.owner == owner)).scalar_one()
+            return db.execute(select(func.count()).select_from(conversations).where(self._mine(owner))).scalar_one()
 
     def reassign(self, from_owner: str, to_owner: str) -> int:
         """Give all of one owner's conversations to another (claiming a browser's chats on sign-in)."""
@@ -91,63 +122,95 @@ class Store:
                               .values(owner=to_owner)).rowcount
 
     def get_conversation(self, owner: str, conversation_id: str) -> dict | None:
-        """One conversation, or None when it does not exist or belongs to someone else."""
+        """One conversation, or None when it does not exist, is deleted or belongs to someone else."""
         with self.engine.connect() as db:
-            row = db.execute(select(conversations).where(
-                conversations.c.id == conversation_id, conversations.c.owner == owner)).mappings().first()
-        return dict(row) if row else None
+            row = db.execute(select(conversations).where(self._mine(owner, conversation_id))).mappings().first()
+        return _conversation(row) if row else None
+
+    def update_conversation(self, owner: str, conversation_id: str, **values) -> bool:
+        """Change a conversation's title, pin or settings; False when it is not this owner's."""
+        if "settings" in values:
+            values["settings"] = json.dumps(values["settings"]) if values["settings"] else None
+        with self.engine.begin() as db:
+            result = db.execute(update(conversations).where(self._mine(owner, conversation_id)).values(**values))
+        return result.rowcount == 1
 
     def rename(self, owner: str, conversation_id: str, title: str) -> bool:
         """Give a conversation a new title; False when it is not this owner's."""
-        with self.engine.begin() as db:
-            result = db.execute(update(conversations).where(
-                conversations.c.id == conversation_id, conversations.c.owner == owner).values(title=title))
-        return result.rowcount == 1
+        return self.update_conversation(owner, conversation_id, title=title)
 
     def delete(self, owner: str, conversation_id: str) -> bool:
-        """Delete a conversation and its messages; False when it is not this owner's."""
+        """Hide a conversation at once (restorable for UNDO_S) and purge ones deleted longer ago."""
+        now = time.time()
         with self.engine.begin() as db:
-            if db.execute(select(conversations.c.id).where(
-                    conversations.c.id == conversation_id, conversations.c.owner == owner)).first() is None:
-                return False
-            db.execute(delete(messages).where(messages.c.conversation_id == conversation_id))
-            db.execute(delete(conversations).where(conversations.c.id == conversation_id))
-        return True
+            hidden = db.execute(update(conversations).where(self._mine(owner, conversation_id))
+                                .values(deleted_at=now)).rowcount == 1
+        self.purge_deleted(now - UNDO_S)
+        return hidden
+
+    def restore(self, owner: str, conversation_id: str) -> dict | None:
+        """Bring back a conversation deleted less than UNDO_S ago; None when it is gone."""
+        with self.engine.begin() as db:
+            db.execute(update(conversations).where(
+                conversations.c.id == conversation_id, conversations.c.owner == owner,
+                conversations.c.deleted_at > time.time() - UNDO_S).values(deleted_at=None))
+        return self.get_conversation(owner, conversation_id)
+
+    def purge_deleted(self, before: float) -> int:
+        """Remove conversations (and their messages) deleted before `before`; returns how many."""
+        with self.engine.begin() as db:
+            gone = select(conversations.c.id).where(conversations.c.deleted_at < before)
+            db.execute(delete(messages).where(messages.c.conversation_id.in_(gone)))
+            return db.execute(delete(conversations).where(conversations.c.deleted_at < before)).rowcount
 
     def messages(self, conversation_id: str) -> list[dict]:
-        """All stored messages of a conversation, oldest first."""
+        """All stored messages of a conversation (every branch), oldest first."""
         with self.engine.connect() as db:
             rows = db.execute(select(messages).where(messages.c.conversation_id == conversation_id)
                               .order_by(messages.c.id)).mappings().all()
         return [dict(r) for r in rows]
 
-    def add_message(self, conversation_id: str, role: str, content: str, status: str = "complete") -> dict:
-        """Append a message and mark the conversation as just used."""
-        now = time.time()
-        with self.engine.begin() as db:
-            new_id = db.execute(messages.insert().values(
-                conversation_id=conversation_id, role=role, content=content, status=status,
-                created_at=now)).inserted_primary_key[0]
-            db.execute(update(conversations).where(conversations.c.id == conversation_id).values(updated_at=now))
-        return {"id": new_id, "conversation_id": conversation_id, "role": role, "content": content,
-                "status": status, "created_at": now}
+    def message(self, conversation_id: str, message_id) -> dict | None:
+        """One message of a conversation, or None."""
+        with self.engine.connect() as db:
+            row = db.execute(select(messages).where(messages.c.conversation_id == conversation_id,
+                                                    messages.c.id == message_id)).mappings().first()
+        return dict(row) if row else None
 
-    def add_turn(self, conversation_id: str, content: str, title: str) -> tuple[dict, dict]:
-        """In one transaction: the user's message, an empty reply marked streaming, and the title; returns
-        (user message, reply)."""
+    def add_message(self, conversation_id: str, role: str, content: str, status: str = "complete",
+                    parent_id: int | None = None) -> dict:
+        """Append a message after `parent_id`, show its branch and mark the conversation as just used."""
+        now = time.time()
+        row = {"conversation_id": conversation_id, "role": role, "content": content, "status": status,
+               "created_at": now, "parent_id": parent_id}
+        with self.engine.begin() as db:
+            row["id"] = db.execute(messages.insert().values(**row)).inserted_primary_key[0]
+            db.execute(update(conversations).where(conversations.c.id == conversation_id)
+                       .values(updated_at=now, leaf_id=row["id"]))
+        return row
+
+    def add_turn(self, conversation_id: str, content: str, title: str, parent_id: int | None = None
+                 ) -> tuple[dict, dict]:
+        """In one transaction: the user's message after `parent_id`, an empty reply marked streaming, the title,
+        and that branch shown; returns (user message, reply)."""
         now = time.time()
         rows = []
         with self.engine.begin() as db:
             for role, text, status in (("user", content, "complete"), ("assistant", "", "streaming")):
                 row = {"conversation_id": conversation_id, "role": role, "content": text, "status": status,
-                       "created_at": now}
+                       "created_at": now, "parent_id": rows[-1]["id"] if rows else parent_id}
                 rows.append({"id": db.execute(messages.insert().values(**row)).inserted_primary_key[0], **row})
             db.execute(update(conversations).where(conversations.c.id == conversation_id)
-                       .values(updated_at=now, title=title))
+                       .values(updated_at=now, title=title, leaf_id=rows[1]["id"]))
         return rows[0], rows[1]
 
+    def show_branch(self, conversation_id: str, leaf_id: int) -> None:
+        """Make the branch ending at `leaf_id` the one the page shows."""
+        with self.engine.begin() as db:
+            db.execute(update(conversations).where(conversations.c.id == conversation_id).values(leaf_id=leaf_id))
+
     def finish_message(self, message_id: int, content: str, status: str) -> None:
-        """Store the final text and status of a reply that was streaming."""
+        """Store the text and status of a reply (while it streams, and when it ends)."""
         with self.engine.begin() as db:
             db.execute(update(messages).where(messages.c.id == message_id).values(content=content, status=status))
 
@@ -165,3 +228,41 @@ class Store:
         with self.engine.begin() as db:
             return db.execute(query.values(status="interrupted")).rowcount
 
+    def search(self, owner: str, query: str, limit: int = 30) -> list[dict]:
+        """This owner's conversations whose title or messages match `query`, best first, with a snippet."""
+        with self.engine.connect() as db:
+            return search.find(db, owner, query, limit)
+
+    def preferences(self, owner: str) -> dict:
+        """This owner's default settings ({} when none are saved)."""
+        with self.engine.connect() as db:
+            saved = db.execute(select(preferences.c.settings).where(preferences.c.owner == owner)).scalar()
+        return json.loads(saved) if saved else {}
+
+    def save_preferences(self, owner: str, values: dict) -> None:
+        """Replace this owner's default settings."""
+        with self.engine.begin() as db:
+            db.execute(delete(preferences).where(preferences.c.owner == owner))
+            db.execute(preferences.insert().values(owner=owner, settings=json.dumps(values)))
+
+    def import_conversations(self, owner: str, items: list[dict]) -> list[dict]:
+        """Store checked conversations from an export (`transfer.parse`) as new ones, all in one transaction."""
+        made = []
+        with self.engine.begin() as db:
+            for item in items:
+                now = time.time()
+                conversation = {"id": uuid.uuid4().hex, "owner": owner, "title": item["title"],
+                                "created_at": item["created_at"] or now, "updated_at": now, "pinned": False,
+                                "settings": json.dumps(item["settings"]) if item["settings"] else None}
+                db.execute(conversations.insert().values(**conversation))
+                new_ids, leaf = {}, None
+                for message in item["messages"]:
+                    new_ids[message["id"]] = db.execute(messages.insert().values(
+                        conversation_id=conversation["id"], role=message["role"], content=message["content"],
+                        status=message["status"], created_at=message["created_at"] or now,
+                        parent_id=new_ids.get(message["parent"]))).inserted_primary_key[0]
+                    leaf = new_ids[message["id"]]
+                leaf = new_ids.get(item["leaf"], leaf)
+                db.execute(update(conversations).where(conversations.c.id == conversation["id"]).values(leaf_id=leaf))
+                made.append(_conversation({**conversation, "leaf_id": leaf, "deleted_at": None}))
+        return made

@@ -34,7 +34,7 @@ def require_ready(bot) -> None:
 
 
 def start_reply(bot, history: list[dict], message: str, params: SamplingParams, system_prompt: str | None,
-                too_long: tuple[str, str]) -> tuple:
+                too_long: tuple[str, str], partial_reply: str | None = None) -> tuple:
     """Plan the prompt and queue the reply: the page's and the API's one way in to the model.
 
     Returns (plan, stream). A model not ready or a full queue is a 503; a message that
@@ -42,7 +42,7 @@ def start_reply(bot, history: list[dict], message: str, params: SamplingParams, 
     """
     require_ready(bot)
     try:
-        plan = bot.plan(history, message, system_prompt)
+        plan = bot.plan(history, message, system_prompt, partial_reply)
     except MessageTooLong as exc:
         advice, code = too_long
         raise BadInput(413, f"{exc.sentence()}. {advice}", code) from None

@@ -80,7 +80,7 @@ def test_send_streams_tokens_and_stores_both_messages(client):
     assert done["memory"]["used"] > start["memory"]["used"]  # the gauge now counts the reply too
     stored = client.get(f"/api/conversations/{cid}").json
     assert [m["role"] for m in stored["messages"]] == ["user", "assistant"]
-    assert stored["messages"][1]["content"] == streamed and stored["messages"][1]["status"] == "complete"
+    assert stored["messages"][1]["content"] == streamed and stored["messages"][1]["status"] == "length"
     assert stored["conversation"]["title"] == "What is the capital of France?"
     assert stored["generating"] is False
 
@@ -112,22 +112,50 @@ def test_stop_halts_generation_on_the_server(client, tiny_bot):
     assert tiny_bot.engine.running == 0
 
 
-def test_closing_the_stream_halts_generation_and_keeps_the_partial_reply(client, tiny_bot):
+def wait_until(condition, seconds: float) -> float:
+    """Seconds until condition() held; fails after `seconds`."""
+    import time
+
+    start = time.monotonic()
+    while not condition():
+        assert time.monotonic() - start < seconds, "timed out"
+        time.sleep(0.02)
+    return time.monotonic() - start
+
+
+def test_a_closed_stream_nobody_looks_for_stops_after_the_grace_and_keeps_the_partial_reply(make_app, tiny_bot):
+    app = make_app(WEBBOT_RECONNECT_GRACE_S=0.5)
+    client = app.test_client()
     cid = new_conversation(client)
     response = client.post(f"/api/conversations/{cid}/messages",
-                           json={"content": "go", "max_tokens": 5000}, buffered=False)
+                           json={"content": "go", "max_tokens": 900}, buffered=False)
     body = iter(response.response)
     next(body), next(body)
-    response.close()  # what the server does when the browser tab goes away
+    response.close()  # what the server sees when the browser tab goes away
+    active = app.extensions["webbot"].active
+    assert wait_until(lambda: active.get(cid) is None, 5) < 2.0  # nobody polled: stopped after ~0.5 s
+    assert tiny_bot.engine.running == 0
     stored = client.get(f"/api/conversations/{cid}").json
     assert stored["generating"] is False and stored["messages"][-1]["status"] == "stopped"
-    for _ in range(200):
-        if tiny_bot.engine.running == 0:
-            break
-        import time
-        time.sleep(0.01)
-    assert tiny_bot.engine.running == 0
+    assert 0 < len(stored["messages"][-1]["content"])
     assert send(client, cid, "next")[-1][0] == "done"  # the model is free again
+
+
+def test_a_dropped_stream_goes_on_while_the_page_polls_and_the_whole_reply_is_stored(make_app, tiny_bot):
+    import time
+
+    client = make_app(WEBBOT_RECONNECT_GRACE_S=0.5).test_client()
+    cid = new_conversation(client)
+    response = client.post(f"/api/conversations/{cid}/messages",
+                           json={"content": "go", "max_tokens": 300, "temperature": 0}, buffered=False)
+    body = iter(response.response)
+    next(body), next(body)
+    response.close()  # the connection dropped; the page polls the conversation as it reconnects
+    while (view := client.get(f"/api/conversations/{cid}").json)["generating"]:
+        time.sleep(0.2)
+    reply = view["messages"][-1]
+    assert reply["status"] == "length"  # written to the end although nobody read the stream
+    assert len(tiny_bot.memory.encode(reply["content"])) >= 290
 
 
 def test_second_message_while_one_streams_is_409(client):
@@ -223,7 +251,8 @@ def test_markup_in_messages_and_model_output_is_inert(app, client):
     # Model output with the same payloads, stored as a reply would be.
     store: Store = app.extensions["webbot"].store
     for payload in XSS:
-        store.add_message(cid, "assistant", f"Here: {payload}\n\n```html\n{payload}\n```")
+        store.add_message(cid, "assistant", f"Here: {payload}\n\n```html\n{payload}\n```",
+                          parent_id=store.messages(cid)[-1]["id"])
     messages = client.get(f"/api/conversations/{cid}").json["messages"]
     for message in messages:
         if message["role"] == "assistant":
@@ -306,6 +335,7 @@ def test_a_waiting_reply_gets_heartbeats_and_a_full_queue_gets_503(make_app, tin
                           json={"content": "queued", "max_tokens": 3}, buffered=False)
     chunks = iter(waiting.response)
     assert b"event: start" in next(chunks)
+    assert next(chunks) == b'event: queue\ndata: {"position": 1, "running": 1}\n\n'  # the page shows its place
     assert next(chunks).startswith(b": waiting")  # keeps proxies and browsers from timing out
     cid = new_conversation(third)
     refused = third.post(f"/api/conversations/{cid}/messages", json={"content": "one more"})

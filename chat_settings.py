@@ -1,0 +1,69 @@
+"""Reply settings a person can choose: system prompt, temperature, top_p and the longest reply.
+
+Three layers, the later winning: the server's defaults (WEBBOT_SYSTEM_PROMPT,
+WEBBOT_TEMPERATURE, the model's reply reserve), a person's saved defaults, and one
+conversation's own settings. Each saved layer holds only the fields it sets; a field that
+is left out (or null) falls through to the layer below. The limits come from the loaded
+model, so the page can show them beside the fields.
+"""
+
+from validation import BadInput
+
+FIELDS = ("system_prompt", "temperature", "top_p", "max_tokens")
+MAX_SYSTEM_PROMPT_CHARS = 8000
+RANGES = {"temperature": (0.0, 2.0), "top_p": (0.01, 1.0)}
+
+
+def limits(bot, config: dict) -> dict:
+    """What the model allows: context size, prompt budget, the longest reply, and the sampling ranges."""
+    if bot.ready:
+        context, budget = bot.max_tokens, bot.memory.budget
+    else:  # not loaded yet: what the settings ask for (a model with a shorter context lowers it on load)
+        context = config["WEBBOT_MAX_TOKENS"]
+        budget = int(context * (1 - config["WEBBOT_MEMORY_RATIO"]))
+    return {"model": bot.name, "context_tokens": context, "prompt_tokens": budget, "max_tokens": context - budget,
+            "temperature": RANGES["temperature"], "top_p": RANGES["top_p"],
+            "system_prompt_chars": MAX_SYSTEM_PROMPT_CHARS}
+
+
+def server_defaults(bot, config: dict) -> dict:
+    """The settings a reply gets when nobody chose otherwise."""
+    return {"system_prompt": config["WEBBOT_SYSTEM_PROMPT"], "temperature": config["WEBBOT_TEMPERATURE"],
+            "top_p": 1.0, "max_tokens": limits(bot, config)["max_tokens"]}
+
+
+def check(values, allowed: dict) -> dict:
+    """The fields of `values` that are set, each checked against `allowed` (from `limits`); a 400 otherwise."""
+    if not isinstance(values, dict):
+        raise BadInput(400, "'settings' must be an object with some of: " + ", ".join(FIELDS) + ".", "invalid_settings")
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise BadInput(400, f"Unknown setting {unknown[0]!r}; the settings are " + ", ".join(FIELDS) + ".",
+                       "invalid_settings")
+    checked = {}
+    for name, value in values.items():
+        if value is None:
+            continue
+        if name == "system_prompt":
+            if not isinstance(value, str) or len(value) > allowed["system_prompt_chars"]:
+                raise BadInput(400, f"'system_prompt' must be text of at most {allowed['system_prompt_chars']} "
+                                    "characters.", "invalid_system_prompt")
+        elif name == "max_tokens":
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= allowed["max_tokens"]:
+                raise BadInput(400, f"'max_tokens' must be a whole number from 1 to {allowed['max_tokens']}, the "
+                                    "most this model's context leaves for a reply.", "invalid_max_tokens")
+        else:
+            low, high = allowed[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                raise BadInput(400, f"'{name}' must be a number from {low:g} to {high:g}.", f"invalid_{name}")
+            value = float(value)
+        checked[name] = value
+    return checked
+
+
+def effective(defaults: dict, *layers: dict | None) -> dict:
+    """The settings a reply uses: `defaults` overridden by each layer's set fields in turn."""
+    result = dict(defaults)
+    for layer in layers:
+        result.update({k: v for k, v in (layer or {}).items() if k in FIELDS and v is not None})
+    return result

@@ -1,0 +1,176 @@
+"""The chat page's routes that make the model write: send, edit and resend, regenerate, continue, stop, and
+the generated title. Each streams the reply through `page_reply.PageReply`.
+
+Editing a message or regenerating a reply adds a new branch beside the old one (see
+`branches.py`); the old branch stays stored and the page can switch back to it.
+Continuing appends to a reply that stopped early (at the reply token limit, a Stop, or a
+dropped model server) instead of starting a new one.
+"""
+
+import logging
+
+from flask import Blueprint, current_app, jsonify, request
+
+import titles
+from branches import path_to
+from conversations import conversation_view, history_of, message_view, own, reply_settings, state
+from page_reply import PageReply
+from store import title_from
+from streaming import event_stream
+from validation import BadInput, json_body, message_text, sampling_params, start_reply
+from web import current_owner
+
+log = logging.getLogger(__name__)
+bp = Blueprint("messages", __name__, url_prefix="/api")
+CONTINUABLE = ("length", "stopped", "interrupted")
+
+
+def _stored(conversation_id: str, message_id: int, role: str) -> tuple[dict, list[dict]]:
+    """A message of this conversation with the given role, and all the conversation's messages; else a 404."""
+    messages = state().store.messages(conversation_id)
+    message = next((m for m in messages if m["id"] == message_id and m["role"] == role), None)
+    if message is None:
+        raise BadInput(404, f"This conversation has no {role} message {message_id}; reload the page.",
+                       "message_not_found")
+    return message, messages
+
+
+def _params(conversation: dict, body: dict):
+    """Sampling settings (the conversation's, the person's defaults, the server's, then the request's own) and
+    the system prompt."""
+    chosen = reply_settings(conversation)
+    asked = {"temperature": chosen["temperature"], "top_p": chosen["top_p"], "max_tokens": chosen["max_tokens"]}
+    asked.update({k: body[k] for k in ("temperature", "top_p", "max_tokens", "stop") if body.get(k) is not None})
+    return sampling_params(asked, default_temperature=chosen["temperature"]), chosen["system_prompt"]
+
+
+def _write(conversation: dict, history: list[dict], message: str, body: dict, store_turn, partial: str | None = None,
+           title: str | None = None):
+    """Plan and queue a reply, claim the conversation, store what `store_turn()` stores, and stream the reply.
+
+    `store_turn()` returns (the user's new message or None, the reply's stored row); it runs
+    only once the model has accepted the request, so a refused reply stores nothing.
+    """
+    cid, app_state = conversation["id"], state()
+    params, system_prompt = _params(conversation, body)
+    plan, stream = start_reply(app_state.bot, history_of(history), message, params, system_prompt,
+                               ("Shorten it or split it into several messages.", "message_too_long"), partial)
+    try:
+        claimed = app_state.active.claim(cid, stream)
+    except Exception:  # Redis is down: a 503, and the reply never starts
+        stream.cancel()
+        raise
+    if not claimed:
+        stream.cancel()
+        raise BadInput(409, "A reply is still being written in this conversation; stop it or wait for it.", "busy")
+    try:  # one transaction: the message, the empty reply and the title are all stored, or none of them
+        user, reply = store_turn()
+    except Exception:
+        stream.cancel()
+        app_state.active.release(cid, stream)
+        raise
+    writer = PageReply(app_state, cid, reply, stream, current_app.config["WEBBOT_RECONNECT_GRACE_S"],
+                       prefix=partial or "")
+
+    def gauge():
+        try:
+            shown = path_to(app_state.store.messages(cid), reply["id"])
+            return app_state.bot.plan(history_of(shown), "", system_prompt).as_dict()
+        except Exception:  # the database is down; the page hides the gauge until the next turn
+            log.warning("could not count memory after reply %s", reply["id"], exc_info=True)
+            return None
+
+    start = {"user": message_view(user) if user else None, "reply": message_view(reply), "reply_id": reply["id"],
+             "title": title or conversation["title"], "memory": plan.as_dict()}
+    return event_stream(writer.events(start, message_view, gauge), writer.on_close)
+
+
+@bp.post("/conversations/<conversation_id>/messages")
+def send_message(conversation_id):
+    """A new message at the end of the shown branch (or after `parent_id`, which editing uses)."""
+    conversation = own(conversation_id)
+    body = json_body()
+    content = message_text(body.get("content"))
+    messages = state().store.messages(conversation_id)
+    history = path_to(messages, conversation["leaf_id"])
+    parent_id = history[-1]["id"] if history else None
+    title = title_from(content) if conversation["title"] == "New chat" else conversation["title"]
+    return _write(conversation, history, content, body,
+                  lambda: state().store.add_turn(conversation_id, content, title, parent_id), title=title)
+
+
+@bp.post("/conversations/<conversation_id>/messages/<int:message_id>/edit")
+def edit_message(conversation_id, message_id):
+    """Send an edited version of a user message: a new branch from the same point; the old one is kept."""
+    conversation = own(conversation_id)
+    body = json_body()
+    content = message_text(body.get("content"))
+    original, messages = _stored(conversation_id, message_id, "user")
+    history = path_to(messages, original["parent_id"]) if original["parent_id"] else []
+    return _write(conversation, history, content, body,
+                  lambda: state().store.add_turn(conversation_id, content, conversation["title"],
+                                                 original["parent_id"]))
+
+
+@bp.post("/conversations/<conversation_id>/messages/<int:message_id>/regenerate")
+def regenerate(conversation_id, message_id):
+    """Write another version of an assistant reply; the old version is kept as a branch."""
+    conversation = own(conversation_id)
+    body = json_body() if request.data else {}
+    old, messages = _stored(conversation_id, message_id, "assistant")
+    question = next(m for m in messages if m["id"] == old["parent_id"])
+    history = path_to(messages, question["parent_id"]) if question["parent_id"] else []
+    return _write(conversation, history, question["content"], body,
+                  lambda: (None, state().store.add_message(conversation_id, "assistant", "", "streaming",
+                                                           parent_id=question["id"])))
+
+
+@bp.post("/conversations/<conversation_id>/messages/<int:message_id>/continue")
+def continue_reply(conversation_id, message_id):
+    """Go on writing a reply that stopped early, appending to it."""
+    conversation = own(conversation_id)
+    body = json_body() if request.data else {}
+    reply, messages = _stored(conversation_id, message_id, "assistant")
+    if reply["status"] not in CONTINUABLE or not reply["content"]:
+        raise BadInput(409, "Only a reply that was cut off (by the length limit, Stop or a dropped model server) "
+                            "and has some text can be continued; regenerate it instead.", "not_continuable")
+    question = next(m for m in messages if m["id"] == reply["parent_id"])
+    history = path_to(messages, question["parent_id"]) if question["parent_id"] else []
+
+    def reopen():
+        store = state().store
+        store.finish_message(reply["id"], reply["content"], "streaming")
+        store.show_branch(conversation_id, reply["id"])
+        return None, {**reply, "status": "streaming"}
+
+    return _write(conversation, history, question["content"], body, reopen, partial=reply["content"])
+
+
+@bp.post("/conversations/<conversation_id>/stop")
+def stop(conversation_id):
+    own(conversation_id)
+    running = state().active.get(conversation_id)
+    if running is not None:
+        running.cancel()
+    return jsonify(stopped=running is not None)
+
+
+@bp.post("/conversations/<conversation_id>/title")
+def generate_title(conversation_id):
+    """Name the conversation from its first exchange, unless someone renamed it already."""
+    conversation = own(conversation_id)
+    app_state = state()
+    shown = path_to(app_state.store.messages(conversation_id), conversation["leaf_id"])
+    if len(shown) < 2 or shown[1]["role"] != "assistant" or not shown[1]["content"]:
+        raise BadInput(409, "A title is written once the first reply is there; send a message first.", "no_exchange")
+    if conversation["title"] != title_from(shown[0]["content"]) or not current_app.config["WEBBOT_GENERATE_TITLES"]:
+        return jsonify(conversation_view(conversation))  # renamed by hand (or titled already): keep it
+    try:
+        title = titles.generate(app_state.bot, shown[0]["content"], shown[1]["content"])
+    except Exception:  # a busy or failing model keeps the provisional title; nothing is lost
+        log.warning("could not generate a title for %s", conversation_id, exc_info=True)
+        title = ""
+    if title:
+        app_state.store.rename(current_owner(), conversation_id, title)
+    return jsonify(conversation_view(own(conversation_id)))
+

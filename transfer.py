@@ -1,0 +1,96 @@
+"""Conversations as files: export to JSON (every branch, re-importable) or Markdown (the shown branch, for
+reading), and the checks an imported JSON file goes through before anything is stored.
+
+The JSON format: {"format": FORMAT, "conversations": [{"title", "created_at", "settings",
+"leaf", "messages": [{"id", "parent", "role", "content", "status", "created_at"}]}]}.
+Message ids are only meaningful inside the file; an import gets new ones. A file holding
+one conversation ({"title", "messages", ...} at the top) imports too.
+"""
+
+import json
+
+from branches import path_to
+from validation import BadInput
+
+FORMAT = "webbot-conversations/1"
+ROLES = ("user", "assistant")
+STATUSES = ("complete", "length", "stopped", "interrupted", "error")
+
+
+def as_json(items: list[tuple[dict, list[dict]]]) -> str:
+    """(conversation, all its messages) pairs as the JSON export."""
+    conversations = []
+    for conversation, messages in items:
+        conversations.append({
+            "title": conversation["title"], "created_at": conversation["created_at"],
+            "settings": conversation["settings"], "leaf": conversation["leaf_id"],
+            "messages": [{"id": m["id"], "parent": m["parent_id"], "role": m["role"], "content": m["content"],
+                          "status": m["status"], "created_at": m["created_at"]} for m in messages]})
+    return json.dumps({"format": FORMAT, "conversations": conversations}, ensure_ascii=False, indent=2)
+
+
+def as_markdown(items: list[tuple[dict, list[dict]]]) -> str:
+    """(conversation, all its messages) pairs as Markdown: each conversation's shown branch."""
+    parts = []
+    for conversation, messages in items:
+        parts.append(f"# {conversation['title']}\n")
+        for message in path_to(messages, conversation["leaf_id"]):
+            parts.append(f"**{message['role'].capitalize()}:**\n\n{message['content']}\n")
+    return "\n".join(parts)
+
+
+def _fail(where: str, what: str):
+    raise BadInput(400, f"The file cannot be imported: {where} {what}. Import a JSON file exported from this "
+                        "app.", "invalid_import")
+
+
+def parse(data, max_conversations: int, max_message_chars: int) -> list[dict]:
+    """The conversations in an uploaded export, each checked; a 400 naming the first problem otherwise."""
+    if isinstance(data, dict) and "messages" in data and "conversations" not in data:
+        data = {"conversations": [data]}
+    if not isinstance(data, dict) or not isinstance(data.get("conversations"), list):
+        _fail("the top level", "is not an export (it needs a 'conversations' list)")
+    items = data["conversations"]
+    if not items:
+        _fail("the file", "holds no conversations")
+    if len(items) > max_conversations:
+        _fail("the file", f"holds {len(items)} conversations, more than the {max_conversations} allowed")
+    return [_conversation(item, n + 1, max_message_chars) for n, item in enumerate(items)]
+
+
+def _conversation(item, number: int, max_chars: int) -> dict:
+    where = f"conversation {number}"
+    if not isinstance(item, dict) or not isinstance(item.get("messages"), list):
+        _fail(where, "has no 'messages' list")
+    title = item.get("title") or "Imported chat"
+    if not isinstance(title, str):
+        _fail(where, "has a title that is not text")
+    settings = item.get("settings")
+    if settings is not None and not isinstance(settings, dict):
+        _fail(where, "has 'settings' that are not an object")
+    messages, ids = [], set()
+    for index, message in enumerate(item["messages"]):
+        spot = f"message {index + 1} of {where}"
+        if not isinstance(message, dict):
+            _fail(spot, "is not an object")
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLES:
+            _fail(spot, f"has the role {role!r}; only {' and '.join(ROLES)} are allowed")
+        if not isinstance(content, str) or len(content) > max_chars:
+            _fail(spot, f"needs 'content' as text of at most {max_chars} characters")
+        ident = message.get("id", index)
+        if isinstance(ident, bool) or not isinstance(ident, (int, str)) or ident in ids:
+            _fail(spot, "needs an 'id' (a number or text) that no other message in it has")
+        parent = message.get("parent", messages[-1]["id"] if messages and "id" not in message else None)
+        if parent is not None and (not isinstance(parent, (int, str)) or parent not in ids):
+            _fail(spot, "names a parent that does not come before it")
+        ids.add(ident)
+        status = message.get("status") or "complete"
+        created = message.get("created_at")
+        messages.append({"id": ident, "parent": parent, "role": role, "content": content,
+                         "status": status if status in STATUSES else "complete",
+                         "created_at": float(created) if isinstance(created, (int, float)) else None})
+    created = item.get("created_at")
+    return {"title": " ".join(title.split())[:200] or "Imported chat", "settings": settings,
+            "created_at": float(created) if isinstance(created, (int, float)) else None,
+            "leaf": item.get("leaf"), "messages": messages}
