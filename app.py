@@ -134,6 +134,7 @@ def _register_pages(app: Flask) -> None:
         return render_template("chat.html", conversations=state.store.list_conversations(owner),
                                current=conversation_id, model=state.bot.name,
                                max_message_chars=app.config["WEBBOT_MAX_MESSAGE_CHARS"],
+                               generate_titles=app.config["WEBBOT_GENERATE_TITLES"],
                                max_audio_seconds=int(app.config["WEBBOT_MAX_AUDIO_SECONDS"]))
 
     @app.post("/api/transcriptions")

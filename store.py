@@ -67,7 +67,8 @@ preferences = Table(
 )
 
 TITLE_CHARS = 60
-UNDO_S = 60.0  # how long a deleted conversation can be restored
+UNDO_S = 60.0
+AFTER_LEAF = object()  # add_message's default place: after the last message of the shown branch  # how long a deleted conversation can be restored
 
 
 def title_from(text: str) -> str:
@@ -178,12 +179,16 @@ class Store:
         return dict(row) if row else None
 
     def add_message(self, conversation_id: str, role: str, content: str, status: str = "complete",
-                    parent_id: int | None = None) -> dict:
-        """Append a message after `parent_id`, show its branch and mark the conversation as just used."""
+                    parent_id: int | None | object = AFTER_LEAF) -> dict:
+        """Add a message after `parent_id` (by default at the end of the shown branch), show its branch and mark
+        the conversation as just used."""
         now = time.time()
         row = {"conversation_id": conversation_id, "role": role, "content": content, "status": status,
                "created_at": now, "parent_id": parent_id}
         with self.engine.begin() as db:
+            if parent_id is AFTER_LEAF:
+                row["parent_id"] = db.execute(select(conversations.c.leaf_id).where(
+                    conversations.c.id == conversation_id)).scalar()
             row["id"] = db.execute(messages.insert().values(**row)).inserted_primary_key[0]
             db.execute(update(conversations).where(conversations.c.id == conversation_id)
                        .values(updated_at=now, leaf_id=row["id"]))

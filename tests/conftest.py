@@ -217,6 +217,37 @@ def smollm2_server(smollm2_dir, whisper_ct2_dir, tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium, headless, driven by Playwright."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+def watch_console(page) -> None:
+    """Collect console errors (a CSP violation is one) and uncaught exceptions in `page.problems`."""
+    page.problems = []
+    page.on("console", lambda m: m.type == "error" and page.problems.append(m.text))
+    page.on("pageerror", lambda e: page.problems.append(str(e)))
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh browser context (its own cookies, so its own conversations); the test fails on any console
+    error or CSP violation."""
+    context = browser.new_context(viewport={"width": 1100, "height": 760})
+    page = context.new_page()
+    watch_console(page)
+    page.dialogs = []
+    yield page
+    context.close()
+    assert page.problems == [], page.problems
+
+
 def wait_for(page, expression: str, timeout: float = 30_000) -> None:
     """Poll a JavaScript expression until it is true. Playwright's wait_for_function evaluates its
     predicate with eval inside the page, which the app's Content-Security-Policy rightly blocks;

@@ -1,0 +1,74 @@
+// The settings dialog: system prompt, temperature, top_p and the longest reply, for this chat or as the
+// person's default, with the model's limits beside them. Uses chat.js's `api`, `current` and `shown`.
+"use strict";
+
+const settingsDialog = document.getElementById("settings-dialog");
+const settingsError = document.getElementById("settings-error");
+const fields = {
+  system_prompt: document.getElementById("set-system-prompt"),
+  temperature: document.getElementById("set-temperature"),
+  top_p: document.getElementById("set-top-p"),
+  max_tokens: document.getElementById("set-max-tokens"),
+};
+
+function settingsFromForm() {
+  return {
+    system_prompt: fields.system_prompt.value,
+    temperature: Number(fields.temperature.value),
+    top_p: Number(fields.top_p.value),
+    max_tokens: Number(fields.max_tokens.value),
+  };
+}
+
+function fillForm(values) {
+  fields.system_prompt.value = values.system_prompt;
+  fields.temperature.value = values.temperature;
+  fields.top_p.value = values.top_p;
+  fields.max_tokens.value = values.max_tokens;
+}
+
+async function openSettings() {
+  settingsError.hidden = true;
+  let data;
+  try {
+    data = await api("GET", "/api/settings");
+  } catch (error) { showNotice(error.message); return; }
+  const limits = data.limits;
+  const mine = { ...data.defaults, ...data.saved };
+  fields.max_tokens.max = limits.max_tokens;
+  fields.temperature.min = limits.temperature[0]; fields.temperature.max = limits.temperature[1];
+  fields.top_p.min = limits.top_p[0]; fields.top_p.max = limits.top_p[1];
+  fields.system_prompt.maxLength = limits.system_prompt_chars;
+  document.getElementById("settings-limits").textContent =
+    `${limits.model}: a context of ${limits.context_tokens} tokens, of which prompts (memory) take up to ` +
+    `${limits.prompt_tokens} and a reply up to ${limits.max_tokens}. Temperature ${limits.temperature[0]}–` +
+    `${limits.temperature[1]}, top p ${limits.top_p[0]}–${limits.top_p[1]}.`;
+  const own = shown && shown.conversation.id === current ? shown.conversation.settings : null;
+  fillForm(current && shown ? shown.settings : mine);
+  document.getElementById("settings-scope").textContent = !current
+    ? "No chat is open: these are your defaults for new chats."
+    : own ? "This chat has its own settings." : "This chat uses your defaults.";
+  document.getElementById("save-chat-settings").disabled = !current;
+  document.getElementById("reset-chat-settings").disabled = !current || !own;
+  settingsDialog.showModal();
+}
+
+async function saveSettings(request) {
+  settingsError.hidden = true;
+  try {
+    await request();
+    settingsDialog.close();
+    if (current) await open(current, false); // the gauge counts the new system prompt
+  } catch (error) {
+    settingsError.textContent = error.message;
+    settingsError.hidden = false;
+  }
+}
+
+document.getElementById("open-settings").addEventListener("click", openSettings);
+document.getElementById("save-chat-settings").addEventListener("click", () =>
+  saveSettings(() => api("PATCH", `/api/conversations/${current}`, { settings: settingsFromForm() })));
+document.getElementById("save-default-settings").addEventListener("click", () =>
+  saveSettings(() => api("PUT", "/api/settings", settingsFromForm())));
+document.getElementById("reset-chat-settings").addEventListener("click", () =>
+  saveSettings(() => api("PATCH", `/api/conversations/${current}`, { settings: null })));

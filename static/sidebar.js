@@ -1,0 +1,218 @@
+// The conversation list: open, new, rename inline, pin, delete with Undo, full-text search, export and import.
+// Uses chat.js's `api`, `open`, `current`, `streaming`, `showNotice` and `newConversation`.
+"use strict";
+
+const searchBox = document.getElementById("search");
+const searchResults = document.getElementById("search-results");
+const searchEmpty = document.getElementById("search-empty");
+const toast = document.getElementById("toast");
+const UNDO_SHOWN_MS = 10000;
+
+function sidebarItem(conversation) {
+  const item = document.createElement("li");
+  item.dataset.id = conversation.id;
+  item.classList.toggle("pinned", !!conversation.pinned);
+  const link = document.createElement("a");
+  link.className = "title";
+  link.href = `/c/${conversation.id}`;
+  link.textContent = conversation.title;
+  const pin = toolButton("pin", conversation.pinned ? "★" : "☆", "Pin", "Pin to the top");
+  pin.setAttribute("aria-pressed", conversation.pinned ? "true" : "false");
+  item.append(link, pin, toolButton("rename", "✎", "Rename", "Rename"), toolButton("delete", "×", "Delete", "Delete"));
+  return item;
+}
+
+function markActive() {
+  for (const item of list.children) item.classList.toggle("active", item.dataset.id === current);
+}
+
+async function reloadList() {
+  const data = await api("GET", "/api/conversations");
+  list.replaceChildren(...data.conversations.map(sidebarItem));
+  markActive();
+}
+
+function renameInline(item) {
+  const link = item.querySelector(".title");
+  if (item.querySelector(".rename-box")) return;
+  const box = document.createElement("input");
+  box.className = "rename-box";
+  box.value = link.textContent;
+  box.maxLength = 200;
+  box.setAttribute("aria-label", "New title; Enter saves, Escape cancels");
+  link.hidden = true;
+  item.insertBefore(box, link);
+  box.focus();
+  box.select();
+  let done = false;
+  const finish = async (save) => {
+    if (done) return;
+    done = true;
+    const title = box.value.trim();
+    box.remove();
+    link.hidden = false;
+    if (!save || !title || title === link.textContent) return;
+    try {
+      const updated = await api("PATCH", `/api/conversations/${item.dataset.id}`, { title });
+      link.textContent = updated.title;
+    } catch (error) { showNotice(error.message); }
+  };
+  box.addEventListener("keydown", (event) => {
+    if (event.key === "Enter") { event.preventDefault(); finish(true); }
+    if (event.key === "Escape") { event.preventDefault(); event.stopPropagation(); finish(false); }
+  });
+  box.addEventListener("blur", () => finish(true));
+}
+
+let undoTimer = null;
+
+function showToast(text, undo) {
+  clearTimeout(undoTimer);
+  document.getElementById("toast-text").textContent = text;
+  const button = document.getElementById("toast-undo");
+  button.hidden = !undo;
+  button.onclick = undo ? async () => { toast.hidden = true; await undo(); } : null;
+  toast.hidden = false;
+  undoTimer = setTimeout(() => { toast.hidden = true; }, UNDO_SHOWN_MS);
+}
+
+async function deleteConversation(item) {
+  const id = item.dataset.id;
+  const title = item.querySelector(".title").textContent;
+  try {
+    await api("DELETE", `/api/conversations/${id}`);
+  } catch (error) { showNotice(error.message); return; }
+  item.remove();
+  if (id === current) open(null);
+  showToast(`Deleted “${title}”.`, async () => {
+    try {
+      await api("POST", `/api/conversations/${id}/restore`);
+      await reloadList();
+      open(id);
+    } catch (error) { showNotice(error.message); }
+  });
+}
+
+async function togglePin(item) {
+  const pinned = item.querySelector(".pin").getAttribute("aria-pressed") !== "true";
+  try {
+    await api("PATCH", `/api/conversations/${item.dataset.id}`, { pinned });
+    await reloadList();
+  } catch (error) { showNotice(error.message); }
+}
+
+list.addEventListener("click", (event) => {
+  const item = event.target.closest("li");
+  if (!item) return;
+  const id = item.dataset.id;
+  if (event.target.closest(".title")) {
+    event.preventDefault();
+    if (!streaming) { open(id); closeDrawer(); }
+  } else if (event.target.closest(".rename")) {
+    renameInline(item);
+  } else if (event.target.closest(".delete")) {
+    deleteConversation(item);
+  } else if (event.target.closest(".pin")) {
+    togglePin(item);
+  }
+});
+
+// Search: results replace the list while the box holds words; hits are marked with <mark> built from
+// text, never from HTML (the server brackets them with \u0002 and \u0003).
+function snippetElement(snippet) {
+  const element = document.createElement("span");
+  element.className = "snippet";
+  const parts = snippet.split(/(\u0002[^\u0003]*\u0003)/);
+  for (const part of parts) {
+    if (part.startsWith("\u0002")) {
+      const mark = document.createElement("mark");
+      mark.textContent = part.slice(1, -1);
+      element.appendChild(mark);
+    } else if (part) {
+      element.appendChild(document.createTextNode(part));
+    }
+  }
+  return element;
+}
+
+let searchSerial = 0;
+let searchTimer = null;
+
+async function runSearch() {
+  const query = searchBox.value.trim();
+  const serial = ++searchSerial;
+  if (!query) {
+    searchResults.hidden = true;
+    searchEmpty.hidden = true;
+    list.hidden = false;
+    return;
+  }
+  let data;
+  try {
+    data = await api("GET", `/api/search?q=${encodeURIComponent(query)}`);
+  } catch (error) { showNotice(error.message); return; }
+  if (serial !== searchSerial) return; // a newer search is on its way
+  searchResults.replaceChildren(...data.results.map((result) => {
+    const item = document.createElement("li");
+    const link = document.createElement("a");
+    link.href = `/c/${result.conversation_id}`;
+    link.dataset.id = result.conversation_id;
+    if (result.message_id) link.dataset.message = result.message_id;
+    const title = document.createElement("strong");
+    title.textContent = result.title;
+    link.append(title, snippetElement(result.snippet));
+    item.appendChild(link);
+    return item;
+  }));
+  list.hidden = true;
+  searchResults.hidden = false;
+  searchEmpty.hidden = data.results.length > 0;
+}
+
+searchBox.addEventListener("input", () => {
+  clearTimeout(searchTimer);
+  searchTimer = setTimeout(runSearch, 200);
+});
+searchBox.addEventListener("keydown", (event) => {
+  if (event.key === "Escape" && searchBox.value) {
+    event.preventDefault();
+    event.stopPropagation();
+    searchBox.value = "";
+    runSearch();
+  }
+});
+
+searchResults.addEventListener("click", async (event) => {
+  const link = event.target.closest("a");
+  if (!link) return;
+  event.preventDefault();
+  if (streaming) return;
+  await open(link.dataset.id);
+  closeDrawer();
+  const hit = link.dataset.message && messagesBox.querySelector(`.message[data-id="${link.dataset.message}"]`);
+  if (hit) {
+    hit.scrollIntoView({ block: "center" });
+    hit.classList.add("found");
+    setTimeout(() => hit.classList.remove("found"), 2000);
+  }
+});
+
+// Import: a JSON export from this app (one conversation or all of them).
+document.getElementById("import-file").addEventListener("change", async (event) => {
+  const file = event.target.files[0];
+  event.target.value = "";
+  if (!file) return;
+  try {
+    const data = await api("POST", "/api/import", await file.text());
+    await reloadList();
+    showToast(`Imported ${data.imported} conversation${data.imported === 1 ? "" : "s"} from ${file.name}.`);
+    if (data.conversations.length) open(data.conversations[0].id);
+  } catch (error) { showNotice(error.message); }
+});
+
+document.getElementById("new-chat").addEventListener("click", () => {
+  closeDrawer();
+  newConversation().catch((e) => showNotice(e.message));
+});
+
+markActive();
