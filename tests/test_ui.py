@@ -76,14 +76,12 @@ def current_id(page) -> str:
 def new_chat_with(page, server, *exchanges) -> str:
     """A conversation holding the given (user, assistant) texts, opened in the page."""
     page.goto(server.url)
-    page.click("#new-chat")
-    wait_for(page, "location.pathname.startsWith('/c/')")
-    cid = current_id(page)
+    cid = call(page, "POST", "/api/conversations", {})["id"]
     store = store_of(server)
     for user, assistant in exchanges:
         store.add_message(cid, "user", user)
         store.add_message(cid, "assistant", assistant)
-    page.reload()
+    page.goto(f"{server.url}/c/{cid}")
     page.wait_for_selector(f".message.assistant >> nth={len(exchanges) - 1}")
     return cid
 
@@ -101,11 +99,16 @@ def test_copy_buttons_copy_a_message_and_a_code_block(page, ui_server):
 
 
 def test_code_is_highlighted_and_math_laid_out_by_katex(page, ui_server):
-    new_chat_with(page, ui_server, ("Code and math please", CODE_AND_MATH))
+    new_chat_with(page, ui_server, ("Broken math", "Half a fraction: $\\frac{1}{$ and a price of $5 and $6."),
+                  ("Code and math please", CODE_AND_MATH))
+    broken = page.locator(".message.assistant >> nth=0")
+    assert broken.locator(".math-error").inner_text() == "\\frac{1}{"  # shown as written, no CSP error
+    assert "a price of $5 and $6." in broken.inner_text()  # dollars in prose stay prose
     assert page.locator(".message.assistant pre code.hljs .hljs-keyword").first.inner_text() == "def"
     assert page.locator(".message.assistant pre code .hljs-comment").inner_text() == "# the sum"
     assert page.locator(".message.assistant .katex").count() == 2
     assert page.locator(".message.assistant .katex-display").count() == 1  # $$…$$ as a block
+    assert page.evaluate("getComputedStyle(document.querySelector('.math.inline')).display") == "inline"
     assert page.locator(".message.assistant .katex-mathml annotation").first.text_content() == "a^2 + b^2 = c^2"
     # The KaTeX fonts come from the vendored files under the app's own CSP.
     wait_for(page, "document.fonts.check('16px KaTeX_Main')", timeout=10_000)

@@ -40,13 +40,13 @@ SQLITE_SEARCH = [
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("messages") as batch:
-        batch.add_column(sa.Column("parent_id", sa.Integer, nullable=True))
-    with op.batch_alter_table("conversations") as batch:
-        batch.add_column(sa.Column("leaf_id", sa.Integer, nullable=True))
-        batch.add_column(sa.Column("pinned", sa.Boolean, nullable=False, server_default=sa.false()))
-        batch.add_column(sa.Column("deleted_at", sa.Float, nullable=True))
-        batch.add_column(sa.Column("settings", sa.Text, nullable=True))
+    # Plain ADD COLUMN, never batch mode: on SQLite batch mode copies a table, and dropping the old
+    # conversations table would cascade to every message.
+    op.add_column("messages", sa.Column("parent_id", sa.Integer, nullable=True))
+    op.add_column("conversations", sa.Column("leaf_id", sa.Integer, nullable=True))
+    op.add_column("conversations", sa.Column("pinned", sa.Boolean, nullable=False, server_default=sa.false()))
+    op.add_column("conversations", sa.Column("deleted_at", sa.Float, nullable=True))
+    op.add_column("conversations", sa.Column("settings", sa.Text, nullable=True))
     op.create_index("ix_messages_parent_id", "messages", ["parent_id"])
     op.create_table(
         "preferences",
@@ -71,8 +71,6 @@ def downgrade() -> None:
             op.execute(f"DROP TABLE IF EXISTS {table}_fts")
     op.drop_table("preferences")
     op.drop_index("ix_messages_parent_id", "messages")
-    with op.batch_alter_table("conversations") as batch:
-        for column in ("settings", "deleted_at", "pinned", "leaf_id"):
-            batch.drop_column(column)
-    with op.batch_alter_table("messages") as batch:
-        batch.drop_column("parent_id")
+    for column in ("settings", "deleted_at", "pinned", "leaf_id"):  # SQLite 3.35+ drops columns in place
+        op.drop_column("conversations", column)
+    op.drop_column("messages", "parent_id")
