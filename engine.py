@@ -184,10 +184,9 @@ class Engine:
 
     def position(self, stream: Stream) -> int:
         """Where a reply waits: 1 for the next to start, 0 once it has started (or left the queue)."""
-        try:
-            return list(self.requests.queue).index(stream) + 1
-        except ValueError:
-            return 0
+        with self.requests.mutex:  # the worker takes from this deque meanwhile
+            waiting = list(self.requests.queue)
+        return waiting.index(stream) + 1 if stream in waiting else 0
 
     def submit(self, prompt_ids: list[int], params: SamplingParams) -> Stream:
         """Queue a reply; raises EngineBusy when too many are already waiting."""

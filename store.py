@@ -67,8 +67,8 @@ preferences = Table(
 )
 
 TITLE_CHARS = 60
-UNDO_S = 60.0
-AFTER_LEAF = object()  # add_message's default place: after the last message of the shown branch  # how long a deleted conversation can be restored
+UNDO_S = 60.0  # how long a deleted conversation can be restored
+AFTER_LEAF = object()  # add_message's default place: after the last message of the shown branch
 
 
 def title_from(text: str) -> str:

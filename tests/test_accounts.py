@@ -111,8 +111,8 @@ def test_signed_out_visitors_are_sent_to_sign_in_or_get_401(accounts, tiny_bot, 
     listing = anonymous.get(accounts.url + "/api/conversations")
     assert listing.status_code == 401 and "sign in again" in listing.json()["error"]["message"]
     for method, rule in conversation_routes(tiny_bot, tmp_path):
-        answer = anonymous.request(method, accounts.url + rule.replace("<conversation_id>", "0" * 32), json={},
-                                   allow_redirects=False)
+        path = rule.replace("<conversation_id>", "0" * 32).replace("<int:message_id>", "1")
+        answer = anonymous.request(method, accounts.url + path, json={}, allow_redirects=False)
         assert answer.status_code in (302, 401), (method, rule, answer.status_code)
     assert anonymous.post(accounts.url + "/api/conversations", json={}).status_code == 401
     assert anonymous.post(accounts.url + "/api/transcriptions").status_code == 401
@@ -156,8 +156,9 @@ def test_another_user_gets_404_on_every_route_of_my_conversation(accounts, tiny_
     assert {("GET", "/c/<conversation_id>"), ("DELETE", "/api/conversations/<conversation_id>"),
             ("GET", "/api/conversations/<conversation_id>/export")} <= set(routes)
     bodies = {"PATCH": {"title": "mine now"}, "POST": {"content": "let me in", "max_tokens": 2}}
+    message_id = str(before["messages"][0]["id"])  # a real message of Alice's: its id alone opens nothing
     for method, rule in routes:
-        url = accounts.url + rule.replace("<conversation_id>", cid)
+        url = accounts.url + rule.replace("<conversation_id>", cid).replace("<int:message_id>", message_id)
         answer = bob.request(method, url, json=bodies.get(method))
         assert answer.status_code == 404, (method, rule, answer.status_code, answer.text[:200])
         assert "my secret plan" not in answer.text
@@ -170,8 +171,8 @@ def test_another_user_gets_404_on_every_route_of_my_conversation(accounts, tiny_
     exported = alice.get(f"{accounts.url}/api/conversations/{cid}/export", params={"format": "markdown"})
     assert exported.status_code == 200 and "my secret plan" in exported.text
     assert exported.headers["Content-Disposition"].startswith('attachment; filename="my_secret_plan.md"')
-    assert alice.get(f"{accounts.url}/api/conversations/{cid}/export").json()["messages"][0]["content"] == \
-        "my secret plan"
+    exported = alice.get(f"{accounts.url}/api/conversations/{cid}/export").json()["conversations"][0]
+    assert exported["messages"][0]["content"] == "my secret plan"
 
 
 def test_a_disabled_user_is_out_at_once_and_back_when_enabled(accounts):

@@ -1,21 +1,16 @@
 """The chat page in headless Chromium (Debian's package, driven by Playwright) against a real server
 running the real SmolLM2 instruct model: typing, streaming, Stop, reload, sidebar, inert markup.
 
-Set WEBBOT_SCREENSHOTS=1 to write the README's screenshot to docs/screenshots/.
+The README's screenshots come from tests/test_ui.py.
 """
 
-import os
 import time
-from pathlib import Path
 
-import pytest
 import requests
 
 from database import connect
 from store import Store
-from tests.conftest import CHROMIUM, CHROMIUM_ARGS, requires, wait_for
-
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+from tests.conftest import CHROMIUM, requires, wait_for
 
 pytestmark = requires(CHROMIUM, "Debian's chromium is not installed (run_tests.sh installs it)")
 
@@ -46,13 +41,6 @@ def test_ask_see_the_reply_stream_in_and_find_it_after_reload(page, smollm2_serv
     title = page.inner_text("#conversation-list li.active .title")
     assert title == "What is the capital of France?"
     assert "tokens" in page.inner_text("#gauge-text")
-
-    if os.environ.get("WEBBOT_SCREENSHOTS"):  # the README's picture: one more turn, with code
-        ask(page, "Write a Python function that adds two numbers.")
-        page.wait_for_selector(".message.assistant >> nth=1")
-        page.wait_for_selector(".message.assistant.streaming", state="detached", timeout=120_000)
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SCREENSHOTS / "chat.png"))
 
     page.reload()
     page.wait_for_selector(".message.assistant")

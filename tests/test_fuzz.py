@@ -134,3 +134,12 @@ def test_any_conversation_id_or_export_format_is_a_clean_4xx(fuzz_app, conversat
     export = client.get(f"/api/conversations/{cid}/export", query_string={"format": kind})
     check(export)
     assert export.status_code == (200 if kind in ("json", "markdown") else 400)
+
+
+@SLOW
+@given(query=st.text(max_size=60) | st.sampled_from(['"', '*', 'NEAR(a b)', 'a OR', '^x', 'col:x', "'", "(("]))
+def test_any_search_text_is_a_result_list_never_a_query_error(fuzz_app, query):
+    _, client, _ = fuzz_app
+    response = client.get("/api/search", query_string={"q": query})
+    check(response)
+    assert response.status_code == 200 and isinstance(response.json["results"], list)
