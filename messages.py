@@ -35,6 +35,15 @@ def _stored(conversation_id: str, message_id: int, role: str) -> tuple[dict, lis
     return message, messages
 
 
+def _question(messages: list[dict], reply: dict) -> dict:
+    """The user message a reply answers; a 409 for a reply that answers none (an imported file may hold one)."""
+    question = next((m for m in messages if m["id"] == reply["parent_id"] and m["role"] == "user"), None)
+    if question is None:
+        raise BadInput(409, "This reply does not answer a message of yours, so there is nothing to write it from; "
+                            "send a new message instead.", "no_question")
+    return question
+
+
 def _params(conversation: dict, body: dict):
     """Sampling settings (the conversation's, the person's defaults, the server's, then the request's own) and
     the system prompt."""
@@ -118,7 +127,7 @@ def regenerate(conversation_id, message_id):
     conversation = own(conversation_id)
     body = json_body() if request.data else {}
     old, messages = _stored(conversation_id, message_id, "assistant")
-    question = next(m for m in messages if m["id"] == old["parent_id"])
+    question = _question(messages, old)
     history = path_to(messages, question["parent_id"]) if question["parent_id"] else []
     return _write(conversation, history, question["content"], body,
                   lambda: (None, state().store.add_message(conversation_id, "assistant", "", "streaming",
@@ -134,7 +143,7 @@ def continue_reply(conversation_id, message_id):
     if reply["status"] not in CONTINUABLE or not reply["content"]:
         raise BadInput(409, "Only a reply that was cut off (by the length limit, Stop or a dropped model server) "
                             "and has some text can be continued; regenerate it instead.", "not_continuable")
-    question = next(m for m in messages if m["id"] == reply["parent_id"])
+    question = _question(messages, reply)
     history = path_to(messages, question["parent_id"]) if question["parent_id"] else []
 
     def reopen():

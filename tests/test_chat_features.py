@@ -122,6 +122,16 @@ def test_bad_inputs_get_a_4xx_sentence_and_change_nothing(client):
     assert len(client.get("/api/conversations").json["conversations"]) == 2  # no import landed
 
 
+def test_a_reply_that_answers_no_message_cannot_be_regenerated_or_continued(client):
+    imported = client.post("/api/import", json={"title": "Odd", "messages": [
+        {"role": "assistant", "content": "I speak first.", "status": "length"}]}).json["conversations"][0]
+    reply = view(client, imported["id"])["messages"][0]
+    for action in ("regenerate", "continue"):
+        refused = client.post(f"/api/conversations/{imported['id']}/messages/{reply['id']}/{action}", json={})
+        assert refused.status_code == 409 and "send a new message instead" in refused.json["error"]["message"]
+    assert view(client, imported["id"])["messages"] == [reply]
+
+
 def test_settings_layers_reach_the_reply(client, app):
     cid = new_conversation(client)
     gauge = view(client, cid)["memory"]["used"]
