@@ -190,8 +190,8 @@ def _export_kind() -> tuple[str, str, str]:
     return kind, *EXPORTS[kind]
 
 
-def _download(items: list[tuple[dict, list[dict]]], name: str) -> Response:
-    kind, mimetype, suffix = _export_kind()
+def _download(kind: tuple[str, str, str], items: list[tuple[dict, list[dict]]], name: str) -> Response:
+    kind, mimetype, suffix = kind
     body = transfer.as_json(items) if kind == "json" else transfer.as_markdown(items)
     return Response(body, mimetype=mimetype, headers={"Content-Disposition": f'attachment; filename="{name}.{suffix}"'})
 
@@ -200,18 +200,18 @@ def _download(items: list[tuple[dict, list[dict]]], name: str) -> Response:
 def export_conversation(conversation_id):
     """One conversation as a download: `?format=json` (the default, every branch) or `markdown`."""
     conversation = own(conversation_id)
-    _export_kind()
+    kind = _export_kind()
     items = [(conversation, state().store.messages(conversation_id))]
-    return _download(items, secure_filename(conversation["title"]) or "conversation")
+    return _download(kind, items, secure_filename(conversation["title"]) or "conversation")
 
 
 @bp.get("/export")
 def export_all():
     """Every conversation of this person as one download."""
-    _export_kind()
+    kind = _export_kind()
     store = state().store
     items = [(c, store.messages(c["id"])) for c in store.list_conversations(current_owner())]
-    return _download(items, "conversations")
+    return _download(kind, items, "conversations")
 
 
 @bp.post("/import")

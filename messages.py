@@ -10,6 +10,7 @@ dropped model server) instead of starting a new one.
 import logging
 
 from flask import Blueprint, current_app, jsonify, request
+from sqlalchemy.exc import DBAPIError
 
 import titles
 from branches import path_to
@@ -50,7 +51,7 @@ def _params(conversation: dict, body: dict):
     chosen = reply_settings(conversation)
     asked = {"temperature": chosen["temperature"], "top_p": chosen["top_p"], "max_tokens": chosen["max_tokens"]}
     asked.update({k: body[k] for k in ("temperature", "top_p", "max_tokens", "stop") if body.get(k) is not None})
-    return sampling_params(asked, default_temperature=chosen["temperature"]), chosen["system_prompt"]
+    return sampling_params(asked), chosen["system_prompt"]
 
 
 def _write(conversation: dict, history: list[dict], message: str, body: dict, store_turn, partial: str | None = None,
@@ -85,7 +86,7 @@ def _write(conversation: dict, history: list[dict], message: str, body: dict, st
         try:
             shown = path_to(app_state.store.messages(cid), reply["id"])
             return app_state.bot.plan(history_of(shown), "", system_prompt).as_dict()
-        except Exception:  # the database is down; the page hides the gauge until the next turn
+        except DBAPIError:  # the database is down; the page hides the gauge until the next turn
             log.warning("could not count memory after reply %s", reply["id"], exc_info=True)
             return None
 
@@ -96,7 +97,7 @@ def _write(conversation: dict, history: list[dict], message: str, body: dict, st
 
 @bp.post("/conversations/<conversation_id>/messages")
 def send_message(conversation_id):
-    """A new message at the end of the shown branch (or after `parent_id`, which editing uses)."""
+    """A new message at the end of the shown branch."""
     conversation = own(conversation_id)
     body = json_body()
     content = message_text(body.get("content"))

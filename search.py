@@ -40,13 +40,13 @@ def _sqlite(db, owner: str, words: list[str], limit: int):
     mark = {"match": match, "owner": owner, "limit": limit * 4, "start": MARK_START, "end": MARK_END}
     titles = db.execute(text(
         "SELECT c.id AS conversation_id, c.title, NULL AS message_id, "
-        "highlight(titles_fts, 0, :start, :end) AS snippet, c.updated_at AS at "
+        "highlight(titles_fts, 0, :start, :end) AS snippet "
         "FROM titles_fts JOIN conversations c ON c.rowid = titles_fts.rowid "
         "WHERE titles_fts MATCH :match AND c.owner = :owner AND c.deleted_at IS NULL "
         "ORDER BY c.updated_at DESC LIMIT :limit"), mark).mappings().all()
     bodies = db.execute(text(
         "SELECT c.id AS conversation_id, c.title, m.id AS message_id, "
-        "snippet(messages_fts, 0, :start, :end, '…', 12) AS snippet, m.created_at AS at "
+        "snippet(messages_fts, 0, :start, :end, '…', 12) AS snippet "
         "FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid "
         "JOIN conversations c ON c.id = m.conversation_id "
         "WHERE messages_fts MATCH :match AND c.owner = :owner AND c.deleted_at IS NULL "
@@ -60,13 +60,13 @@ def _postgresql(db, owner: str, words: list[str], limit: int):
     values = {"query": tsquery, "owner": owner, "limit": limit * 4, "options": options}
     titles = db.execute(text(
         "SELECT c.id AS conversation_id, c.title, NULL AS message_id, "
-        "ts_headline('simple', c.title, to_tsquery('simple', :query), :options) AS snippet, c.updated_at AS at "
+        "ts_headline('simple', c.title, to_tsquery('simple', :query), :options) AS snippet "
         "FROM conversations c WHERE to_tsvector('simple', c.title) @@ to_tsquery('simple', :query) "
         "AND c.owner = :owner AND c.deleted_at IS NULL ORDER BY c.updated_at DESC LIMIT :limit"),
         values).mappings().all()
     bodies = db.execute(text(
         "SELECT c.id AS conversation_id, c.title, m.id AS message_id, "
-        "ts_headline('simple', m.content, to_tsquery('simple', :query), :options) AS snippet, m.created_at AS at "
+        "ts_headline('simple', m.content, to_tsquery('simple', :query), :options) AS snippet "
         "FROM messages m JOIN conversations c ON c.id = m.conversation_id "
         "WHERE to_tsvector('simple', m.content) @@ to_tsquery('simple', :query) "
         "AND c.owner = :owner AND c.deleted_at IS NULL ORDER BY m.created_at DESC LIMIT :limit"),

@@ -90,7 +90,9 @@ def _conversation(item, number: int, max_chars: int) -> dict:
         messages.append({"id": ident, "parent": parent, "role": role, "content": content,
                          "status": status if status in STATUSES else "complete",
                          "created_at": float(created) if isinstance(created, (int, float)) else None})
-    created = item.get("created_at")
+    created, leaf = item.get("created_at"), item.get("leaf")
+    if leaf is not None and (isinstance(leaf, bool) or not isinstance(leaf, (int, str)) or leaf not in ids):
+        leaf = None  # no shown branch named (or none of its messages): the newest is shown
     return {"title": " ".join(title.split())[:200] or "Imported chat", "settings": settings,
             "created_at": float(created) if isinstance(created, (int, float)) else None,
-            "leaf": item.get("leaf"), "messages": messages}
+            "leaf": leaf, "messages": messages}

@@ -273,3 +273,11 @@ def test_a_reply_that_waits_reports_its_place_until_it_starts(make_app, tiny_mod
     rest = b"".join(chunks).decode()
     waiting.close()
     assert "event: done" in rest  # it started once the other reply ended, and finished
+
+
+@pytest.mark.parametrize("leaf", [[1], {"id": 1}, True, 99, None])
+def test_an_import_whose_shown_branch_makes_no_sense_shows_the_newest(client, leaf):
+    answer = client.post("/api/import", json={"title": "Odd leaf", "leaf": leaf, "messages": [
+        {"id": 1, "role": "user", "content": "one"}, {"id": 2, "parent": 1, "role": "assistant", "content": "two"}]})
+    assert answer.status_code == 201, answer.json
+    assert [m["content"] for m in view(client, answer.json["conversations"][0]["id"])["messages"]] == ["one", "two"]

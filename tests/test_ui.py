@@ -73,6 +73,17 @@ def current_id(page) -> str:
     return page.url.rsplit("/", 1)[1]
 
 
+def start_chat(page, url: str, **settings) -> str:
+    """Open the page, start a chat with the New chat button, give it its own settings; returns its id."""
+    page.goto(url)
+    page.click("#new-chat")
+    wait_for(page, "location.pathname.startsWith('/c/')")
+    cid = current_id(page)
+    if settings:
+        call(page, "PATCH", f"/api/conversations/{cid}", {"settings": settings})
+    return cid
+
+
 def new_chat_with(page, server, *exchanges) -> str:
     """A conversation holding the given (user, assistant) texts, opened in the page."""
     page.goto(server.url)
@@ -155,11 +166,7 @@ def test_edit_and_resend_makes_a_branch_that_can_be_switched_back(page, ui_serve
 
 
 def test_continue_a_reply_cut_off_by_the_length_limit(page, ui_server):
-    page.goto(ui_server.url)
-    page.click("#new-chat")
-    wait_for(page, "location.pathname.startsWith('/c/')")
-    cid = current_id(page)
-    call(page, "PATCH", f"/api/conversations/{cid}", {"settings": {"max_tokens": 6}})
+    cid = start_chat(page, ui_server.url, max_tokens=6)
     ask_and_wait(page, "Write a long story.")
     assert page.inner_text(".message.assistant .status") == "Cut off at the reply length limit."
     before = store_of(ui_server).messages(cid)[-1]["content"]
@@ -239,11 +246,7 @@ def test_a_title_is_generated_from_the_first_exchange(browser, smollm2_server):
     context = browser.new_context(viewport={"width": 1100, "height": 760})
     page = context.new_page()
     watch_console(page)
-    page.goto(smollm2_server.url)
-    page.click("#new-chat")
-    wait_for(page, "location.pathname.startsWith('/c/')")
-    cid = current_id(page)
-    call(page, "PATCH", f"/api/conversations/{cid}", {"settings": {"max_tokens": 24}})
+    cid = start_chat(page, smollm2_server.url, max_tokens=24)
     question = "What is the capital of France?"
     ask(page, question)
     wait_for(page, f"(document.querySelector(\"li[data-id='{cid}'] .title\")?.innerText || '') !== 'New chat' && "
@@ -302,10 +305,7 @@ def test_export_one_and_all_as_json_and_markdown_and_import_back(page, ui_server
 
 
 def test_settings_for_a_chat_and_as_defaults_with_the_models_limits(page, ui_server):
-    page.goto(ui_server.url)
-    page.click("#new-chat")
-    wait_for(page, "location.pathname.startsWith('/c/')")
-    cid = current_id(page)
+    cid = start_chat(page, ui_server.url)
     wait_for(page, "document.getElementById('gauge-text').textContent !== ''")
     used_before = int(page.inner_text("#gauge-text").split(" / ")[0])
     page.click("#open-settings")
@@ -460,10 +460,7 @@ def test_a_waiting_reply_shows_its_place_in_the_queue(start_server, tiny_model_d
         "model": "x", "messages": [{"role": "user", "content": "Go on."}], "max_tokens": 100_000, "stream": True})
     lines = busy.iter_lines()
     next(lines)  # the model is writing someone else's reply
-    page.goto(server.url)
-    page.click("#new-chat")
-    wait_for(page, "location.pathname.startsWith('/c/')")
-    call(page, "PATCH", f"/api/conversations/{current_id(page)}", {"settings": {"max_tokens": 5}})
+    start_chat(page, server.url, max_tokens=5)
     ask(page, "My turn?")
     page.wait_for_selector(".message.assistant .waiting")
     assert page.inner_text(".message.assistant .waiting") == \
@@ -478,11 +475,7 @@ def test_after_a_dropped_connection_the_page_reconnects_and_shows_the_whole_repl
     server = start_server(tiny_model_dir, WEBBOT_MAX_TOKENS="2048", WEBBOT_TEMPERATURE="0")
     proxy = Proxy(server.port)
     try:
-        page.goto(proxy.url)
-        page.click("#new-chat")
-        wait_for(page, "location.pathname.startsWith('/c/')")
-        cid = current_id(page)
-        call(page, "PATCH", f"/api/conversations/{cid}", {"settings": {"max_tokens": 400}})
+        cid = start_chat(page, proxy.url, max_tokens=400)
         ask(page, "Tell me everything.")
         wait_for(page, "(document.querySelector('.message.assistant .body')?.innerText.length || 0) > 20")
         proxy.drop()
