@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from tests.conftest import read_sse, requires
+from tests.edge import NGINX, Nginx, Tunnel, session_from, slow_client, timed_health
 from tests.server_process import GUNICORN, ROOT, PageSession
 
 pytestmark = requires(GUNICORN, "run_webbot.sh needs .venv (run_tests.sh makes it)")
@@ -124,7 +125,10 @@ def test_sigterm_mid_stream_stores_the_partial_reply_and_a_restart_serves_it(htt
 def test_systemd_unit_runs_run_webbot_sh_hardened():
     unit = (ROOT / "deploy" / "webbot.service").read_text()
     for line in ("ExecStart=/opt/webbot/run_webbot.sh", "Restart=on-failure", "NoNewPrivileges=true",
-                 "ProtectSystem=strict", "PrivateTmp=true", "ReadWritePaths=/opt/webbot/instance", "User=webbot"):
+                 "ProtectSystem=strict", "PrivateTmp=true", "ReadWritePaths=/opt/webbot/instance", "User=webbot",
+                 # behind nginx: loopback only, plain HTTP, one proxy trusted
+                 "Environment=WEBBOT_HOST=127.0.0.1", "Environment=WEBBOT_PROXY_HOPS=1", "Environment=WEBBOT_CERT=",
+                 "Wants=network-online.target nginx.service"):
         assert line in unit
     done = subprocess.run(["systemd-analyze", "verify", "--man=no", str(ROOT / "deploy" / "webbot.service")],
                           capture_output=True, text=True) if Path("/usr/bin/systemd-analyze").exists() else None
@@ -132,53 +136,14 @@ def test_systemd_unit_runs_run_webbot_sh_hardened():
         assert "Unknown key" not in done.stderr and "Unknown section" not in done.stderr, done.stderr
 
 
-NGINX = "/usr/sbin/nginx"
-
-
-def nginx_config(tmp: Path, listen_port: int, app_port: int, cert_dir: Path) -> Path:
-    """deploy/nginx.conf with its CHANGE lines pointed at this test, inside a minimal main config."""
-    site = (ROOT / "deploy" / "nginx.conf").read_text()
-    site = site.split("# Send plain HTTP to HTTPS")[0]  # the port-80 redirect needs root's port
-    site = site.replace("listen 443 ssl;", f"listen 127.0.0.1:{listen_port} ssl;").replace(
-        "listen [::]:443 ssl;", "")
-    site = site.replace("/etc/letsencrypt/live/chat.example.com/fullchain.pem", str(cert_dir / "cert.pem"))
-    site = site.replace("/etc/letsencrypt/live/chat.example.com/privkey.pem", str(cert_dir / "key.pem"))
-    site = site.replace("http://127.0.0.1:5000", f"http://127.0.0.1:{app_port}")
-    kinds = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    temp = "".join(f"    {kind}_temp_path {tmp}/{kind};\n" for kind in kinds)
-    main = (f"daemon off;\nworker_processes 1;\npid {tmp}/nginx.pid;\nerror_log {tmp}/error.log info;\n"
-            f"events {{ worker_connections 64; }}\n"
-            f"http {{\n    access_log {tmp}/access.log;\n{temp}    include {tmp}/site.conf;\n}}\n")
-    if os.geteuid() == 0:
-        main = "user root;\n" + main
-    (tmp / "site.conf").write_text(site)
-    (tmp / "nginx.conf").write_text(main)
-    return tmp / "nginx.conf"
-
-
 @requires(NGINX, "Debian's nginx is not installed (run_tests.sh installs it)")
 def test_through_nginx_the_reply_streams_token_by_token(start_server, tiny_model_dir, cert_dir, tmp_path):
-    from tests.server_process import free_port
-
     app = start_server(tiny_model_dir, WEBBOT_PROXY_HOPS="1")
-    port = free_port()
-    nginx_dir = tmp_path / "nginx"
-    nginx_dir.mkdir()
-    config = nginx_config(nginx_dir, port, app.port, cert_dir)
-    proxy = subprocess.Popen([NGINX, "-p", str(nginx_dir), "-c", str(config)], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE)
+    proxy = Nginx(tmp_path / "nginx", app.port, cert_dir)
     try:
-        url = f"https://127.0.0.1:{port}"
+        url = proxy.url
         with tls_session(cert_dir) as session:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    if session.get(url + "/healthz", timeout=2).status_code == 200:
-                        break
-                except requests.ConnectionError:
-                    pass
-                assert time.monotonic() < deadline and proxy.poll() is None, proxy.stderr.read()
-                time.sleep(0.2)
+            proxy.wait(session)
             page = session.get(url + "/")
             assert "Secure" in page.headers["Set-Cookie"]  # the app saw X-Forwarded-Proto: https
             cid = session.post(url + "/api/conversations", json={}).json()["id"]
@@ -195,24 +160,80 @@ def test_through_nginx_the_reply_streams_token_by_token(start_server, tiny_model
         # Token by token, not all at once: the first token reached the client well before the end.
         assert tokens[0] < done[0] - 0.5 * (done[0] - arrivals[0][1]), arrivals[:3] + arrivals[-2:]
     finally:
-        proxy.terminate()
-        proxy.wait(10)
+        proxy.stop()
 
 
-def test_frp_files_point_at_the_apps_port_in_both_formats():
+def frp_client() -> tuple[dict, dict]:
+    """frpc.ini's [webbot] section and frpc.toml's proxy."""
     import configparser
     import tomllib
 
     ini = configparser.ConfigParser(inline_comment_prefixes=(";", "#"))
     ini.read(ROOT / "frpc.ini")
-    toml = tomllib.loads((ROOT / "frpc.toml").read_text())
+    return ini, tomllib.loads((ROOT / "frpc.toml").read_text())
+
+
+def test_frp_files_point_at_nginx_with_the_proxy_protocol_in_both_formats():
+    import tomllib
+
+    ini, toml = frp_client()
     server = tomllib.loads((ROOT / "deploy" / "frps.toml").read_text())
     proxy = toml["proxies"][0]
     assert ini["webbot"]["type"] == proxy["type"] == "tcp"
-    assert int(ini["webbot"]["local_port"]) == proxy["localPort"] == 5000  # WEBBOT_PORT's default
+    nginx = (ROOT / "deploy" / "nginx.conf").read_text()
+    # nginx's port for frpc, which reads the PROXY header frpc sends
+    assert int(ini["webbot"]["local_port"]) == proxy["localPort"] == 8443
+    assert "listen 127.0.0.1:8443 ssl proxy_protocol;" in nginx and "real_ip_header proxy_protocol;" in nginx
+    assert ini["webbot"]["proxy_protocol_version"] == proxy["transport"]["proxyProtocolVersion"] == "v2"
     assert int(ini["webbot"]["remote_port"]) == proxy["remotePort"] == server["allowPorts"][0]["single"]
     assert ini["common"]["token"] == toml["auth"]["token"] == server["auth"]["token"]
     assert int(ini["common"]["server_port"]) == toml["serverPort"] == server["bindPort"]
+
+
+@requires(NGINX, "Debian's nginx is not installed (run_tests.sh installs it)")
+def test_the_public_port_answers_with_200_slow_clients_holding_it(start_server, tiny_model_dir, cert_dir, tmp_path):
+    """The documented path, frp -> nginx -> gunicorn: 200 clients that send their headers a line every few
+    seconds (more than gunicorn's 32 threads) leave /healthz answering within a second, and the app sees
+    each visitor's own address (frp's PROXY header), so one address's sign-in limit holds back no other."""
+    _, toml = frp_client()
+    assert toml["proxies"][0]["transport"]["proxyProtocolVersion"] == "v2"
+    app = start_server(tiny_model_dir, command=["./run_webbot.sh"], WEBBOT_PROXY_HOPS="1", WEBBOT_AUTH="password",
+                       WEBBOT_PASSWORD="household-pass", WEBBOT_RATE_SIGNIN="2/minute")
+    proxy = Nginx(tmp_path / "nginx", app.port, cert_dir, frp=True)
+    tunnel = Tunnel(proxy.frp_port).start()  # the public port, as frps + frpc deliver it
+    slow = []
+    try:
+        with tls_session(cert_dir) as session:
+            proxy.wait(session)
+        before = max(timed_health(tunnel.port, "127.0.2.1", cert_dir / "cert.pem") for _ in range(3))
+        for n in range(200):  # each from its own address, as a botnet's would be
+            slow.append(slow_client(tunnel.port, f"127.0.1.{n + 1}", cert_dir / "cert.pem"))
+        during = []
+        for round_ in range(3):
+            for n, conn in enumerate(slow):
+                conn.sendall(f"X-Slow-{round_}: {n}\r\n".encode())  # still not the end of the headers
+            during.append(max(timed_health(tunnel.port, f"127.0.2.{k + 2}", cert_dir / "cert.pem", 5) or 99
+                              for k in range(3)))
+            time.sleep(2)
+        print(f"/healthz through the public port: {before:.3f} s before, {max(during):.3f} s at most with "
+              f"{len(slow)} slow clients")
+        assert max(during) < 1.0, during
+
+        # Sign-in attempts are counted per real address, not per tunnel.
+        def sign_in(address: str) -> int:
+            client = session_from(address, cert_dir / "cert.pem")
+            url = f"https://127.0.0.1:{tunnel.port}/signin"
+            page = client.get(url, timeout=30).text
+            token = page.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
+            return client.post(url, data={"csrf_token": token, "password": "wrong"}, timeout=30).status_code
+
+        assert [sign_in("127.0.3.1") for _ in range(3)] == [401, 401, 429]
+        assert sign_in("127.0.3.2") == 401  # another visitor is not held back by the first one's tries
+    finally:
+        for conn in slow:
+            conn.close()
+        tunnel.stop()
+        proxy.stop()
 
 
 @pytest.mark.parametrize("hops,expected", [(0, "127.0.0.1 http"), (1, "203.0.113.7 https")])
