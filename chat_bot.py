@@ -163,20 +163,22 @@ class ChatBot(PlansReplies):
                  "on" if self.kv_reuse else "off", budget_mb, self.engine.max_batch)
         self._loaded.set()
 
-    def prompt_ids(self, plan: MemoryPlan) -> list[int]:
-        """The planned prompt's ids, continuing the exact ids of an earlier sequence it extends."""
+    def prompt_ids(self, plan: MemoryPlan, owner: str = "") -> list[int]:
+        """The planned prompt's ids, continuing the exact ids of an earlier sequence of the owner's it extends."""
         text = plan.prompt_text
-        earlier = self.cache.continuation(text)
+        earlier = self.cache.continuation(text, owner)
         if earlier is None:
             return plan.prompt_ids
         ids, matched = earlier
         return ids + self.memory.encode(text[matched:])
 
-    def generate(self, plan: MemoryPlan, params: SamplingParams) -> Stream:
-        """Start a reply to a planned prompt; the returned stream yields text pieces."""
-        ids = self.prompt_ids(plan)
+    def generate(self, plan: MemoryPlan, params: SamplingParams, owner: str = "") -> Stream:
+        """Start a reply to a planned prompt for `owner` (whose cached prompts it may reuse); the returned stream
+        yields text pieces."""
+        ids = self.prompt_ids(plan, owner)
         params.max_new_tokens = self.reply_tokens(len(ids), params.max_new_tokens)
-        return self.engine.submit(ids, params)
+        public = plan.public_tokens if ids[:plan.public_tokens] == plan.prompt_ids[:plan.public_tokens] else 0
+        return self.engine.submit(ids, params, owner, public)
 
     def queue_position(self, stream: Stream) -> tuple[int, int]:
         """(place in the queue, 1 for next and 0 once started; replies being written now)."""

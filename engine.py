@@ -50,13 +50,15 @@ class SamplingParams:
 class Stream:
     """One reply in progress: iterate for text pieces; `cancel()` stops it on the server."""
 
-    def __init__(self, prompt_ids: list[int], params: SamplingParams):
+    def __init__(self, prompt_ids: list[int], params: SamplingParams, owner: str = "", public_tokens: int = 0):
         self.prompt_ids = prompt_ids
         self.params = params
+        self.owner = owner  # whose cached prompts this one may reuse (see kv_cache.py)
+        self.public_tokens = public_tokens  # leading prompt tokens anyone's cache may supply
         self.cancelled = threading.Event()
         self.events: queue.Queue = queue.Queue()
         self.generated_ids: list[int] = []
-        self.reused_tokens = 0  # prompt tokens whose KV cache came from an earlier sequence
+        self.reused_tokens = 0  # prompt tokens whose KV cache came from an earlier sequence (OpenAI's cached_tokens)
         self.finish_reason: str | None = None
         self.error: BaseException | None = None
         self.submitted = time.monotonic()
@@ -120,9 +122,10 @@ class Stream:
             yield piece
 
     def usage(self) -> dict:
-        """OpenAI-style token counts."""
+        """OpenAI-style token counts; `cached_tokens` counts only this requester's own reuse (and the public head)."""
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": self.prompt_tokens + self.completion_tokens}
+                "total_tokens": self.prompt_tokens + self.completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": self.reused_tokens}}
 
 
 class _Row:
@@ -188,11 +191,12 @@ class Engine:
             waiting = list(self.requests.queue)
         return waiting.index(stream) + 1 if stream in waiting else 0
 
-    def submit(self, prompt_ids: list[int], params: SamplingParams) -> Stream:
-        """Queue a reply; raises EngineBusy when too many are already waiting."""
+    def submit(self, prompt_ids: list[int], params: SamplingParams, owner: str = "", public_tokens: int = 0) -> Stream:
+        """Queue a reply for `owner`, who may reuse only their own cached prompts beyond the first `public_tokens`;
+        raises EngineBusy when too many are already waiting."""
         if not prompt_ids:
             raise ValueError("the prompt has no tokens")
-        stream = Stream(prompt_ids, params)
+        stream = Stream(prompt_ids, params, owner, public_tokens)
         try:
             self.requests.put_nowait(stream)
         except queue.Full:
@@ -258,8 +262,8 @@ class Engine:
             self._finish(row, "cancelled")
             return
         if row.cache is None:
-            reused, kv, source = self.cache.lookup(row.ids)
-            if source is not None and reused >= source.prompt_len - 1:
+            reused, kv, source = self.cache.lookup(row.ids, stream.owner, stream.public_tokens)
+            if source is not None and source.owner == stream.owner and reused >= source.prompt_len - 1:
                 row.source = source
             row.cache = DynamicCache(ddp_cache_data=kv) if kv else DynamicCache()
             row.pos = stream.reused_tokens = reused
@@ -368,7 +372,8 @@ class Engine:
             stream.push(tail)
         if reason != "error" and len(row.ids) > len(stream.prompt_ids):
             kv = [(_compact(k), _compact(v)) for k, v in row.kv] if row.kv and self.cache.reuse else None
-            self.cache.add(row.ids, kv, len(stream.prompt_ids), row.source)  # kv covers all ids but the last
+            # kv covers all ids but the last
+            self.cache.add(row.ids, kv, len(stream.prompt_ids), row.source, stream.owner, stream.public_tokens)
         row.kv = row.cache = None
         self.metrics.replies.labels(reason).inc()
         stream.end(reason, error)

@@ -10,6 +10,16 @@ prefilled. All tensors together stay under a byte budget: least recently used en
 little and still let the next prompt be built from the same ids.
 With reuse switched off no tensors are kept at all, so prompts are identical either way.
 
+Every entry belongs to an owner (a browser, a user, an API key or an address), and a
+prompt reuses only its own owner's entries: otherwise how much of a prompt came from the
+cache (its time to first token, the `cached_tokens` count) would tell one person what
+another wrote. The one exception is a public head, the chat template and the server's
+own system prompt, which every owner's prompt may take from any entry: it holds nothing
+anybody wrote (the same idea as vLLM's `cache_salt`). That reuse is all or nothing, so it
+says no more than "someone used this server's default prompt". When the budget is
+exceeded, the owner holding the most bytes loses its least recently used tensors first, so
+one person's traffic pushes out mostly their own caches.
+
 The tensor helper at the bottom stacks rows of different lengths into one left-padded
 batch; the engine uses it when streams join or leave a batch.
 """
@@ -44,6 +54,8 @@ class Entry:
     text: str
     kv: list[tuple] | None = None  # per layer (keys, values), each [1, heads, kv_len, head_dim]
     prompt_len: int = 0  # the rest of ids was generated
+    owner: str = ""  # whose prompt and reply these are
+    public_len: int = 0  # leading tokens holding nothing private (template and server system prompt)
     used: float = field(default_factory=time.monotonic)
 
     @property
@@ -82,8 +94,8 @@ class PrefixCache:
         with self._lock:
             return len(self._entries)
 
-    def continuation(self, text: str) -> tuple[list[int], int] | None:
-        """(ids, n): ids of an earlier sequence whose text is `text[:n]`, for the longest such n.
+    def continuation(self, text: str, owner: str) -> tuple[list[int], int] | None:
+        """(ids, n): ids of an earlier sequence of `owner`'s whose text is `text[:n]`, for the longest such n.
 
         A prompt built as these ids plus the tokens of `text[n:]` shares the earlier
         sequence's ids token for token, so its KV cache applies. Where the text differs
@@ -93,6 +105,8 @@ class PrefixCache:
         with self._lock:
             best, shared = None, 0
             for entry in self._entries:
+                if entry.owner != owner:
+                    continue
                 n = common_prefix(entry.text, text)
                 if n > shared:
                     best, shared = entry, n
@@ -110,52 +124,80 @@ class PrefixCache:
                 hi = mid
         return (best.ids[:lo], len(self.decode(best.ids[:lo]))) if lo else None
 
-    def lookup(self, ids: list[int]) -> tuple[int, list[tuple] | None, Entry | None]:
+    def lookup(self, ids: list[int], owner: str, public_len: int = 0
+               ) -> tuple[int, list[tuple] | None, Entry | None]:
         """(n, tensors of the first n tokens, the entry) for the entry sharing the most leading tokens with `ids`.
 
-        At least the last token of `ids` is left out, so the caller has something to feed
-        the model for the next token's logits. The tensors are views: copy before writing.
+        Only `owner`'s entries count, except that the first `public_len` tokens of `ids` (a
+        public head) may come whole from anyone's entry that begins with the same head. At
+        least the last token of `ids` is left out, so the caller has something to feed the
+        model for the next token's logits. The tensors are views: copy before writing.
         """
         best, reused = None, 0
+        public_len = min(public_len, len(ids) - 1)
         with self._lock:
             for entry in self._entries:
                 if not entry.kv_len or entry.ids[0] != ids[0]:
                     continue
-                n = common_prefix(entry.ids[:entry.kv_len], ids[:-1])
+                if entry.owner == owner:
+                    n = common_prefix(entry.ids[:entry.kv_len], ids[:-1])
+                elif (public_len and entry.public_len >= public_len and entry.kv_len >= public_len
+                      and entry.ids[:public_len] == ids[:public_len]):
+                    n = public_len  # the public head, whole or not at all
+                else:
+                    continue
                 if n > reused:
                     best, reused = entry, n
             if best is None:
                 return 0, None, None
-            if reused == best.kv_len:  # a continuation, not just a shared template head
+            if reused == best.kv_len and best.owner == owner:  # a continuation, not just a shared head
                 best.used = time.monotonic()
             return reused, [(k[:, :, :reused], v[:, :, :reused]) for k, v in best.kv], best
 
-    def add(self, ids: list[int], kv: list[tuple] | None, prompt_len: int, continues: Entry | None = None) -> Entry:
-        """Keep a finished sequence; entries it makes useless are dropped, then the budget is enforced.
+    def add(self, ids: list[int], kv: list[tuple] | None, prompt_len: int, continues: Entry | None = None,
+            owner: str = "", public_len: int = 0) -> Entry:
+        """Keep a finished sequence of `owner`'s; entries it makes useless are dropped, then the budget is enforced.
 
-        Useless: an entry the new one extends, and `continues`, the entry whose whole prompt
-        the new sequence reused (the conversation went on from it; what it held beyond that
-        prompt is its old reply, which the new prompt tokenised differently).
+        Useless: an entry of the same owner that the new one extends, and `continues`, the
+        entry whose whole prompt the new sequence reused (the conversation went on from it;
+        what it held beyond that prompt is its old reply, which the new prompt tokenised
+        differently). Another owner's entries are never dropped for this one's sake.
         """
-        entry = Entry(list(ids), self.decode(ids), kv if self.reuse else None, prompt_len)
+        entry = Entry(list(ids), self.decode(ids), kv if self.reuse else None, prompt_len, owner, public_len)
         with self._lock:
-            self._entries = [e for e in self._entries if not _extends(entry, e) and e is not continues]
+            self._entries = [e for e in self._entries
+                             if e.owner != owner or (not _extends(entry, e) and e is not continues)]
             self._entries.append(entry)
             self._enforce()
         return entry
 
     def _enforce(self) -> None:
-        by_age = sorted(self._entries, key=lambda e: e.used)
-        total = sum(e.nbytes for e in self._entries)
-        for entry in by_age:
-            if total <= self.budget:
-                break
-            if entry.kv is not None:
-                total -= entry.nbytes
-                entry.kv = None
-                self.on_evict(entry)
-        if len(self._entries) > self.max_entries:
-            gone = {id(e) for e in by_age[:len(self._entries) - self.max_entries]}
+        """Drop tensors past the byte budget and entries past the count, from the owner holding the most first."""
+        held: dict[str, int] = {}
+        for entry in self._entries:
+            held[entry.owner] = held.get(entry.owner, 0) + entry.nbytes
+        total = sum(held.values())
+        with_tensors = sorted((e for e in self._entries if e.kv is not None), key=lambda e: e.used)
+        while total > self.budget and with_tensors:
+            biggest = max(held, key=held.get)
+            entry = next(e for e in with_tensors if e.owner == biggest)
+            with_tensors.remove(entry)
+            held[biggest] -= entry.nbytes
+            total -= entry.nbytes
+            entry.kv = None
+            self.on_evict(entry)
+        excess = len(self._entries) - self.max_entries
+        if excess > 0:
+            counts: dict[str, int] = {}
+            for entry in self._entries:
+                counts[entry.owner] = counts.get(entry.owner, 0) + 1
+            gone = set()
+            for entry in sorted(self._entries, key=lambda e: e.used):
+                if len(gone) == excess:
+                    break
+                if counts[entry.owner] == max(counts.values()):
+                    gone.add(id(entry))
+                    counts[entry.owner] -= 1
             self._entries = [e for e in self._entries if id(e) not in gone]
 
 

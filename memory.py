@@ -11,10 +11,24 @@ whole number of chunks (`chunk_ratio` of the budget) are left out, so the first 
 turn moves only after the history has grown by another chunk.
 """
 
+import hashlib
+import re
 import threading
 from bisect import bisect_left
 from collections import OrderedDict
 from dataclasses import dataclass, field
+
+TURN_COST_ENTRIES = 50_000  # turns whose token cost is remembered; each key is a 20-byte digest, never the text
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def valid_text(text: str) -> str:
+    """`text` with unpaired UTF-16 surrogates (which no tokenizer can encode) replaced by U+FFFD.
+
+    Requests with them are refused before they get here; this keeps text stored by older
+    versions (a system prompt saved in settings, say) from breaking every later prompt.
+    """
+    return _SURROGATES.sub("\ufffd", text)
 
 
 class MessageTooLong(ValueError):
@@ -41,6 +55,7 @@ class MemoryPlan:
     kept_messages: list[dict] = field(repr=False, default_factory=list)
     prompt_text: str = field(repr=False, default="")  # the prompt as the template wrote it; ids are its tokens
     continuing: bool = False  # the prompt ends inside an assistant reply that the model goes on writing
+    public_tokens: int = 0  # leading tokens that hold nothing private: the template and the server's system prompt
 
     @property
     def prompt_tokens(self) -> int:
@@ -74,8 +89,9 @@ class Memory:
         self.budget = int(max_tokens * (1 - memory_ratio))
         self.chunk = max(1, int(self.budget * chunk_ratio))
         self.template_kwargs = template_kwargs or {}
-        self._turn_costs: OrderedDict[tuple, int] = OrderedDict()
-        self._lock = threading.Lock()  # request threads plan at once; the cost cache is shared
+        self._turn_costs: OrderedDict[bytes, int] = OrderedDict()
+        self._base_cost: int | None = None
+        self._lock = threading.Lock()  # guards the cost cache only: tokenising runs outside it, in parallel
 
     def render(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
         """Token ids of messages rendered with the model's own chat template."""
@@ -100,29 +116,59 @@ class Memory:
         """Text of ids as the template writes it, special tokens included."""
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
-    def _turn_cost(self, turn: list[dict]) -> int:
-        """Tokens one turn adds to a prompt (cached: contents never change once stored)."""
-        key = tuple((m["role"], m["content"]) for m in turn)
-        cost = self._turn_costs.get(key)
-        if cost is None:
-            base = [{"role": "system", "content": "."}]
-            cost = len(self.render(base + turn, False)) - len(self.render(base, False))
-            self._turn_costs[key] = cost
-            if len(self._turn_costs) > 20_000:
+    def _turn_cost(self, turn: list[dict], owner: str) -> int:
+        """Tokens one turn adds to a prompt (cached: contents never change once stored).
+
+        The cache is keyed by a digest of the owner and the turn, so it holds no text, its
+        size in bytes is bounded by TURN_COST_ENTRIES, and how fast one person's prompt is
+        planned never depends on what another sent. The tokenising runs outside the lock.
+        """
+        digest = hashlib.blake2b(repr((owner, [(m["role"], m["content"]) for m in turn])).encode("utf-8", "replace"),
+                                 digest_size=20).digest()
+        with self._lock:
+            cost = self._turn_costs.get(digest)
+            if cost is not None:
+                self._turn_costs.move_to_end(digest)
+                return cost
+        base = [{"role": "system", "content": "."}]
+        if self._base_cost is None:
+            self._base_cost = len(self.render(base, False))
+        cost = len(self.render(base + turn, False)) - self._base_cost
+        with self._lock:
+            self._turn_costs[digest] = cost
+            while len(self._turn_costs) > TURN_COST_ENTRIES:
                 self._turn_costs.popitem(last=False)
-        else:
-            self._turn_costs.move_to_end(key)
         return cost
 
     def plan(self, history: list[dict], new_message: str, system_prompt: str | None = None,
-             partial_reply: str | None = None) -> MemoryPlan:
+             partial_reply: str | None = None, public_head: bool = False, owner: str = "") -> MemoryPlan:
         """Choose the newest turns that fit beside the system prompt and the new message (and, to continue a
-        reply that was cut off, the start of that reply)."""
-        with self._lock:
-            return self._plan(history, new_message, system_prompt, partial_reply)
+        reply that was cut off, the start of that reply).
+
+        `public_head`: the system prompt is the server's own, so the prompt's head (template
+        and system prompt) holds nothing private and any owner's cache may supply it.
+        """
+        history = [{**m, "content": valid_text(m["content"])} for m in history]
+        new_message = valid_text(new_message)
+        system_prompt = valid_text(system_prompt) if system_prompt else system_prompt
+        partial_reply = valid_text(partial_reply) if partial_reply is not None else None
+        plan = self._plan(history, new_message, system_prompt, partial_reply, owner)
+        if public_head and system_prompt:
+            plan.public_tokens = self._public_tokens(system_prompt, plan)
+        return plan
+
+    def _public_tokens(self, system_prompt: str, plan: MemoryPlan) -> int:
+        """How many leading tokens of the plan's prompt are the rendered system message and nothing else."""
+        ending = {"add_generation_prompt": False}
+        head_text = self.tokenizer.apply_chat_template([{"role": "system", "content": system_prompt}],
+                                                       tokenize=False, **ending, **self.template_kwargs)
+        if not plan.prompt_text.startswith(head_text):
+            return 0
+        head = self.encode(head_text)
+        return len(head) if plan.prompt_ids[:len(head)] == head else 0
 
     def _plan(self, history: list[dict], new_message: str, system_prompt: str | None,
-              partial_reply: str | None = None) -> MemoryPlan:
+              partial_reply: str | None, owner: str) -> MemoryPlan:
         head = [{"role": "system", "content": system_prompt}] if system_prompt else []
         new = [{"role": "user", "content": new_message}]
         continuing = partial_reply is not None
@@ -137,10 +183,13 @@ class Memory:
         turns = group_turns(history)
         cumulative = [0]
         for turn in turns:
-            cumulative.append(cumulative[-1] + self._turn_cost(turn))
+            cumulative.append(cumulative[-1] + self._turn_cost(turn, owner))
         stable = bisect_left(cumulative, self._tokens_to_drop(head, cumulative[-1]))
-        # The new message may be long: drop more turns for this reply only, one at a time.
-        for start in range(min(stable, len(turns)), len(turns) + 1):
+        # The new message may be long: drop more turns for this reply only. The turn costs say where the
+        # kept turns first fit beside it; the loop checks that with the real tokens and goes on if not.
+        room = self.budget - len(minimal)
+        fits = bisect_left(cumulative, cumulative[-1] - room)
+        for start in range(min(max(stable, fits - 1), len(turns)), len(turns) + 1):
             kept = [m for turn in turns[start:] for m in turn]
             text = self.render_text(head + kept + new, continuing)
             ids = self.encode(text)
@@ -174,11 +223,12 @@ class PlansReplies:
         return self.max_tokens - self.memory.budget
 
     def plan(self, history: list[dict], message: str, system_prompt: str | None = None,
-             partial_reply: str | None = None) -> MemoryPlan:
-        """What the model would see for `message` after `history`, going on from `partial_reply` when given
-        (raises MessageTooLong)."""
+             partial_reply: str | None = None, owner: str = "") -> MemoryPlan:
+        """What the model would see for `message` after `history` in `owner`'s conversation, going on from
+        `partial_reply` when given (raises MessageTooLong). The server's own system prompt makes a public head
+        (see kv_cache.py)."""
         system = self.system_prompt if system_prompt is None else system_prompt
-        return self.memory.plan(history, message, system, partial_reply)
+        return self.memory.plan(history, message, system, partial_reply, system == self.system_prompt, owner)
 
     def reply_tokens(self, prompt_tokens: int, requested: int | None) -> int:
         """The most tokens a reply may have: as many as asked (else the reserve), as far as the context has room."""

@@ -15,6 +15,7 @@ becomes an `UpstreamError` (502/503/504 with a sentence) before the reply starts
 ends a started reply with finish reason "error" and that sentence. No Flask imports.
 """
 
+import hashlib
 import logging
 import threading
 import time
@@ -62,11 +63,13 @@ class RemoteBot(PlansReplies):
 
     def __init__(self, url: str, model: str, key: str | None = None, served_model: str | None = None,
                  max_tokens: int = 8192, memory_ratio: float = 0.25, system_prompt: str = DEFAULT_SYSTEM_PROMPT,
-                 timeout: float = 120.0, max_streams: int = MAX_STREAMS, metrics=None, client=None):
+                 timeout: float = 120.0, max_streams: int = MAX_STREAMS, metrics=None, client=None,
+                 cache_salt: bool = False):
         self.url, self.model_id, self.key = url.rstrip("/"), model, key
         self.served_model = served_model or model
         self.max_tokens, self.memory_ratio, self.system_prompt = max_tokens, memory_ratio, system_prompt
         self.timeout = timeout
+        self.cache_salt = cache_salt
         self.engine = None  # no local engine: the gauges read `running` below
         self.metrics = metrics or Metrics()
         self.metrics.watch(self)
@@ -126,8 +129,8 @@ class RemoteBot(PlansReplies):
         self._loaded.set()
         return self
 
-    def generate(self, plan: MemoryPlan, params: SamplingParams) -> RemoteStream:
-        """Send the planned messages upstream; returns once the server has accepted the request.
+    def generate(self, plan: MemoryPlan, params: SamplingParams, owner: str = "") -> RemoteStream:
+        """Send the planned messages upstream for `owner`; returns once the server has accepted the request.
 
         Raises EngineBusy when this replica already streams MAX_STREAMS replies, and
         UpstreamError when the server cannot be reached or refuses.
@@ -142,8 +145,13 @@ class RemoteBot(PlansReplies):
                    "stream_options": {"include_usage": True}}
         if params.stop:
             request["stop"] = params.stop
+        extra = {}
         if plan.continuing:  # vLLM's names for "go on writing the last assistant message"
-            request["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
+            extra.update(continue_final_message=True, add_generation_prompt=False)
+        if self.cache_salt:
+            extra["cache_salt"] = hashlib.sha256(f"webbot-owner:{owner}".encode()).hexdigest()[:32]
+        if extra:
+            request["extra_body"] = extra
         try:
             stream.response = self.client.chat.completions.create(**request)
         except Exception as exc:
@@ -166,8 +174,12 @@ class RemoteBot(PlansReplies):
             for chunk in stream.response:
                 if stream.cancelled.is_set():
                     break
-                if getattr(chunk, "usage", None) is not None and chunk.usage.completion_tokens is not None:
-                    stream.upstream_tokens = chunk.usage.completion_tokens
+                usage = getattr(chunk, "usage", None)
+                if usage is not None and usage.completion_tokens is not None:
+                    stream.upstream_tokens = usage.completion_tokens
+                    details = getattr(usage, "prompt_tokens_details", None)
+                    if self.cache_salt and details is not None and details.cached_tokens:
+                        stream.reused_tokens = details.cached_tokens
                 for choice in chunk.choices or ():
                     piece = choice.delta.content if choice.delta is not None else None
                     if piece:

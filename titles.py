@@ -31,10 +31,10 @@ def clean(text: str, most: int = 60) -> str:
     return line if len(line) <= most else line[:most - 1].rstrip() + "…"
 
 
-def generate(bot, user: str, assistant: str) -> str:
-    """A title for the first exchange ('' when the model gave nothing usable or took too long)."""
-    plan = bot.plan([], prompt(user, assistant), "You name conversations.")
-    stream = bot.generate(plan, SamplingParams(max_new_tokens=TITLE_TOKENS, temperature=0.0))
+def generate(bot, user: str, assistant: str, owner: str) -> str:
+    """A title for `owner`'s first exchange ('' when the model gave nothing usable or took too long)."""
+    plan = bot.plan([], prompt(user, assistant), "You name conversations.", owner=owner)
+    stream = bot.generate(plan, SamplingParams(max_new_tokens=TITLE_TOKENS, temperature=0.0), owner)
     text = ""
     try:
         while (piece := stream.next_piece(timeout=WAIT_S)) is not None:

@@ -22,7 +22,8 @@ def test_streamed_text_equals_plain_greedy_generate(tiny_bot):
     assert streamed == expected and streamed.strip()
     assert stream.finish_reason == "length" and stream.completion_tokens == 40
     assert stream.usage() == {"prompt_tokens": plan.prompt_tokens, "completion_tokens": 40,
-                              "total_tokens": plan.prompt_tokens + 40}
+                              "total_tokens": plan.prompt_tokens + 40,
+                              "prompt_tokens_details": {"cached_tokens": stream.reused_tokens}}
 
 
 def test_pieces_are_whole_utf8_characters(llama_tokenizer):

@@ -243,3 +243,39 @@ def test_a_failing_prompt_fails_only_its_own_stream(tiny_model_dir):
     after = bot.generate(bot.plan([], QUESTIONS[1]), greedy(5))  # the worker is still alive
     list(after)
     assert after.finish_reason == "length"
+
+
+def fake_kv(tokens: int) -> list[tuple]:
+    """Tensors shaped like one layer's keys and values for `tokens` tokens (100 bytes a token)."""
+    return [(torch.zeros(1, 1, tokens, 50, dtype=torch.uint8), torch.zeros(1, 1, tokens, 50, dtype=torch.uint8))]
+
+
+def test_each_owner_reuses_only_its_own_entries_and_a_public_head_whole():
+    from kv_cache import PrefixCache
+
+    cache = PrefixCache(lambda ids: " ".join(map(str, ids)) + " ", budget_bytes=10**6)
+    secret = list(range(1, 21))  # tokens 1-5 are the public head (template and server prompt), 6-20 private
+    cache.add(secret, fake_kv(19), prompt_len=15, owner="alice", public_len=5)
+    assert cache.lookup(secret + [99], "alice", 5)[0] == 19  # the owner: all its tensors cover
+    assert cache.lookup(secret + [99], "bob", 5)[0] == 5  # anyone else: the public head, whole
+    assert cache.lookup(secret[:7] + [99], "bob", 5)[0] == 5  # whether or not the rest matches
+    assert cache.lookup(secret + [99], "bob", 0)[0] == 0  # a private system prompt: nothing shared
+    assert cache.lookup([1, 2, 3, 77, 5, 6, 99], "bob", 5)[0] == 0  # a different head: all or nothing
+    text = cache.decode(secret)
+    assert cache.continuation(text + "21 ", "alice") == (secret, len(text))
+    assert cache.continuation(text + "21 ", "bob") is None  # nor are another owner's ids reused to build a prompt
+    cache.add(secret + [21, 22], fake_kv(21), prompt_len=21, owner="bob", public_len=5)
+    assert {e.owner for e in cache._entries} == {"alice", "bob"}  # bob's longer copy does not push alice's out
+
+
+def test_over_the_budget_the_owner_holding_most_loses_tensors_first():
+    from kv_cache import PrefixCache
+
+    cache = PrefixCache(lambda ids: " ".join(map(str, ids)) + " ", budget_bytes=3 * 1000 * 100)
+    cache.add([1, 2, 3] + [0] * 997, fake_kv(1000), prompt_len=1000, owner="alice")
+    for n in range(4):  # a flood from one person: 4 sequences of the same size
+        cache.add([10 + n] + [0] * 999, fake_kv(1000), prompt_len=1000, owner="mallory")
+    held = {(e.owner, e.ids[0]): e.kv is not None for e in cache._entries}
+    assert held[("alice", 1)]  # the older entry of someone else stays
+    assert sum(held[("mallory", 10 + n)] for n in range(4)) == 2 and not held[("mallory", 10)]
+    assert cache.nbytes <= cache.budget

@@ -104,7 +104,7 @@ def test_drops_in_chunks_so_the_prefix_stays_stable(memory):
     assert trimmed_turns > 30  # the test really exercised trimming
     # Dropping one turn at a time would move the start on every trimmed turn; chunks of
     # `mem.chunk` tokens (750) move it once per chunk of growth (a turn here is ~90 tokens).
-    turn_tokens = mem._turn_cost(history[-2:])
+    turn_tokens = mem._turn_cost(history[-2:], owner="")
     assert moves <= trimmed_turns * turn_tokens / mem.chunk + 1, starts
     assert moves <= trimmed_turns // 4, starts
     # Each move frees room for several turns: kept history never falls below budget - 2 chunks.

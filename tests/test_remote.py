@@ -85,11 +85,18 @@ def upstream(start_server, smollm2_dir, tmp_path):
 
 def test_our_app_serves_another_in_openai_mode_and_stop_cancels_upstream(start_server, smollm2_dir, upstream,
                                                                          tmp_path):
-    server = start_server(smollm2_dir, tmp_path / "front", **remote_env(upstream.url + "/v1", smollm2_dir,
-                                                                        "smollm2"))
+    # Our app takes vLLM's cache_salt (it ignores fields it does not know), so the replica may send it.
+    server = start_server(smollm2_dir, tmp_path / "front", WEBBOT_BACKEND_CACHE_SALT="on",
+                          **remote_env(upstream.url + "/v1", smollm2_dir, "smollm2"))
     page = PageSession()
     cid, events = ask(page, server, PARIS)
     assert events[-1][0] == "done" and "Paris" in "".join(data["text"] for event, data in events if event == "token")
+    assert events[-1][1]["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    follow = page.post(f"{server.url}/api/conversations/{cid}/messages", stream=True, timeout=120,
+                       json={"content": "And of Italy?", "temperature": 0, "max_tokens": 8})
+    done = read_sse(follow.iter_lines(decode_unicode=True))[-1]
+    # The model server reused the first exchange from its own cache, and with the salt on the replica says so.
+    assert done[0] == "done" and done[1]["usage"]["prompt_tokens_details"]["cached_tokens"] > 20
     gauge = events[0][1]["memory"]
     # The replica counts the prompt with the model's own tokenizer and template: exactly what the server sees.
     direct = OpenAI(base_url=upstream.url + "/v1", api_key="unused").chat.completions.create(
