@@ -16,6 +16,7 @@ from wtforms.validators import DataRequired, EqualTo, Length
 
 from auth import Account, password_fingerprint, safe_next
 from users import MAX_PASSWORD_CHARS, UserError
+from visitors import known_owner
 from web import current_owner, user_owner
 
 bp = Blueprint("auth", __name__)
@@ -56,11 +57,11 @@ def _form_errors(form: FlaskForm) -> list[str]:
     return [message for messages in form.errors.values() for message in messages]
 
 
-def _start_session() -> str | None:
-    """A fresh session id for the signed-in browser; returns the anonymous owner it had, if any."""
-    anonymous = session.pop("owner", None)
+def _start_session() -> None:
+    """A fresh session for the browser that signs in: stored on the server under a new id, with a new CSRF token
+    (one planted before sign-in is worth nothing after it)."""
+    session.pop(current_app.config["WTF_CSRF_FIELD_NAME"], None)
     current_app.session_interface.regenerate(session)
-    return anonymous
 
 
 @bp.route("/signin", methods=["GET", "POST"])
@@ -74,9 +75,8 @@ def signin():
     if form.validate_on_submit():
         if mode == "password":
             if hmac.compare_digest(form.password.data.encode(), current_app.config["WEBBOT_PASSWORD"].encode()):
-                anonymous = _start_session()
-                if anonymous:
-                    session["owner"] = anonymous  # household mode: the browser keeps its own conversations
+                current_owner()  # household mode: the browser keeps its own conversations (its owner cookie)
+                _start_session()
                 session["household"] = password_fingerprint(current_app)
                 return redirect(target)
             errors, status = ["Wrong password."], 401
@@ -87,7 +87,8 @@ def signin():
             elif user["disabled"]:
                 errors, status = ["This account is disabled; ask the server's admin."], 403
             else:
-                anonymous = _start_session()
+                anonymous = known_owner()
+                _start_session()
                 login_user(Account(user))
                 _claim(anonymous)
                 return redirect(target)
@@ -98,7 +99,7 @@ def signin():
 
 
 def _claim(anonymous: str | None) -> None:
-    """Move the conversations this browser made before signing in into the account."""
+    """Move the conversations this browser made before signing in (its owner cookie's) into the account."""
     if anonymous:
         moved = _state().store.reassign(anonymous, current_owner())
         if moved:
@@ -118,7 +119,8 @@ def signup():
         except UserError as exc:
             errors, status = [str(exc)], 400
         else:
-            anonymous = _start_session()
+            anonymous = known_owner()
+            _start_session()
             login_user(Account(user))
             _claim(anonymous)
             return redirect(url_for("index"))
@@ -170,7 +172,10 @@ def create_key():
     form = KeyForm()
     if not form.validate_on_submit():
         return account(errors=_form_errors(form), status=400)
-    token, _ = _state().users.create_key(user.id, form.name.data)
+    try:
+        token, _ = _state().users.create_key(user.id, form.name.data)
+    except UserError as exc:
+        return account(errors=[str(exc)], status=400)
     return account(new_key=token)
 
 

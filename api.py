@@ -10,13 +10,21 @@ import math
 import time
 import uuid
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, current_app, g, jsonify
 
 import settings
 from auth import check_api_key
 from streaming import event_stream, pieces, sse
 from upstream import UpstreamError
-from validation import BadInput, json_body, message_text, sampling_params, start_reply, transcribe_upload
+from validation import (
+    BadInput,
+    json_body,
+    message_text,
+    sampling_params,
+    start_reply,
+    text_field,
+    transcribe_upload,
+)
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
 ROLES = ("system", "user", "assistant")
@@ -51,11 +59,17 @@ def parse_messages(body: dict) -> tuple[str, list[dict], str]:
     if not isinstance(messages, list) or not messages:
         raise BadInput(400, "'messages' must be a non-empty list of {\"role\", \"content\"} objects.",
                        "invalid_messages")
-    system, turns = [], []
+    system, turns, total = [], [], 0
+    most = current_app.config["WEBBOT_MAX_REQUEST_CHARS"]
     for index, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") not in ROLES:
             raise BadInput(400, f"messages[{index}] needs a 'role' of system, user or assistant.", "invalid_role")
-        text = _text(message.get("content"), index)
+        text = text_field(_text(message.get("content"), index), f"messages[{index}].content")
+        total += len(text)
+        if total > most:
+            raise BadInput(413, f"The messages hold more than {most} characters in all, more than this server reads "
+                                "in one request; send only the newest ones (the model sees at most "
+                                f"{current_app.config['WEBBOT_MAX_TOKENS']} tokens of them).", "request_too_long")
         if message["role"] == "system":
             system.append(text)
         else:
@@ -72,9 +86,14 @@ def chat_completions():
         raise BadInput(400, "Only n=1 is supported; ask once per reply.", "invalid_n")
     system, history, message = parse_messages(body)
     params = sampling_params(body, default_temperature=1.0)
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise BadInput(400, "'stream_options' must be an object such as {\"include_usage\": true}.",
+                       "invalid_stream_options")
+    include_usage = bool(options.get("include_usage"))
     bot = current_app.extensions["webbot"].bot
     plan, stream = start_reply(bot, history, message, params, system,
-                               ("Shorten the last message.", "context_length_exceeded"))
+                               ("Shorten the last message.", "context_length_exceeded"), g.api_owner)
     ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": ident, "created": created, "model": bot.name}
 
@@ -86,8 +105,6 @@ def chat_completions():
         return jsonify(**head, object="chat.completion", usage=stream.usage(), choices=[{
             "index": 0, "message": {"role": "assistant", "content": text},
             "finish_reason": _finish_reason(stream)}])
-
-    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
     def chunk(delta: dict, finish_reason=None, **extra) -> str:
         return sse({**head, "object": "chat.completion.chunk",

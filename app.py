@@ -28,7 +28,8 @@ import messages
 import openapi
 import settings
 import user_cli
-from auth import check_api_key, init_auth
+import validation
+from auth import check_metrics_key, init_auth
 from chat_bot import ChatBot
 from malloc_tuning import fix_mmap_threshold
 from rate_limits import init_rate_limits
@@ -45,6 +46,8 @@ from web import current_owner, error_response
 
 log = logging.getLogger("webbot")
 API_VERSION = "1.0"
+ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+               429: "rate_limit_error"}  # OpenAI's error types; other 4xx are invalid_request_error
 
 
 def bot_from_config(config: dict):
@@ -52,7 +55,8 @@ def bot_from_config(config: dict):
     if config["WEBBOT_BACKEND"] == "openai":
         return RemoteBot(config["WEBBOT_BACKEND_URL"], config["WEBBOT_MODEL"], config["WEBBOT_BACKEND_KEY"],
                          config["WEBBOT_BACKEND_MODEL"], config["WEBBOT_MAX_TOKENS"], config["WEBBOT_MEMORY_RATIO"],
-                         config["WEBBOT_SYSTEM_PROMPT"], config["WEBBOT_BACKEND_TIMEOUT"])
+                         config["WEBBOT_SYSTEM_PROMPT"], config["WEBBOT_BACKEND_TIMEOUT"],
+                         cache_salt=config["WEBBOT_BACKEND_CACHE_SALT"])
     return ChatBot(config["WEBBOT_MODEL"], config["WEBBOT_DEVICE"], config["WEBBOT_DTYPE"],
                    config["WEBBOT_MAX_TOKENS"], config["WEBBOT_MEMORY_RATIO"], config["WEBBOT_SYSTEM_PROMPT"],
                    max_waiting=config["WEBBOT_MAX_WAITING"], max_batch=config["WEBBOT_MAX_BATCH"],
@@ -96,6 +100,7 @@ def create_app(config: dict | None = None, bot=None, transcriber: Transcriber | 
         bot=bot or bot_from_config(app.config), store=store, users=Users(engine), active=active, redis=redis,
         transcriber=transcriber or transcriber_from_config(app.config))
 
+    app.before_request(lambda: body_limits(app))  # before the CSRF check, which reads the body
     init_auth(app, app.extensions["webbot"].users)
     app.register_blueprint(account_pages.bp)
     app.register_blueprint(conversations.bp)
@@ -109,6 +114,14 @@ def create_app(config: dict | None = None, bot=None, transcriber: Transcriber | 
     _register_errors(app)
     init_rate_limits(app)
     return app
+
+
+def body_limits(app: Flask) -> None:
+    """Raise the body limit for the routes that take files (an import, a recording) before anything reads it."""
+    if request.endpoint == "conversations.import_conversations":
+        request.max_content_length = conversations.IMPORT_MAX_BYTES
+    elif request.endpoint in ("page_transcription", "api.audio_transcriptions"):
+        request.max_content_length = app.config["WEBBOT_MAX_AUDIO_BYTES"] + validation.FORM_OVERHEAD_BYTES
 
 
 def _datetime(timestamp: float) -> str:
@@ -145,8 +158,8 @@ def _register_pages(app: Flask) -> None:
 
     @app.get("/metrics")
     def metrics():
-        """Prometheus metrics; behind the same bearer keys as /v1."""
-        check_api_key()
+        """Prometheus metrics, for the server's WEBBOT_API_KEY or an admin's key only (see auth.check_metrics_key)."""
+        check_metrics_key()
         return Response(state.bot.metrics.exposition(), mimetype="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/v1/openapi.json")
@@ -166,7 +179,8 @@ def _register_errors(app: Flask) -> None:
         messages = {
             404: "Nothing is here; check the address.",
             405: f"{request.method} is not allowed here.",
-            413: f"The request is too large; send at most {app.config['WEBBOT_MAX_REQUEST_BYTES'] // 1024} KB.",
+            413: f"The request is too large; send at most "
+                 f"{(request.max_content_length or app.config['WEBBOT_MAX_REQUEST_BYTES']) // 1024} KB.",
         }
         default = messages.get(exc.code, exc.description)
         message = exc.description if exc.description and exc.description != type(exc).description else default
@@ -176,7 +190,7 @@ def _register_errors(app: Flask) -> None:
 
     @app.errorhandler(BadInput)
     def bad_input(exc: BadInput):
-        kind = "not_found_error" if exc.status == 404 else "invalid_request_error"
+        kind = ERROR_TYPES.get(exc.status, "invalid_request_error")
         return error_response(exc.status, exc.message, kind, exc.code, exc.headers)
 
     @app.errorhandler(UpstreamError)
@@ -195,8 +209,9 @@ def _register_errors(app: Flask) -> None:
     @app.errorhandler(RedisError)
     def redis_down(exc: Exception):
         log.warning("Redis unreachable on %s %s: %s", request.method, request.path, exc)
-        return error_response(503, "The session store (Redis) cannot be reached right now; try again in a few "
-                                   "seconds.", "server_error", "session_store_unavailable", {"Retry-After": "5"})
+        return error_response(503, "Redis (sessions, and which replica writes which reply) cannot be reached right "
+                                   "now; try again in a few seconds.", "server_error", "session_store_unavailable",
+                              {"Retry-After": "5"})
 
     @app.errorhandler(Exception)
     def server_error(exc: Exception):

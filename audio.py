@@ -1,7 +1,9 @@
 """Audio uploads to 16 kHz mono float32 samples, with ffmpeg, through pipes only.
 
 The upload's bytes go to ffprobe and ffmpeg on stdin and the samples come back on
-stdout: no file named by the user ever touches the disk. `probe` rejects what is not
+stdout: no file named by the user ever touches the disk, and both run with
+`-protocol_whitelist pipe`, so a playlist or concat file (HLS, DASH, ffconcat) inside an
+upload cannot make them open a local file or a URL. `probe` rejects what is not
 audio (or is cut off) before any model sees it; `decode` resamples and downmixes in one
 pass and stops reading at the duration limit. Failures are `AudioError`s with an HTTP
 status and a sentence that says what to change. No Flask imports.
@@ -15,6 +17,7 @@ import ffmpeg
 import numpy as np
 
 SAMPLE_RATE = 16_000
+PROTOCOLS = "pipe"  # the only protocol ffmpeg may open: its stdin
 _CUT_OFF = ("ended prematurely", "truncat", "partial file")
 
 
@@ -54,7 +57,7 @@ def probe(data: bytes, timeout: float = 30) -> AudioInfo:
     if not data:
         raise AudioError(400, "The upload is empty; record again or choose an audio file.", "empty_audio")
     cmd = ["ffprobe", "-v", "error", "-show_entries", "stream=codec_type,codec_name:format=format_name,duration",
-           "-of", "json", "-i", "pipe:0"]
+           "-of", "json", "-protocol_whitelist", PROTOCOLS, "-i", "pipe:0"]
     try:
         done = subprocess.run(cmd, input=data, capture_output=True, timeout=timeout)
     except FileNotFoundError:
@@ -87,7 +90,7 @@ def decode(data: bytes, max_seconds: float, timeout: float = 120) -> np.ndarray:
     Decoding stops just past the limit so an over-long upload is measured, not decoded
     whole; the caller compares the length with its limit.
     """
-    stream = (ffmpeg.input("pipe:0")
+    stream = (ffmpeg.input("pipe:0", protocol_whitelist=PROTOCOLS)
               .output("pipe:1", format="f32le", acodec="pcm_f32le", ac=1, ar=SAMPLE_RATE, t=max_seconds + 1, vn=None)
               .global_args("-nostdin", "-hide_banner", "-loglevel", "error"))
     try:

@@ -21,7 +21,7 @@ from flask import Flask, current_app, g, redirect, request, session, url_for
 from flask_login import LoginManager, UserMixin, current_user
 
 from validation import BadInput
-from web import error_response
+from web import address_owner, error_response, user_owner
 
 MODES = ("open", "password", "accounts")
 SIGNUPS = ("closed", "open")
@@ -59,8 +59,11 @@ def signed_in() -> bool:
 
 
 def safe_next(target: str | None) -> str:
-    """A same-site path to go to after signing in; anything else (another host, //evil) becomes /."""
+    """A same-site path to go to after signing in; anything else (another host, //evil, control characters or
+    backslashes that browsers read as slashes) becomes /."""
     if not target or not target.startswith("/") or target.startswith(("//", "/\\")):
+        return "/"
+    if "\\" in target or any(ord(char) < 33 or ord(char) == 127 for char in target):
         return "/"
     parts = urlsplit(target)
     return target if not parts.scheme and not parts.netloc else "/"
@@ -107,24 +110,48 @@ def init_auth(app: Flask, users) -> LoginManager:
     return manager
 
 
+def bearer_token() -> str:
+    """The key in `Authorization: Bearer <key>`, or ''."""
+    header = request.headers.get("Authorization", "")
+    return header[7:].strip() if header[:7].lower() == "bearer " else ""
+
+
+def _server_key(token: str) -> bool:
+    key = current_app.config["WEBBOT_API_KEY"]
+    return bool(key) and hmac.compare_digest(token.encode(), key.encode())
+
+
 def check_api_key() -> None:
-    """Let a /v1 (or /metrics) request through, or raise a 401 that says which key to send."""
+    """Let a /v1 request through, or raise a 401 that says which key to send.
+
+    Sets `g.api_owner`, whose cached prompts the request may reuse: the user of a personal
+    key, the server's key, or else (the shared password, or no key in open mode) the
+    client's address. Wrong keys count against the address (`key_guard`): past the limit
+    every key from there gets a 429 until the window moves, the right one too, so guessing
+    learns nothing more.
+    """
     config = current_app.config
     mode, key = config["WEBBOT_AUTH"], config["WEBBOT_API_KEY"]
+    guard = current_app.extensions["webbot_key_guard"]
+    token = bearer_token()
     if mode == "open" and not key:
+        g.api_owner = address_owner()
         return
-    header = request.headers.get("Authorization", "")
-    token = header[7:].strip() if header[:7].lower() == "bearer " else ""
     if token:
-        if key and hmac.compare_digest(token.encode(), key.encode()):
+        guard.check()
+        if _server_key(token):
+            g.api_owner = "key:server"
             return
         if mode == "password" and hmac.compare_digest(token.encode(), config["WEBBOT_PASSWORD"].encode()):
+            g.api_owner = address_owner()
             return
         if mode == "accounts":
             user = current_app.extensions["webbot"].users.user_for_key(token)
             if user is not None:
                 g.api_user = user
+                g.api_owner = user_owner(user["id"])
                 return
+        guard.failed()
     accepted = {
         "open": "your WEBBOT_API_KEY",
         "password": "the server's password or its WEBBOT_API_KEY",
@@ -132,3 +159,33 @@ def check_api_key() -> None:
     }[mode]
     raise BadInput(401, f"Missing or wrong API key; send the header Authorization: Bearer <{accepted}>.",
                    "invalid_api_key", {"WWW-Authenticate": "Bearer"})
+
+
+def check_metrics_key() -> None:
+    """Let a /metrics scrape through with the server's WEBBOT_API_KEY, its WEBBOT_METRICS_KEY (a key for a
+    scraper that opens nothing else) or an admin's key; nobody else.
+
+    Without any of them configured, /metrics does not exist (404 with a sentence).
+    """
+    config = current_app.config
+    scrape_key = config["WEBBOT_METRICS_KEY"]
+    if not config["WEBBOT_API_KEY"] and not scrape_key and config["WEBBOT_AUTH"] != "accounts":
+        raise BadInput(404, "Metrics are off on this server: set WEBBOT_METRICS_KEY (or WEBBOT_API_KEY) and scrape "
+                            "/metrics with the header Authorization: Bearer <that key>.", "metrics_off")
+    token = bearer_token()
+    if token:
+        guard = current_app.extensions["webbot_key_guard"]
+        guard.check()
+        if _server_key(token) or (scrape_key and hmac.compare_digest(token.encode(), scrape_key.encode())):
+            return
+        if config["WEBBOT_AUTH"] == "accounts":
+            user = current_app.extensions["webbot"].users.user_for_key(token)
+            if user is not None:
+                if user["is_admin"]:
+                    return
+                raise BadInput(403, "Only the server's WEBBOT_METRICS_KEY or WEBBOT_API_KEY, or an admin's key, may "
+                                    "read /metrics.", "not_admin")
+        guard.failed()
+    raise BadInput(401, "Missing or wrong API key; scrape /metrics with the header Authorization: Bearer <the "
+                        "server's WEBBOT_METRICS_KEY or WEBBOT_API_KEY, or an admin's key>.", "invalid_api_key",
+                   {"WWW-Authenticate": "Bearer"})

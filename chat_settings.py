@@ -7,7 +7,8 @@ is left out (or null) falls through to the layer below. The limits come from the
 model, so the page can show them beside the fields.
 """
 
-from validation import BadInput
+from memory import valid_text
+from validation import BadInput, text_field
 
 FIELDS = ("system_prompt", "temperature", "top_p", "max_tokens")
 MAX_SYSTEM_PROMPT_CHARS = 8000
@@ -48,6 +49,7 @@ def check(values, allowed: dict) -> dict:
             if not isinstance(value, str) or len(value) > allowed["system_prompt_chars"]:
                 raise BadInput(400, f"'system_prompt' must be text of at most {allowed['system_prompt_chars']} "
                                     "characters.", "invalid_system_prompt")
+            text_field(value, "The system prompt")
         elif name == "max_tokens":
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= allowed["max_tokens"]:
                 raise BadInput(400, f"'max_tokens' must be a whole number from 1 to {allowed['max_tokens']}, the "
@@ -66,4 +68,6 @@ def effective(defaults: dict, *layers: dict | None) -> dict:
     result = dict(defaults)
     for layer in layers:
         result.update({k: v for k, v in (layer or {}).items() if k in FIELDS and v is not None})
+    if isinstance(result["system_prompt"], str):  # saved by a version that let unpaired surrogates through
+        result["system_prompt"] = valid_text(result["system_prompt"])
     return result

@@ -5,8 +5,6 @@ Every route names the owner (`web.current_owner`), so someone else's conversatio
 behaves exactly like one that does not exist: a 404.
 """
 
-import json
-
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.utils import secure_filename
@@ -16,7 +14,7 @@ import settings
 import transfer
 from branches import newest_leaf, path_to, sibling_ids
 from rendering import render_markdown
-from validation import BadInput, json_body
+from validation import _INVALID, BadInput, json_body, parse_json, text_field
 from web import current_owner
 
 bp = Blueprint("conversations", __name__, url_prefix="/api")
@@ -75,7 +73,7 @@ def conversation_view(conversation: dict) -> dict:
     chosen = reply_settings(conversation)
     memory = None
     if app_state.bot.ready:
-        memory = app_state.bot.plan(history_of(shown), "", chosen["system_prompt"]).as_dict()
+        memory = app_state.bot.plan(history_of(shown), "", chosen["system_prompt"], owner=current_owner()).as_dict()
     return {"conversation": conversation, "messages": [message_view(m, sibling_ids(stored, m)) for m in shown],
             "memory": memory, "generating": generating, "settings": chosen}
 
@@ -92,7 +90,7 @@ def _title(body: dict, required: bool) -> str | None:
     if not isinstance(title, str) or not title.strip() or len(title) > settings.MAX_TITLE_CHARS:
         raise BadInput(400, f"'title' must be non-empty text of at most {settings.MAX_TITLE_CHARS} characters.",
                        "invalid_title")
-    return " ".join(title.split())
+    return " ".join(text_field(title, "The title").split())
 
 
 def _room_for(count: int) -> None:
@@ -152,6 +150,8 @@ def delete_conversation(conversation_id):
 
 @bp.post("/conversations/<conversation_id>/restore")
 def restore_conversation(conversation_id):
+    if state().store.restorable(current_owner(), conversation_id):
+        _room_for(1)  # a restored conversation counts like a new one
     conversation = state().store.restore(current_owner(), conversation_id)
     if conversation is None:
         raise BadInput(404, "This conversation cannot be restored any more; deleted conversations are kept for a "
@@ -217,18 +217,17 @@ def export_all():
 @bp.post("/import")
 def import_conversations():
     """Conversations from a JSON export, stored as new ones (all or none)."""
-    request.max_content_length = IMPORT_MAX_BYTES
-    try:
-        data = json.loads(request.get_data(as_text=True)) if request.is_json else None
+    if not request.is_json:
+        raise BadInput(415, "Send the exported file as JSON with the header Content-Type: application/json.",
+                       "unsupported_media_type")
+    try:  # the body may be IMPORT_MAX_BYTES (app.body_limits raised the limit before the CSRF check read it)
+        data = parse_json(request.get_data())
     except RequestEntityTooLarge:
         raise BadInput(413, f"The file is larger than {IMPORT_MAX_BYTES // 2**20} MB; export and import fewer "
                             "conversations at a time.", "import_too_large") from None
-    except ValueError:
+    if data is _INVALID:
         raise BadInput(400, "The file is not valid JSON; import a .json file exported from this app.",
-                       "invalid_json") from None
-    if data is None:
-        raise BadInput(415, "Send the exported file as JSON with the header Content-Type: application/json.",
-                       "unsupported_media_type")
+                       "invalid_json")
     config = current_app.config
     items = transfer.parse(data, config["WEBBOT_MAX_CONVERSATIONS"], config["WEBBOT_MAX_MESSAGE_CHARS"] * 20)
     allowed = chat_settings.limits(state().bot, config)

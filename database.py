@@ -24,9 +24,21 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 MIGRATION_LOCK = 7_361_004  # any fixed number: the advisory lock replicas take while migrating
 PG_CONNECT_TIMEOUT_S = 5  # a database that is down fails a request in seconds, not minutes
 COPY_BATCH = 1000
-# Tables in an order that respects their foreign keys; integer ids are kept as they are.
-TABLES = ("users", "api_keys", "conversations", "messages")
-SERIAL_TABLES = ("users", "api_keys", "messages")  # whose integer ids PostgreSQL hands out from a sequence
+NUL_STAND_IN = "\ufffd"  # PostgreSQL cannot keep NUL in text; rows stored before NUL was refused get this instead
+
+
+def schema_tables() -> list:
+    """Every table of the schema (from the models' metadata, not a hand list), parents before children."""
+    from sqlalchemy import MetaData
+
+    import store
+    import users
+
+    merged = MetaData()
+    for metadata in (users.metadata, store.metadata):
+        for table in metadata.tables.values():
+            table.to_metadata(merged)
+    return merged.sorted_tables
 
 
 def normalise_url(url: str) -> str:
@@ -99,45 +111,62 @@ def upgrade(engine: Engine) -> None:
 
 
 def copy_database(source_url: str, target: Engine, report: Callable[[str], None] = print) -> dict[str, int]:
-    """Copy every row from the database at `source_url` into `target` (which must hold no data yet).
+    """Copy every row of every table from the database at `source_url` into `target` (which must hold no data yet).
 
     Both are upgraded to the newest schema first; ids are kept, and PostgreSQL's id
-    sequences are moved past the copied ids. Returns rows copied per table, after
+    sequences are moved past the copied ids. Text with NUL characters (which SQLite kept
+    before they were refused) is copied with NUL_STAND_IN in their place, since PostgreSQL
+    cannot store them; each such row is reported. Returns rows copied per table, after
     checking that the target holds exactly as many.
     """
-    from sqlalchemy import MetaData
-
     source = connect(source_url)
     upgrade(source)
     upgrade(target)
-    meta = MetaData()
-    meta.reflect(source, only=TABLES)
+    tables = schema_tables()
     with target.connect() as db:
-        filled = [name for name in TABLES if db.execute(select(func.count()).select_from(meta.tables[name]))
-                  .scalar_one()]
+        filled = [t.name for t in tables if db.execute(select(func.count()).select_from(t)).scalar_one()]
     if filled:
         raise ValueError(f"the target database already holds {', '.join(filled)}; copy into an empty database")
-    copied = {}
+    copied, replaced = {}, 0
     with source.connect() as src, target.begin() as dst:
-        for name in TABLES:
-            table = meta.tables[name]
+        for table in tables:
             total = src.execute(select(func.count()).select_from(table)).scalar_one()
             done = 0
             rows = src.execute(select(table).order_by(*table.primary_key.columns)).mappings()
             while batch := rows.fetchmany(COPY_BATCH):
-                dst.execute(table.insert(), [dict(r) for r in batch])
+                values = [dict(r) for r in batch]
+                if dst.dialect.name == "postgresql":
+                    replaced += _replace_nul(table.name, values, report)
+                dst.execute(table.insert(), values)
                 done += len(batch)
-                report(f"{name}: {done}/{total}")
+                report(f"{table.name}: {done}/{total}")
             if total == 0:
-                report(f"{name}: 0/0")
-            copied[name] = done
-            if dst.dialect.name == "postgresql" and name in SERIAL_TABLES:
-                dst.execute(text(f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), "
-                                 f"COALESCE((SELECT MAX(id) FROM {name}), 0) + 1, false)"))
+                report(f"{table.name}: 0/0")
+            copied[table.name] = done
+            serial = [c for c in table.primary_key.columns if c.autoincrement is True]
+            if dst.dialect.name == "postgresql" and serial:
+                name, column = table.name, serial[0].name
+                dst.execute(text(f"SELECT setval(pg_get_serial_sequence('{name}', '{column}'), "
+                                 f"COALESCE((SELECT MAX({column}) FROM {name}), 0) + 1, false)"))
     with target.connect() as db:
-        for name, count in copied.items():
-            landed = db.execute(select(func.count()).select_from(meta.tables[name])).scalar_one()
-            if landed != count:
-                raise RuntimeError(f"{name}: copied {count} rows but the target holds {landed}")
+        for table in tables:
+            landed = db.execute(select(func.count()).select_from(table)).scalar_one()
+            if landed != copied[table.name]:
+                raise RuntimeError(f"{table.name}: copied {copied[table.name]} rows but the target holds {landed}")
+    if replaced:
+        report(f"{replaced} rows held NUL characters, which PostgreSQL cannot store; each is now {NUL_STAND_IN!r}")
     source.dispose()
     return copied
+
+
+def _replace_nul(table: str, rows: list[dict], report: Callable[[str], None]) -> int:
+    """Put NUL_STAND_IN for every NUL in the rows' text, in place; returns how many rows changed."""
+    changed = 0
+    for row in rows:
+        found = [key for key, value in row.items() if isinstance(value, str) and "\x00" in value]
+        for key in found:
+            row[key] = row[key].replace("\x00", NUL_STAND_IN)
+        if found:
+            changed += 1
+            report(f"  {table} {row.get('id', '')}: NUL in {', '.join(found)} replaced")
+    return changed

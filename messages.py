@@ -61,10 +61,11 @@ def _write(conversation: dict, history: list[dict], message: str, body: dict, st
     `store_turn()` returns (the user's new message or None, the reply's stored row); it runs
     only once the model has accepted the request, so a refused reply stores nothing.
     """
-    cid, app_state = conversation["id"], state()
+    cid, app_state, owner = conversation["id"], state(), current_owner()
     params, system_prompt = _params(conversation, body)
     plan, stream = start_reply(app_state.bot, history_of(history), message, params, system_prompt,
-                               ("Shorten it or split it into several messages.", "message_too_long"), partial)
+                               ("Shorten it or split it into several messages.", "message_too_long"),
+                               owner, partial)
     try:
         claimed = app_state.active.claim(cid, stream)
     except Exception:  # Redis is down: a 503, and the reply never starts
@@ -85,7 +86,7 @@ def _write(conversation: dict, history: list[dict], message: str, body: dict, st
     def gauge():
         try:
             shown = path_to(app_state.store.messages(cid), reply["id"])
-            return app_state.bot.plan(history_of(shown), "", system_prompt).as_dict()
+            return app_state.bot.plan(history_of(shown), "", system_prompt, owner=owner).as_dict()
         except DBAPIError:  # the database is down; the page hides the gauge until the next turn
             log.warning("could not count memory after reply %s", reply["id"], exc_info=True)
             return None
@@ -176,7 +177,7 @@ def generate_title(conversation_id):
     if conversation["title"] != title_from(shown[0]["content"]) or not current_app.config["WEBBOT_GENERATE_TITLES"]:
         return jsonify(conversation_view(conversation))  # renamed by hand (or titled already): keep it
     try:
-        title = titles.generate(app_state.bot, shown[0]["content"], shown[1]["content"])
+        title = titles.generate(app_state.bot, shown[0]["content"], shown[1]["content"], current_owner())
     except Exception:  # a busy or failing model keeps the provisional title; nothing is lost
         log.warning("could not generate a title for %s", conversation_id, exc_info=True)
         title = ""

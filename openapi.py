@@ -11,8 +11,10 @@ ERROR = {"$ref": "#/components/schemas/Error"}
 
 def _errors(*statuses: int) -> dict:
     reasons = {400: "The request is malformed; the message says what to change.",
-               401: "Missing or wrong API key.", 413: "The request or the audio is too large.",
-               415: "Wrong content type.", 429: "Too many requests; see Retry-After.",
+               401: "Missing or wrong API key.",
+               413: "The request, its messages' text (WEBBOT_MAX_REQUEST_CHARS) or the audio is too large.",
+               415: "Wrong content type.",
+               429: "Too many requests, or too many wrong keys from this address; see Retry-After.",
                502: "The model or speech server (WEBBOT_BACKEND=openai, WEBBOT_SPEECH_URL) failed or is unreachable.",
                503: "The model is loading or the server is busy; see Retry-After.",
                504: "The model or speech server did not answer in time."}
@@ -49,8 +51,13 @@ CHAT_REQUEST = {
 }
 
 USAGE = {"type": "object", "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
-         "properties": {k: {"type": "integer", "minimum": 0}
-                        for k in ("prompt_tokens", "completion_tokens", "total_tokens")}}
+         "properties": {**{k: {"type": "integer", "minimum": 0}
+                           for k in ("prompt_tokens", "completion_tokens", "total_tokens")},
+                        "prompt_tokens_details": {
+                            "type": "object", "properties": {"cached_tokens": {
+                                "type": "integer", "minimum": 0,
+                                "description": "Prompt tokens read from this requester's own earlier prompts "
+                                               "(and the server's public head), not computed again."}}}}}
 
 CHAT_RESPONSE = {
     "type": "object", "required": ["id", "object", "created", "model", "choices", "usage"],
@@ -94,7 +101,7 @@ def describe(version: str) -> dict:
                                "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": {
                                    "type": "object", "required": ["id", "object"],
                                    "properties": {"id": {"type": "string"}, "object": {"const": "model"}}}}}}}}},
-                              **_errors(401)}}},
+                              **_errors(401, 429)}}},
             "/chat/completions": {"post": {
                 "operationId": "createChatCompletion", "summary": "A reply to a conversation.",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": CHAT_REQUEST}}},

@@ -113,6 +113,8 @@ class PageReply:
             yield sse(event, "token")
         status = final_status(stream)
         self.finish(status)
+        # Free the conversation before the page hears `done`, so a reload right after it sees the reply as final.
+        self.state.active.release(self.conversation_id, stream)
         if status == "interrupted":  # the model server went away: keep what came
             yield sse({"message": f"{stream.error.sentence} What arrived is kept.", "code": stream.error.code,
                        "status": "interrupted"}, "error")

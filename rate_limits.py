@@ -1,5 +1,5 @@
 """Rate limits (Flask-Limiter): replies and transcriptions per user, browser session or else address; sign-in
-attempts per address.
+attempts and wrong API keys per address.
 
 A request over a limit gets a 429 with `Retry-After` and a sentence that says when to try
 again; nothing is stored for it. Counters live in memory by default (one process: the
@@ -10,11 +10,13 @@ gunicorn setup runs one worker), or in the storage `WEBBOT_RATE_LIMIT_STORAGE` n
 import math
 import time
 
-from flask import Flask, g, request, session
+from flask import Flask, g, request
 from flask_limiter import Limiter, RateLimitExceeded
 from flask_login import current_user
 from limits import parse
 
+from validation import BadInput
+from visitors import known_owner
 from web import error_response, user_owner
 
 
@@ -25,7 +27,7 @@ def client_key() -> str:
         return user_owner(current_user.id)
     if g.get("api_user"):
         return user_owner(g.api_user["id"])
-    owner = session.get("owner")
+    owner = known_owner() if request.blueprint != "api" else None  # /v1 never reads the browser's cookies
     return f"session:{owner}" if owner else address_key()
 
 
@@ -50,6 +52,34 @@ LIMITED = {
 }
 
 
+class KeyGuard:
+    """Wrong bearer keys (on /v1 and /metrics) per address, as many as WEBBOT_RATE_SIGNIN allows sign-ins.
+
+    Past the limit every bearer key from that address gets a 429 until the window moves,
+    the right key too: guessing then learns nothing, however fast it asks.
+    """
+
+    SCOPE = "wrong-api-keys"
+
+    def __init__(self, limiter: Limiter, rate: str):
+        self.limiter, self.rate = limiter, rate
+        self.item = None if rate == "off" else parse(rate)
+
+    def check(self) -> None:
+        """A 429 with Retry-After when this address has sent too many wrong keys lately."""
+        if self.item is None or self.limiter.limiter.test(self.item, self.SCOPE, address_key()):
+            return
+        stats = self.limiter.limiter.get_window_stats(self.item, self.SCOPE, address_key())
+        wait = max(1, math.ceil(stats.reset_time - time.time()))
+        raise BadInput(429, f"Too many wrong API keys from your address: the limit is {self.item}. Try again in "
+                            f"{wait} seconds.", "rate_limited", {"Retry-After": str(wait)})
+
+    def failed(self) -> None:
+        """Count one wrong key against this address."""
+        if self.item is not None:
+            self.limiter.limiter.hit(self.item, self.SCOPE, address_key())
+
+
 def init_rate_limits(app: Flask) -> Limiter:
     """Apply the configured limits to the registered views; returns the limiter."""
     # No headers_enabled: it would stamp its own Retry-After on every response, 503s included.
@@ -68,6 +98,8 @@ def init_rate_limits(app: Flask) -> Limiter:
         app.view_functions[endpoint] = limiter.shared_limit(value, scope=counted, key_func=key,
                                                             methods=["POST"] if only_posts else None)(
             app.view_functions[endpoint])
+
+    app.extensions["webbot_key_guard"] = KeyGuard(limiter, app.config["WEBBOT_RATE_SIGNIN"])
 
     @app.errorhandler(RateLimitExceeded)
     def too_many(exc: RateLimitExceeded):

@@ -1,12 +1,18 @@
-"""Server-side sessions (Flask-Session): files in the data dir for one server, Redis for several replicas.
+"""Server-side sessions (Flask-Session) for signed-in browsers: files in the data dir for one server, Redis for
+several replicas. Visitors who have not signed in keep theirs in a signed cookie (`visitors.py`).
 
-With WEBBOT_REDIS_URL set, every replica reads and writes the same sessions, so a load
+Stored sessions expire: Redis by itself, files by a sweep every SWEEP_S. At most
+WEBBOT_MAX_SESSIONS files are kept; past that the least recently used are removed, which
+signs their browsers out (no session owns conversations, so nothing is lost). With
+WEBBOT_REDIS_URL set, every replica reads and writes the same sessions, so a load
 balancer may send any request anywhere. When Redis cannot be reached, a request that
 carries a session answers 503 with a sentence (before any view runs, so nothing is
 half-done) instead of a 500, and the app carries on by itself once Redis is back.
 """
 
 import logging
+import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,10 +22,13 @@ from flask_session import Session
 from flask_session.redis import RedisSessionInterface
 
 from validation import BadInput
+from visitors import SplitSessions, set_owner_cookie
 
 log = logging.getLogger(__name__)
 
 REDIS_TIMEOUT_S = 2.0  # a Redis that is down fails a request in seconds
+SESSION_LIFETIME = timedelta(days=90)
+SWEEP_S = 3600.0  # how often expired session files are removed
 _DOWN = "webbot.session_store_down"
 
 
@@ -53,19 +62,45 @@ class TolerantRedisSessions(RedisSessionInterface):
             log.warning("could not save a session: %s", exc)
 
 
+class ExpiringFiles:
+    """Removes expired session files every SWEEP_S, from whichever request comes along (in a thread)."""
+
+    def __init__(self, cache: FileSystemCache):
+        self.cache = cache
+        self.next_sweep = 0.0
+        self._lock = threading.Lock()
+
+    def sweep(self) -> None:
+        """Remove the expired files now."""
+        # cachelib's own pass over the files, which it otherwise runs only when over its threshold
+        self.cache._remove_expired(time.time())
+
+    def maybe_sweep(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now < self.next_sweep:
+                return
+            self.next_sweep = now + SWEEP_S
+        threading.Thread(target=self.sweep, name="session-sweep", daemon=True).start()
+
+
 def init_sessions(app: Flask, data_dir: Path, redis=None) -> None:
-    """Sessions in Redis when a client is given, else in files under the data dir."""
+    """Signed-in sessions in Redis when a client is given, else in files under the data dir; visitors' in cookies."""
     app.config.update(
         # Session ids are 32 random bytes (Flask-Session's default), so they need no signature.
-        SESSION_PERMANENT=True, PERMANENT_SESSION_LIFETIME=timedelta(days=90),
+        SESSION_PERMANENT=True, PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME,
         SESSION_COOKIE_NAME="webbot_session", SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
     )
+    app.after_request(set_owner_cookie)
     if redis is None:
-        app.config.setdefault("SESSION_TYPE", "cachelib")
-        app.config.setdefault("SESSION_CACHELIB", FileSystemCache(str(data_dir / "sessions"), threshold=100_000))
+        cache = FileSystemCache(str(data_dir / "sessions"), threshold=app.config["WEBBOT_MAX_SESSIONS"])
+        app.config.update(SESSION_TYPE="cachelib", SESSION_CACHELIB=cache)
         Session(app)
+        app.session_interface = SplitSessions(app.session_interface)
+        files = app.extensions["webbot_session_files"] = ExpiringFiles(cache)
+        app.before_request(files.maybe_sweep)
         return
-    app.session_interface = TolerantRedisSessions(app, client=redis, key_prefix="webbot:session:")
+    app.session_interface = SplitSessions(TolerantRedisSessions(app, client=redis, key_prefix="webbot:session:"))
 
     @app.before_request
     def refuse_without_sessions():

@@ -49,6 +49,8 @@ def from_env(environ: dict | None = None) -> dict:
         "WEBBOT_BACKEND_KEY": env.get("WEBBOT_BACKEND_KEY") or None,
         "WEBBOT_BACKEND_MODEL": env.get("WEBBOT_BACKEND_MODEL") or None,
         "WEBBOT_BACKEND_TIMEOUT": float(env.get("WEBBOT_BACKEND_TIMEOUT", 120)),
+        # vLLM's cache_salt on each request, so the model server keeps each person's prefix cache apart
+        "WEBBOT_BACKEND_CACHE_SALT": _choice(env, "WEBBOT_BACKEND_CACHE_SALT", ("off", "on")) == "on",
         "WEBBOT_SPEECH_URL": env.get("WEBBOT_SPEECH_URL") or None,
         "WEBBOT_SPEECH_KEY": env.get("WEBBOT_SPEECH_KEY") or None,
         "WEBBOT_DATABASE_URL": env.get("WEBBOT_DATABASE_URL") or None,  # None: webbot.db in the data dir
@@ -67,6 +69,7 @@ def from_env(environ: dict | None = None) -> dict:
         "WEBBOT_KEY": env.get("WEBBOT_KEY", str(CERTS / "key.pem")),
         "WEBBOT_PROXY_HOPS": int(env.get("WEBBOT_PROXY_HOPS", 0)),
         "WEBBOT_API_KEY": env.get("WEBBOT_API_KEY") or None,
+        "WEBBOT_METRICS_KEY": env.get("WEBBOT_METRICS_KEY") or None,  # opens /metrics and nothing else
         "WEBBOT_WHISPER_MODEL": env.get("WEBBOT_WHISPER_MODEL", DEFAULT_WHISPER_MODEL),
         "WEBBOT_SPEECH_BACKEND": _choice(env, "WEBBOT_SPEECH_BACKEND", SPEECH_BACKENDS),
         "WEBBOT_SPEECH_LOAD": _choice(env, "WEBBOT_SPEECH_LOAD", SPEECH_LOADS),
@@ -84,6 +87,10 @@ def from_env(environ: dict | None = None) -> dict:
         "WEBBOT_GENERATE_TITLES": _choice(env, "WEBBOT_GENERATE_TITLES", ("on", "off")) == "on",
         "WEBBOT_MAX_MESSAGE_CHARS": int(env.get("WEBBOT_MAX_MESSAGE_CHARS", 32_000)),
         "WEBBOT_MAX_REQUEST_BYTES": int(float(env.get("WEBBOT_MAX_REQUEST_KB", 2048)) * 1024),
+        # all the text of one /v1 request, every message together (the model reads at most WEBBOT_MAX_TOKENS of it)
+        "WEBBOT_MAX_REQUEST_CHARS": int(env.get("WEBBOT_MAX_REQUEST_CHARS", 200_000)),
+        # signed-in browsers whose sessions are kept on the server; past it the least recently used are signed out
+        "WEBBOT_MAX_SESSIONS": int(env.get("WEBBOT_MAX_SESSIONS", 10_000)),
         "WEBBOT_AUTH": env.get("WEBBOT_AUTH", "open"),
         "WEBBOT_PASSWORD": env.get("WEBBOT_PASSWORD", ""),
         "WEBBOT_SIGNUP": env.get("WEBBOT_SIGNUP", "closed"),

@@ -149,6 +149,13 @@ class Store:
         self.purge_deleted(now - UNDO_S)
         return hidden
 
+    def restorable(self, owner: str, conversation_id: str) -> bool:
+        """Whether this owner deleted this conversation less than UNDO_S ago."""
+        with self.engine.connect() as db:
+            return db.execute(select(conversations.c.id).where(
+                conversations.c.id == conversation_id, conversations.c.owner == owner,
+                conversations.c.deleted_at > time.time() - UNDO_S)).first() is not None
+
     def restore(self, owner: str, conversation_id: str) -> dict | None:
         """Bring back a conversation deleted less than UNDO_S ago; None when it is gone."""
         with self.engine.begin() as db:

@@ -8,9 +8,10 @@ one conversation ({"title", "messages", ...} at the top) imports too.
 """
 
 import json
+import math
 
 from branches import path_to
-from validation import BadInput
+from validation import UNSTORABLE, BadInput
 
 FORMAT = "webbot-conversations/1"
 ROLES = ("user", "assistant")
@@ -65,6 +66,8 @@ def _conversation(item, number: int, max_chars: int) -> dict:
     title = item.get("title") or "Imported chat"
     if not isinstance(title, str):
         _fail(where, "has a title that is not text")
+    if UNSTORABLE.search(title):
+        _fail(where, "has a title with a NUL character or an unpaired surrogate")
     settings = item.get("settings")
     if settings is not None and not isinstance(settings, dict):
         _fail(where, "has 'settings' that are not an object")
@@ -78,6 +81,8 @@ def _conversation(item, number: int, max_chars: int) -> dict:
             _fail(spot, f"has the role {role!r}; only {' and '.join(ROLES)} are allowed")
         if not isinstance(content, str) or len(content) > max_chars:
             _fail(spot, f"needs 'content' as text of at most {max_chars} characters")
+        if UNSTORABLE.search(content):
+            _fail(spot, "has a NUL character or an unpaired surrogate in its 'content'")
         ident = message.get("id", index)
         if isinstance(ident, bool) or not isinstance(ident, (int, str)) or ident in ids:
             _fail(spot, "needs an 'id' (a number or text) that no other message in it has")
@@ -86,13 +91,20 @@ def _conversation(item, number: int, max_chars: int) -> dict:
             _fail(spot, "names a parent that does not come before it")
         ids.add(ident)
         status = message.get("status") or "complete"
-        created = message.get("created_at")
         messages.append({"id": ident, "parent": parent, "role": role, "content": content,
                          "status": status if status in STATUSES else "complete",
-                         "created_at": float(created) if isinstance(created, (int, float)) else None})
-    created, leaf = item.get("created_at"), item.get("leaf")
+                         "created_at": _time(message.get("created_at"), spot)})
+    created, leaf = _time(item.get("created_at"), where), item.get("leaf")
     if leaf is not None and (isinstance(leaf, bool) or not isinstance(leaf, (int, str)) or leaf not in ids):
         leaf = None  # no shown branch named (or none of its messages): the newest is shown
     return {"title": " ".join(title.split())[:200] or "Imported chat", "settings": settings,
-            "created_at": float(created) if isinstance(created, (int, float)) else None,
-            "leaf": leaf, "messages": messages}
+            "created_at": created, "leaf": leaf, "messages": messages}
+
+
+def _time(value, where: str) -> float | None:
+    """A stored time (seconds since 1970) from the file, None when it has none; NaN or infinity is refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if not math.isfinite(value):
+        _fail(where, f"has 'created_at' {value}, which is not a time; give seconds since 1970 or leave it out")
+    return float(value)

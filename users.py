@@ -170,6 +170,8 @@ class Users:
         name = (name or "").strip() or "API key"
         if len(name) > 64:
             raise UserError("Name the key in at most 64 characters.")
+        if any(ord(char) < 32 or 0xD800 <= ord(char) <= 0xDFFF for char in name):
+            raise UserError("Name the key in letters, digits and punctuation; control characters cannot be kept.")
         token = KEY_PREFIX + secrets.token_urlsafe(32)
         row = {"user_id": user_id, "name": name, "prefix": token[:10], "digest": key_digest(token),
                "created_at": time.time(), "last_used_at": None}

@@ -4,6 +4,8 @@ Each failed check raises `BadInput` with a status and a sentence that says what 
 change; the app turns it into a JSON error (or a page) without touching stored data.
 """
 
+import re
+
 from flask import current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -13,6 +15,9 @@ from memory import MessageTooLong
 from speech import SpeechBusy, SpeechUnavailable
 
 RESPONSE_FORMATS = ("json", "text", "verbose_json")
+FORM_OVERHEAD_BYTES = 65_536  # an upload's form fields and multipart framing beside the file
+# NUL cannot be stored in PostgreSQL, and an unpaired UTF-16 surrogate (JSON's "\ud800") cannot be encoded at all.
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 class BadInput(Exception):
@@ -34,23 +39,50 @@ def require_ready(bot) -> None:
 
 
 def start_reply(bot, history: list[dict], message: str, params: SamplingParams, system_prompt: str | None,
-                too_long: tuple[str, str], partial_reply: str | None = None) -> tuple:
-    """Plan the prompt and queue the reply: the page's and the API's one way in to the model.
+                too_long: tuple[str, str], owner: str, partial_reply: str | None = None) -> tuple:
+    """Plan the prompt and queue the reply for `owner`: the page's and the API's one way in to the model.
 
     Returns (plan, stream). A model not ready or a full queue is a 503; a message that
     alone overflows the context is a 413 whose sentence ends with `too_long`'s advice.
     """
     require_ready(bot)
     try:
-        plan = bot.plan(history, message, system_prompt, partial_reply)
+        plan = bot.plan(history, message, system_prompt, partial_reply, owner)
     except MessageTooLong as exc:
         advice, code = too_long
         raise BadInput(413, f"{exc.sentence()}. {advice}", code) from None
     try:
-        return plan, bot.generate(plan, params)
+        return plan, bot.generate(plan, params, owner)
     except EngineBusy:
         raise BadInput(503, "The server is busy with other replies; try again in a few seconds.", "busy",
                        {"Retry-After": "10"}) from None
+
+
+def text_field(value: str, what: str) -> str:
+    """`value` unchanged, or a 400 when it holds a character no database can keep (NUL, an unpaired surrogate)."""
+    found = UNSTORABLE.search(value)
+    if found:
+        char = found.group()
+        name = "a NUL character (\\u0000)" if char == "\x00" else f"an unpaired surrogate (\\u{ord(char):04x})"
+        raise BadInput(400, f"{what} holds {name}, which cannot be stored; remove it and send again.",
+                       "invalid_characters")
+    return value
+
+
+def parse_json(data: bytes | str):
+    """JSON text as Python values; a 400 for JSON that is not valid or is nested too deeply to read."""
+    import json
+
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise BadInput(400, "The JSON is nested too deeply to read; send a flat object such as "
+                            "{\"content\": \"your message\"}.", "invalid_json") from None
+    except ValueError:
+        return _INVALID
+
+
+_INVALID = object()
 
 
 def json_body() -> dict:
@@ -58,7 +90,7 @@ def json_body() -> dict:
     if not request.is_json:
         raise BadInput(415, "Send the body as JSON with the header Content-Type: application/json.",
                        "unsupported_media_type")
-    body = request.get_json(silent=True)
+    body = parse_json(request.get_data(cache=True))
     if not isinstance(body, dict):
         raise BadInput(400, "The body is not a JSON object; send {\"content\": \"your message\"} or similar.",
                        "invalid_json")
@@ -71,6 +103,7 @@ def message_text(value, field: str = "content") -> str:
         raise BadInput(400, f"'{field}' must be a string with your message.", "invalid_message")
     if not value.strip():
         raise BadInput(400, "The message is empty; type something to send.", "empty_message")
+    text_field(value, "The message")
     most = current_app.config["WEBBOT_MAX_MESSAGE_CHARS"]
     if len(value) > most:
         raise BadInput(413, f"The message is {len(value)} characters; the limit is {most}. "
@@ -98,6 +131,8 @@ def sampling_params(body: dict, default_temperature: float = 0.7) -> SamplingPar
         stop = [stop]
     if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
         raise BadInput(400, "'stop' must be a string or a list of at most 4 non-empty strings.", "invalid_stop")
+    for text in stop:
+        text_field(text, "'stop'")
     return SamplingParams(
         max_new_tokens=max_tokens,
         temperature=float(_number(body, "temperature", 0, 2, default_temperature)),
@@ -126,7 +161,7 @@ def transcribe_upload(transcriber, max_bytes: int) -> tuple:
     size, and maps every failure to a 4xx or 503 with a sentence. Returns (transcript,
     response_format).
     """
-    request.max_content_length = max_bytes + 65_536  # the clip plus the form's other fields
+    request.max_content_length = max_bytes + FORM_OVERHEAD_BYTES
     too_large = BadInput(413, f"The recording is larger than {max_bytes / 1_000_000:g} MB; send a shorter clip.",
                          "audio_too_large")
     if request.mimetype != "multipart/form-data":

@@ -4,20 +4,23 @@ Errors are OpenAI-style JSON (`{"error": {"message", "type", "code"}}`) for API 
 and the page's own routes, and an HTML page for browsers asking for pages.
 """
 
-import uuid
-
-from flask import jsonify, render_template, request, session
+from flask import jsonify, render_template, request
 from flask_login import current_user
+
+from visitors import browser_owner
 
 
 def current_owner() -> str:
-    """Whose conversations this request sees: the signed-in user's, else this browser session's (made on
-    its first request)."""
+    """Whose conversations this request sees: the signed-in user's, else this browser's (its owner cookie,
+    made on its first request)."""
     if current_user and current_user.is_authenticated:
         return user_owner(current_user.id)
-    if "owner" not in session:
-        session["owner"] = uuid.uuid4().hex
-    return session["owner"]
+    return browser_owner()
+
+
+def address_owner() -> str:
+    """The owner of what a client without a key of its own sends to /v1: its address."""
+    return f"address:{request.remote_addr}"
 
 
 def user_owner(user_id: int) -> str:
@@ -27,7 +30,7 @@ def user_owner(user_id: int) -> str:
 
 def wants_json() -> bool:
     """API clients get JSON errors; browsers asking for pages get HTML."""
-    if request.path.startswith(("/api/", "/v1/", "/healthz")):
+    if request.path.startswith(("/api/", "/v1/", "/healthz", "/metrics")):
         return True
     return request.accept_mimetypes.best_match(["application/json", "text/html"]) == "application/json"
 

@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.bench_turns import question
 from bench.common import MODEL_HELP, memory_of, save_report, setup, timed_stream
-from tests.server_process import Server
+from tests.server_process import METRICS_AUTH, Server
 
 
 def prompt(i: int) -> list[dict]:
@@ -50,7 +50,8 @@ def concurrent(url: str, n: int, tokens: int) -> dict:
 
 
 def kv_cache_bytes(url: str) -> float:
-    for family in text_string_to_metric_families(requests.get(url + "/metrics", timeout=30).text):
+    scraped = requests.get(url + "/metrics", headers=METRICS_AUTH, timeout=30).text
+    for family in text_string_to_metric_families(scraped):
         for sample in family.samples:
             if sample.name == "webbot_kv_cache_bytes":
                 return sample.value

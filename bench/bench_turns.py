@@ -21,7 +21,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import MODEL_HELP, memory_of, save_report, setup, timed_stream
-from tests.server_process import Server
+from tests.server_process import METRICS_AUTH, Server
 
 
 def question(turn: int) -> str:
@@ -32,7 +32,8 @@ def question(turn: int) -> str:
 def prompt_tokens(url: str) -> dict:
     """The server's reused and computed prompt token counters."""
     counts = {}
-    for family in text_string_to_metric_families(requests.get(url + "/metrics", timeout=30).text):
+    scraped = requests.get(url + "/metrics", headers=METRICS_AUTH, timeout=30).text
+    for family in text_string_to_metric_families(scraped):
         for sample in family.samples:
             if sample.name == "webbot_prompt_tokens_total":
                 counts[sample.labels["source"]] = sample.value

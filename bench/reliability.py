@@ -26,7 +26,7 @@ from sqlalchemy import create_engine, select
 from bench.common import save_report
 from store import messages
 from tests import assets
-from tests.server_process import GUNICORN, ROOT, Server
+from tests.server_process import GUNICORN, METRICS_AUTH, ROOT, Server
 
 QUESTION = "What is the capital of France?"
 
@@ -100,7 +100,7 @@ def run(clients: int, requests_total: int, rounds: int, duration: float, work: P
                                       audio, seed=number, mix=mix))
             time.sleep(2)  # let the last streams end
             memory[f"after_round_{number}"] = worker_rss(server)
-        metrics = requests.get(server.url + "/metrics", timeout=30).text
+        metrics = requests.get(server.url + "/metrics", headers=METRICS_AUTH, timeout=30).text
     finally:
         server.stop()
     books = check_books(work / "data" / "webbot.db", results)

@@ -14,6 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = ROOT / ".venv" / "bin" / "gunicorn"
 
 
+METRICS_KEY = "test-metrics-key"  # every server started here opens /metrics to this key (WEBBOT_METRICS_KEY)
+METRICS_AUTH = {"Authorization": f"Bearer {METRICS_KEY}"}
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
 CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]+)">')
 
@@ -48,7 +50,8 @@ class Server:
         self.log_path = log_path
         self.env = {**os.environ, "WEBBOT_MODEL": str(model), "WEBBOT_PORT": str(self.port),
                     "WEBBOT_HOST": "127.0.0.1", "WEBBOT_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1",
-                    "WEBBOT_SPEECH_LOAD": "lazy", "WEBBOT_CERT": "", "WEBBOT_KEY": "", **env}
+                    "WEBBOT_SPEECH_LOAD": "lazy", "WEBBOT_CERT": "", "WEBBOT_KEY": "",
+                    "WEBBOT_METRICS_KEY": METRICS_KEY, **env}
         self.process = None
 
     def start(self, timeout: float = 180, ready: tuple[int, ...] = (200,)) -> "Server":

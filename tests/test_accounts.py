@@ -139,13 +139,19 @@ def test_wrong_passwords_and_the_session_id_at_sign_in(accounts):
     assert empty.status_code == 400 and "Type your password." in empty.text
     client = PageSession()
     client.get(accounts.url + "/signin")
-    before = client.cookies["webbot_session"]
+    assert "webbot_session" not in client.cookies  # a visitor has nothing stored on the server
+    before = client.cookies["webbot_visitor"]
     assert sign_in(accounts, "alice", "alice-password", client).status_code == 302
-    after = client.cookies["webbot_session"]
-    assert after != before  # a session id planted before sign-in is worth nothing after it
+    first = client.cookies["webbot_session"]  # signed in: a session on the server, under a new random id
+    assert "webbot_visitor" not in client.cookies
     planted = requests.Session()
-    planted.cookies.set("webbot_session", before)
+    planted.cookies.set("webbot_visitor", before)  # what the browser held before is worth nothing after
     assert planted.get(accounts.url + "/api/conversations").status_code == 401
+    assert sign_in(accounts, "alice", "alice-password", client).status_code == 302
+    assert client.cookies["webbot_session"] != first  # signing in again makes a new id too
+    stale = requests.Session()
+    stale.cookies.set("webbot_session", first)
+    assert stale.get(accounts.url + "/api/conversations").status_code == 401
 
 
 def test_another_user_gets_404_on_every_route_of_my_conversation(accounts, tiny_bot, tmp_path):

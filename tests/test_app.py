@@ -1,5 +1,7 @@
 """The Flask app in-process, around the tiny real Llama: routes, streaming, stop, persistence, bad input."""
 
+import time
+
 import pytest
 
 from chat_bot import ChatBot
@@ -270,12 +272,13 @@ def test_conversations_survive_an_app_restart(make_app, tmp_path, tiny_bot):
     client = first.test_client()
     cid = new_conversation(client)
     send(client, cid, "remember me")
-    cookie = client.get_cookie("webbot_session")
+    cookie = client.get_cookie("webbot_owner")  # whose conversations this browser sees
     assert cookie is not None and cookie.http_only and cookie.same_site == "Lax"
+    assert cookie.expires is not None and cookie.expires.year >= time.gmtime().tm_year + 1  # kept for long
 
     second = make_app(data_dir=data)  # a new process would build exactly this
     again = second.test_client()
-    again.set_cookie("webbot_session", cookie.value)
+    again.set_cookie("webbot_owner", cookie.value)
     stored = again.get(f"/api/conversations/{cid}").json
     assert [m["content"] for m in stored["messages"]][0] == "remember me"
     assert (data / "secret_key").stat().st_mode & 0o777 == 0o600

@@ -243,3 +243,4 @@ def test_the_page_says_why_when_the_model_server_dies_mid_reply(page, start_serv
     assert "Cut off" in page.inner_text(".message.assistant .status")
     assert "stopped answering in the middle of this reply" in page.inner_text("#notice")
     assert page.inner_text(".message.assistant .body").strip()  # what arrived stays on the page
+    page.wait_for_load_state("networkidle")  # the title request after the reply ends, before the servers stop

@@ -89,7 +89,10 @@ def test_redis_outage_is_a_clear_503_and_the_app_recovers(start_server, tiny_mod
     send(page, server, cid, "Before the outage.")
 
     redis_server.stop()
-    for method, path, body in (("GET", "/api/conversations", None), ("GET", f"/api/conversations/{cid}", None),
+    # A visitor's session is a cookie, so the list still opens; what needs Redis (which replica writes which
+    # reply) is a clear 503.
+    assert page.get(server.url + "/api/conversations", timeout=30).status_code == 200
+    for method, path, body in (("GET", f"/api/conversations/{cid}", None),
                                ("POST", f"/api/conversations/{cid}/messages", {"content": "During the outage."})):
         response = page.request(method, server.url + path, json=body, timeout=30)
         assert response.status_code == 503, (path, response.text)
@@ -172,12 +175,21 @@ def test_a_sqlite_deployment_moves_to_postgres_with_one_command(start_server, ti
         for turn in range(n + 1):
             send(page, server, cid, f"Message {turn} of chat {n}.")
         before[cid] = conversation(page, server, cid)["messages"]
+    saved = page.put(server.url + "/api/settings", json={"temperature": 0.3, "system_prompt": "Be terse."},
+                     timeout=30).json()["saved"]
     server.stop()
+    # A title with a NUL, as versions before NUL was refused stored on SQLite; PostgreSQL cannot keep it.
+    import sqlite3
+
+    with sqlite3.connect(data / "webbot.db") as db:
+        db.execute("UPDATE conversations SET title = ? WHERE title = 'Chat 0'", ("Chat\x000",))
 
     moved = flask_cli("db", "copy-from", f"sqlite:///{data}/webbot.db",
                       env={**sqlite_env, "WEBBOT_DATABASE_URL": pg_url})
     assert moved.returncode == 0, moved.stderr
     assert "messages: 12/12" in moved.stdout and "counts verified" in moved.stdout
+    assert "preferences: 1/1" in moved.stdout  # every table of the schema, not a hand-written list
+    assert "1 rows held NUL characters" in moved.stdout and "title replaced" in moved.stdout
     again = flask_cli("db", "copy-from", f"sqlite:///{data}/webbot.db",
                       env={**sqlite_env, "WEBBOT_DATABASE_URL": pg_url})
     assert again.returncode != 0 and "already holds" in again.stderr  # never copies twice
@@ -186,6 +198,9 @@ def test_a_sqlite_deployment_moves_to_postgres_with_one_command(start_server, ti
     assert requests.get(on_pg.url + "/healthz", timeout=10).json()["checks"]["database"]["kind"] == "postgresql"
     for cid, messages in before.items():
         assert conversation(page, on_pg, cid)["messages"] == messages  # every message, ids and times included
+    assert page.get(on_pg.url + "/api/settings", timeout=30).json()["saved"] == saved
+    titles = sorted(c["title"] for c in page.get(on_pg.url + "/api/conversations", timeout=30).json()["conversations"])
+    assert titles == ["Chat 1", "Chat 2", "Chat\ufffd0"]
     cid = next(iter(before))
     assert send(page, on_pg, cid, "Still here after the move.")[-1][0] == "done"  # ids continue past the copied
     listed = flask_cli("users", "list", env={**sqlite_env, "WEBBOT_DATABASE_URL": pg_url})

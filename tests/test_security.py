@@ -42,7 +42,8 @@ def test_every_page_write_without_the_token_is_refused_and_changes_nothing(app, 
     page, cid = conversation
     before = page.get(f"/api/conversations/{cid}").json
     attacker = bare_client(app)
-    attacker.set_cookie("webbot_session", page.get_cookie("webbot_session").value)  # even with the cookie
+    for name in ("webbot_owner", "webbot_visitor"):  # even with every cookie of the victim's
+        attacker.set_cookie(name, page.get_cookie(name).value)
     response = getattr(attacker, method)(path.format(cid=cid), **kwargs)
     assert response.status_code == 400
     assert response.json["error"]["code"] == "csrf_failed"

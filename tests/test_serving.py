@@ -7,12 +7,13 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import read_sse
-from tests.server_process import PageSession
+from tests.server_process import METRICS_AUTH, PageSession
 
 
 def scrape(server, **headers) -> dict:
-    """Every sample of /metrics, parsed by prometheus_client's own parser: {(name, labels): value}."""
-    response = requests.get(server.url + "/metrics", headers=headers, timeout=10)
+    """Every sample of /metrics (read with the test servers' metrics key unless `headers` say otherwise), parsed
+    by prometheus_client's own parser: {(name, labels): value}."""
+    response = requests.get(server.url + "/metrics", headers=headers or METRICS_AUTH, timeout=10)
     assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/plain")
     samples = {}
     for family in text_string_to_metric_families(response.text):
