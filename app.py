@@ -18,31 +18,24 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-import account_pages
-import api
-import conversations
-import database
-import db_cli
-import health
-import messages
-import openapi
-import settings
-import user_cli
-import validation
-from auth import check_metrics_key, init_auth
 from chat_bot import ChatBot
-from malloc_tuning import fix_mmap_threshold
-from rate_limits import init_rate_limits
-from remote_bot import RemoteBot
-from replies import LocalReplies, RedisReplies
-from security import init_security
-from sessions import init_sessions, redis_client
 from speech import Transcriber
-from store import Store
-from upstream import UpstreamError
-from users import Users
-from validation import BadInput, transcribe_upload
-from web import current_owner, error_response
+from webbot import config as settings
+from webbot.model.malloc_tuning import fix_mmap_threshold
+from webbot.model.remote_bot import RemoteBot
+from webbot.model.upstream import UpstreamError
+from webbot.storage import database
+from webbot.storage.conversations import Store
+from webbot.storage.replies import LocalReplies, RedisReplies
+from webbot.storage.users import Users
+from webbot.web import accounts as account_pages
+from webbot.web import api, conversations, db_cli, health, messages, openapi, user_cli, validation
+from webbot.web.auth import check_metrics_key, init_auth
+from webbot.web.errors import current_owner, error_response
+from webbot.web.rate_limits import init_rate_limits
+from webbot.web.security import init_security
+from webbot.web.sessions import init_sessions, redis_client
+from webbot.web.validation import BadInput, transcribe_upload
 
 log = logging.getLogger("webbot")
 API_VERSION = "1.0"

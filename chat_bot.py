@@ -16,8 +16,8 @@ import threading
 import time
 from pathlib import Path
 
-from cpu_linear import SMALL_BATCH_DTYPES, use_weight_major_linear
-from engine import (
+from webbot.model.cpu_linear import SMALL_BATCH_DTYPES, use_weight_major_linear
+from webbot.model.engine import (
     MAX_BATCH,
     MAX_REPLY_SECONDS,
     MAX_WAITING,
@@ -26,9 +26,9 @@ from engine import (
     SamplingParams,
     Stream,
 )
-from kv_cache import PrefixCache
-from memory import Memory, MemoryPlan, PlansReplies
-from metrics import Metrics
+from webbot.model.kv_cache import PrefixCache
+from webbot.model.memory import Memory, MemoryPlan, PlansReplies
+from webbot.model.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

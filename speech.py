@@ -10,7 +10,7 @@ transcription server instead (vLLM, speaches, another webbot); decoding and VAD 
 Silero voice-activity detection (shipped with faster-whisper) runs first: a clip with no
 speech returns an empty transcript instead of Whisper's invented "Thank you.", and the
 speech regions cut a long clip into chunks of at most 30 s at pauses, so a long clip is
-transcribed whole. Decoding is `audio.py` (ffmpeg through pipes). No Flask imports.
+transcribed whole. Decoding is `uploads.py` (ffmpeg through pipes). No Flask imports.
 """
 
 import logging
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-import audio
-from audio import SAMPLE_RATE, AudioError
-from upstream import make_client, upstream_error
+from webbot.model.upstream import make_client, upstream_error
+from webbot.voice import uploads
+from webbot.voice.uploads import SAMPLE_RATE, AudioError
 
 log = logging.getLogger(__name__)
 
@@ -308,10 +308,10 @@ class Transcriber:
 
     def transcribe_bytes(self, data: bytes, language: str | None = None) -> Transcript:
         """Probe, decode and transcribe an upload; AudioError for bad input, SpeechBusy when full."""
-        info = audio.probe(data)
+        info = uploads.probe(data)
         if info.duration is not None and info.duration > self.max_seconds + 1:
             raise self._too_long(info.duration)
-        samples = audio.decode(data, self.max_seconds)
+        samples = uploads.decode(data, self.max_seconds)
         if samples.size > (self.max_seconds + 0.5) * SAMPLE_RATE:
             raise self._too_long(None)
         return self.transcribe(samples, language)

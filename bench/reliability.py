@@ -24,9 +24,9 @@ import requests
 from sqlalchemy import create_engine, select
 
 from bench.common import save_report
-from store import messages
 from tests import assets
 from tests.server_process import GUNICORN, METRICS_AUTH, ROOT, Server
+from webbot.storage.conversations import messages
 
 QUESTION = "What is the capital of France?"
 

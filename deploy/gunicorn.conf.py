@@ -15,9 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project root, for `app`
 
-import settings  # noqa: E402
+# Only names gunicorn does not read as settings may live here (`config` is one of its settings).
+from webbot.config import from_env, served_url, tls_files  # noqa: E402
 
-_config = settings.from_env()
+_config = from_env()
 
 wsgi_app = "app:create_app()"
 bind = [f"{_config['WEBBOT_HOST']}:{_config['WEBBOT_PORT']}"]
@@ -34,14 +35,14 @@ loglevel = "info"
 control_socket_disable = True  # gunicorn 27's admin socket would need a writable home directory
 # X-Forwarded-* headers are the app's to judge (ProxyFix with WEBBOT_PROXY_HOPS), not gunicorn's.
 forwarded_allow_ips = ""
-_tls = settings.tls_files(_config)
+_tls = tls_files(_config)
 if _tls:
     certfile, keyfile = _tls
 
 
 def when_ready(server):
     server.log.info("web chat robot serving %s on %s (model %s)", "HTTPS" if _tls else "plain HTTP",
-                    settings.served_url(_config), _config["WEBBOT_MODEL"])
+                    served_url(_config), _config["WEBBOT_MODEL"])
 
 
 def post_worker_init(worker):

@@ -3,12 +3,11 @@
 
 from alembic import context
 
-import store
-import users
+from webbot.storage import conversations, users
 
 
 def run(connection) -> None:
-    context.configure(connection=connection, target_metadata=[store.metadata, users.metadata],
+    context.configure(connection=connection, target_metadata=[conversations.metadata, users.metadata],
                       render_as_batch=True)  # batch mode: SQLite can only alter tables by copying them
     with context.begin_transaction():
         context.run_migrations()
@@ -18,8 +17,8 @@ connection = context.config.attributes.get("connection")
 if connection is not None:
     run(connection)
 else:
-    import database
-    import settings
+    from webbot import config
+    from webbot.storage import database
 
-    with database.connect(settings.from_env()["WEBBOT_DATABASE_URL"]).begin() as connection:
+    with database.connect(config.from_env()["WEBBOT_DATABASE_URL"]).begin() as connection:
         run(connection)

@@ -11,9 +11,9 @@ import sys
 import pytest
 import requests
 
-from database import connect
 from tests.server_process import ROOT, PageSession
-from users import Users
+from webbot.storage.database import connect
+from webbot.storage.users import Users
 
 FIELD_TOKEN = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')
 BODY = {"model": "x", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}

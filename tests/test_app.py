@@ -5,8 +5,8 @@ import time
 import pytest
 
 from chat_bot import ChatBot
-from store import Store
 from tests.conftest import read_sse
+from webbot.storage.conversations import Store
 
 XSS = ['<script>window.__xss = 1</script>', '<img src=x onerror="window.__xss = 1">',
        '[click](javascript:window.__xss=1)', '<svg onload="window.__xss = 1"></svg>']
@@ -298,7 +298,7 @@ def test_a_reply_left_streaming_by_a_crash_is_marked_interrupted_on_start(make_a
 
 
 def test_streamed_html_always_matches_the_text_sent_so_far(client):
-    from rendering import render_markdown
+    from webbot.web.rendering import render_markdown
 
     cid = new_conversation(client)
     events = send(client, cid, "Write at length.", max_tokens=400)
@@ -325,9 +325,9 @@ def test_page_temperature_comes_from_the_setting(make_app):
 
 
 def test_a_waiting_reply_gets_heartbeats_and_a_full_queue_gets_503(make_app, tiny_model_dir, monkeypatch):
-    import settings
+    from webbot import config
 
-    monkeypatch.setattr(settings, "STREAM_HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(config, "STREAM_HEARTBEAT_S", 0.05)
     bot = ChatBot(str(tiny_model_dir), max_tokens=8192, max_waiting=1, max_batch=1).load()
     app = make_app(bot=bot)
     first, second, third = app.test_client(), app.test_client(), app.test_client()

@@ -280,7 +280,7 @@ class SlowTokenizer:
 
 
 def test_one_big_history_being_counted_holds_up_nobody_else(llama_tokenizer):
-    from memory import Memory
+    from webbot.model.memory import Memory
 
     slow = SlowTokenizer(llama_tokenizer)
     memory = Memory(slow, max_tokens=4096)
@@ -301,7 +301,7 @@ def test_one_big_history_being_counted_holds_up_nobody_else(llama_tokenizer):
 
 
 def test_the_turn_count_cache_keeps_no_text_and_stays_bounded(llama_tokenizer, monkeypatch):
-    import memory as memory_module
+    from webbot.model import memory as memory_module
 
     monkeypatch.setattr(memory_module, "TURN_COST_ENTRIES", 8)
     memory = memory_module.Memory(llama_tokenizer, max_tokens=8192)
@@ -416,7 +416,7 @@ def test_ffmpeg_and_ffprobe_may_open_nothing_but_their_stdin(tmp_path, monkeypat
     import os
     import subprocess
 
-    import audio
+    from webbot.voice import uploads
 
     log = tmp_path / "argv.log"
     bin_dir = tmp_path / "bin"
@@ -431,16 +431,16 @@ def test_ffmpeg_and_ffprobe_may_open_nothing_but_their_stdin(tmp_path, monkeypat
     secret.write_bytes(subprocess.run(["espeak-ng", "--stdout", "the secret"], capture_output=True,
                                       check=True).stdout)
     clip = secret.read_bytes()
-    assert audio.probe(clip).codec and audio.decode(clip, 30).size > 0
+    assert uploads.probe(clip).codec and uploads.decode(clip, 30).size > 0
     lines = log.read_text().splitlines()
     assert {line.split()[0] for line in lines} == {"ffmpeg", "ffprobe"}
     assert all("-protocol_whitelist pipe" in line for line in lines), lines
-    uploads = [
+    playlists = [
         f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:2.0,\nfile://{secret}\n#EXT-X-ENDLIST\n",
         "#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:2.0,\nhttp://127.0.0.1:9/x.wav\n#EXT-X-ENDLIST\n",
         f"ffconcat version 1.0\nfile {secret}\n",
     ]
-    for upload in uploads:
-        with pytest.raises(audio.AudioError) as refused:
-            audio.probe(upload.encode())
+    for playlist in playlists:
+        with pytest.raises(uploads.AudioError) as refused:
+            uploads.probe(playlist.encode())
         assert refused.value.status == 400

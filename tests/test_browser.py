@@ -8,9 +8,9 @@ import time
 
 import requests
 
-from database import connect
-from store import Store
 from tests.conftest import CHROMIUM, requires, wait_for
+from webbot.storage.conversations import Store
+from webbot.storage.database import connect
 
 pytestmark = requires(CHROMIUM, "Debian's chromium is not installed (run_tests.sh installs it)")
 

@@ -8,9 +8,9 @@ import time
 import pytest
 from sqlalchemy import text
 
-import database
-import store as store_module
 from tests.conftest import read_sse
+from webbot.storage import conversations as store_module
+from webbot.storage import database
 
 
 def new_conversation(client, **body) -> str:

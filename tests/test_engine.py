@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from chat_bot import ChatBot, resolve_device_dtype, split_gguf
-from engine import EngineBusy, SamplingParams, TextDecoder
+from webbot.model.engine import EngineBusy, SamplingParams, TextDecoder
 
 
 def test_streamed_text_equals_plain_greedy_generate(tiny_bot):

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from chat_bot import ChatBot
-from engine import SamplingParams
-from kv_cache import common_prefix
+from webbot.model.engine import SamplingParams
+from webbot.model.kv_cache import common_prefix
 
 QUESTIONS = [
     "Tell me about the tides.",
@@ -218,17 +218,17 @@ def test_many_threads_at_once_all_get_their_reply(tiny_model_dir):
 
 
 def test_cache_settings_come_from_the_environment():
-    import settings
+    from webbot import config
 
-    config = settings.from_env({"WEBBOT_KV_CACHE_MB": "64", "WEBBOT_MAX_BATCH": "3", "WEBBOT_KV_REUSE": "off"})
-    assert (config["WEBBOT_KV_CACHE_MB"], config["WEBBOT_MAX_BATCH"], config["WEBBOT_KV_REUSE"]) == (64, 3, False)
-    defaults = settings.from_env({})
+    chosen = config.from_env({"WEBBOT_KV_CACHE_MB": "64", "WEBBOT_MAX_BATCH": "3", "WEBBOT_KV_REUSE": "off"})
+    assert (chosen["WEBBOT_KV_CACHE_MB"], chosen["WEBBOT_MAX_BATCH"], chosen["WEBBOT_KV_REUSE"]) == (64, 3, False)
+    defaults = config.from_env({})
     assert defaults["WEBBOT_KV_CACHE_MB"] is None and defaults["WEBBOT_MAX_BATCH"] is None  # chosen per device
     assert defaults["WEBBOT_KV_REUSE"] and defaults["WEBBOT_CPU_BATCH_MATMUL"]
     with pytest.raises(ValueError, match="WEBBOT_KV_CACHE_MB must be a whole number or auto"):
-        settings.from_env({"WEBBOT_KV_CACHE_MB": "lots"})
+        config.from_env({"WEBBOT_KV_CACHE_MB": "lots"})
     with pytest.raises(ValueError, match="WEBBOT_KV_REUSE must be one of on, off"):
-        settings.from_env({"WEBBOT_KV_REUSE": "yes"})
+        config.from_env({"WEBBOT_KV_REUSE": "yes"})
 
 
 def test_a_failing_prompt_fails_only_its_own_stream(tiny_model_dir):
@@ -251,7 +251,7 @@ def fake_kv(tokens: int) -> list[tuple]:
 
 
 def test_each_owner_reuses_only_its_own_entries_and_a_public_head_whole():
-    from kv_cache import PrefixCache
+    from webbot.model.kv_cache import PrefixCache
 
     cache = PrefixCache(lambda ids: " ".join(map(str, ids)) + " ", budget_bytes=10**6)
     secret = list(range(1, 21))  # tokens 1-5 are the public head (template and server prompt), 6-20 private
@@ -269,7 +269,7 @@ def test_each_owner_reuses_only_its_own_entries_and_a_public_head_whole():
 
 
 def test_over_the_budget_the_owner_holding_most_loses_tensors_first():
-    from kv_cache import PrefixCache
+    from webbot.model.kv_cache import PrefixCache
 
     cache = PrefixCache(lambda ids: " ".join(map(str, ids)) + " ", budget_bytes=3 * 1000 * 100)
     cache.add([1, 2, 3] + [0] * 997, fake_kv(1000), prompt_len=1000, owner="alice")

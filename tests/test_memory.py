@@ -2,7 +2,7 @@
 
 import pytest
 
-from memory import Memory, MessageTooLong, group_turns
+from webbot.model.memory import Memory, MessageTooLong, group_turns
 
 DATE = "23 Nov 2026"
 SYSTEM = "You are a helpful assistant."

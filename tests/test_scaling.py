@@ -210,9 +210,7 @@ def test_a_sqlite_deployment_moves_to_postgres_with_one_command(start_server, ti
 def test_a_database_made_before_migrations_is_stamped_and_upgraded(tmp_path):
     from sqlalchemy import text
 
-    import database
-    import store
-    import users
+    from webbot.storage import conversations, database, users
 
     engine = database.connect(f"sqlite:///{tmp_path}/old.db")
     with engine.begin() as db:  # the schema as create_all made it before migrations existed
@@ -227,13 +225,13 @@ def test_a_database_made_before_migrations_is_stamped_and_upgraded(tmp_path):
     assert database.current_revision(engine) is None
     database.upgrade(engine)
     assert database.current_revision(engine) == database.head_revision()
-    assert store.Store(engine).messages("c1")[0]["content"] == "kept"
+    assert conversations.Store(engine).messages("c1")[0]["content"] == "kept"
     assert users.Users(engine).by_name("nobody") is None  # the accounts tables were added
 
 
 def test_replicas_starting_together_migrate_once(postgres):
     url = postgres.create_database("migrate_together")
-    import database
+    from webbot.storage import database
 
     errors = []
 

@@ -1,4 +1,4 @@
-"""speech.py and audio.py without the web app: real ffmpeg, real espeak-ng speech, real Whisper.
+"""speech.py and uploads.py without the web app: real ffmpeg, real espeak-ng speech, real Whisper.
 
 Real recognition uses Whisper tiny.en's real weights through both backends: faster-whisper
 reads them as shipped (CTranslate2), the transformers backend reads them converted by
@@ -13,10 +13,10 @@ import time
 import numpy as np
 import pytest
 
-import audio
-from audio import SAMPLE_RATE, AudioError
 from speech import Admission, SpeechBusy, SpeechUnavailable, Transcriber, chunks_of
 from tests.conftest import SENTENCES, convert, generate_audio, speak
+from webbot.voice import uploads
+from webbot.voice.uploads import SAMPLE_RATE, AudioError
 
 QUESTION = "What is the capital of France?"
 
@@ -36,7 +36,7 @@ def long_speech() -> bytes:
 @pytest.mark.parametrize("rate,channels", [(44100, 2), (48000, 2), (8000, 1)])
 def test_decode_resamples_and_downmixes_to_16k_mono_float32(rate, channels):
     clip = generate_audio(f"sine=f=440:r={rate}", 2.0, "-ac", str(channels))
-    samples = audio.decode(clip, max_seconds=60)
+    samples = uploads.decode(clip, max_seconds=60)
     assert samples.dtype == np.float32 and samples.ndim == 1
     assert abs(samples.size - 2 * SAMPLE_RATE) < SAMPLE_RATE * 0.05
     assert 0.1 < np.abs(samples).max() < 0.15  # lavfi sine peaks at 1/8; the downmix kept it
@@ -50,7 +50,7 @@ def test_decode_resamples_and_downmixes_to_16k_mono_float32(rate, channels):
 ])
 def test_probe_names_the_audio_of_each_browser_format(args, fmt, codec):
     clip = convert(speak(QUESTION), *args, fmt=fmt)
-    info = audio.probe(clip)
+    info = uploads.probe(clip)
     assert info.codec == codec
     assert info.duration is None or 1.0 < info.duration < 4.0
 
@@ -62,7 +62,7 @@ def test_an_m4a_with_its_index_at_the_end_decodes_through_a_pipe(tmp_path):
 
     subprocess.run(["ffmpeg", "-v", "error", "-i", "pipe:0", "-c:a", "aac", str(target)], input=speak(QUESTION),
                    check=True)
-    samples = audio.decode(target.read_bytes(), max_seconds=60)
+    samples = uploads.decode(target.read_bytes(), max_seconds=60)
     assert abs(samples.size / SAMPLE_RATE - 1.9) < 0.3
 
 
@@ -73,7 +73,7 @@ def test_an_m4a_with_its_index_at_the_end_decodes_through_a_pipe(tmp_path):
 ])
 def test_probe_rejects_what_is_not_audio(data, code):
     with pytest.raises(AudioError) as caught:
-        audio.probe(data)
+        uploads.probe(data)
     assert caught.value.status == 400 and caught.value.code == code
     assert caught.value.message.endswith(".")
 
@@ -81,7 +81,7 @@ def test_probe_rejects_what_is_not_audio(data, code):
 def test_a_video_without_sound_is_not_audio():
     clip = generate_audio("testsrc=size=64x64:rate=5", 1, "-c:v", "mpeg4", fmt="matroska")
     with pytest.raises(AudioError, match="no audio") as caught:
-        audio.probe(clip)
+        uploads.probe(clip)
     assert caught.value.code == "not_audio"
 
 
@@ -90,15 +90,15 @@ def test_a_truncated_webm_is_rejected_as_cut_off(keep):
     clip = convert(speak(QUESTION + " " + QUESTION), "-c:a", "libopus", fmt="webm")
     cut = clip[:int(len(clip) * keep)]
     with pytest.raises(AudioError) as caught:
-        audio.probe(cut)  # may already notice
-        audio.decode(cut, max_seconds=60)
+        uploads.probe(cut)  # may already notice
+        uploads.decode(cut, max_seconds=60)
     assert caught.value.code == "truncated_audio" and "cut off" in caught.value.message
 
 
 def test_a_server_without_ffmpeg_says_so(monkeypatch, tmp_path):
     clip = speak(QUESTION)
     monkeypatch.setenv("PATH", str(tmp_path))  # nothing to run there
-    for step in (audio.probe, lambda data: audio.decode(data, 60)):
+    for step in (uploads.probe, lambda data: uploads.decode(data, 60)):
         with pytest.raises(AudioError, match="ffmpeg is not installed") as caught:
             step(clip)
         assert caught.value.status == 503
@@ -106,7 +106,7 @@ def test_a_server_without_ffmpeg_says_so(monkeypatch, tmp_path):
 
 def test_decoding_stops_just_past_the_duration_limit():
     clip = generate_audio("sine=f=300:r=16000", 20)
-    samples = audio.decode(clip, max_seconds=5)
+    samples = uploads.decode(clip, max_seconds=5)
     assert samples.size <= 6.1 * SAMPLE_RATE
 
 
@@ -241,7 +241,7 @@ def test_a_model_that_cannot_load_says_why_every_time(tmp_path):
 
 
 def speech_samples() -> np.ndarray:
-    return audio.decode(speak(QUESTION), max_seconds=60)
+    return uploads.decode(speak(QUESTION), max_seconds=60)
 
 
 def test_unknown_backend_is_refused():

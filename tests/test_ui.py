@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from database import connect
-from store import Store
 from tests.conftest import CHROMIUM, requires, wait_for, watch_console
 from tests.server_process import Server
 from tests.tcp_proxy import Proxy
+from webbot.storage.conversations import Store
+from webbot.storage.database import connect
 
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 

@@ -15,9 +15,9 @@ from flask_limiter import Limiter, RateLimitExceeded
 from flask_login import current_user
 from limits import parse
 
-from validation import BadInput
-from visitors import known_owner
-from web import error_response, user_owner
+from webbot.web.errors import error_response, user_owner
+from webbot.web.validation import BadInput
+from webbot.web.visitors import known_owner
 
 
 def client_key() -> str:

@@ -12,11 +12,11 @@ import uuid
 
 from flask import Blueprint, current_app, g, jsonify
 
-import settings
-from auth import check_api_key
-from streaming import event_stream, pieces, sse
-from upstream import UpstreamError
-from validation import (
+from webbot import config
+from webbot.model.upstream import UpstreamError
+from webbot.web.auth import check_api_key
+from webbot.web.streaming import event_stream, pieces, sse
+from webbot.web.validation import (
     BadInput,
     json_body,
     message_text,
@@ -112,7 +112,7 @@ def chat_completions():
 
     def events():
         yield chunk({"role": "assistant", "content": ""})
-        for piece in pieces(stream, settings.STREAM_HEARTBEAT_S):
+        for piece in pieces(stream, config.STREAM_HEARTBEAT_S):
             yield ": waiting for the model\n\n" if piece is None else chunk({"content": piece})
         if stream.finish_reason == "error":
             error = stream.error if isinstance(stream.error, UpstreamError) else None

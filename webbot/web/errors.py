@@ -7,7 +7,7 @@ and the page's own routes, and an HTML page for browsers asking for pages.
 from flask import jsonify, render_template, request
 from flask_login import current_user
 
-from visitors import browser_owner
+from webbot.web.visitors import browser_owner
 
 
 def current_owner() -> str:

@@ -12,14 +12,14 @@ import logging
 from flask import Blueprint, current_app, jsonify, request
 from sqlalchemy.exc import DBAPIError
 
-import titles
-from branches import path_to
-from conversations import conversation_view, history_of, message_view, own, reply_settings, state
-from page_reply import PageReply
-from store import title_from
-from streaming import event_stream
-from validation import BadInput, json_body, message_text, sampling_params, start_reply
-from web import current_owner
+from webbot.model import titles
+from webbot.storage.branches import path_to
+from webbot.storage.conversations import title_from
+from webbot.web.conversations import conversation_view, history_of, message_view, own, reply_settings, state
+from webbot.web.errors import current_owner
+from webbot.web.page_reply import PageReply
+from webbot.web.streaming import event_stream
+from webbot.web.validation import BadInput, json_body, message_text, sampling_params, start_reply
 
 log = logging.getLogger(__name__)
 bp = Blueprint("messages", __name__, url_prefix="/api")

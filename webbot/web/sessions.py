@@ -21,8 +21,8 @@ from flask import Flask, request
 from flask_session import Session
 from flask_session.redis import RedisSessionInterface
 
-from validation import BadInput
-from visitors import SplitSessions, set_owner_cookie
+from webbot.web.validation import BadInput
+from webbot.web.visitors import SplitSessions, set_owner_cookie
 
 log = logging.getLogger(__name__)
 

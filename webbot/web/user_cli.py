@@ -10,7 +10,7 @@ import sys
 import click
 from flask import current_app
 
-from users import UserError
+from webbot.storage.users import UserError
 
 
 def _users():

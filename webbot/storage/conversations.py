@@ -30,7 +30,7 @@ from sqlalchemy import (
     update,
 )
 
-import search
+from webbot.storage import search
 
 metadata = MetaData()
 

@@ -20,9 +20,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from decoding import TextDecoder, sample_tokens
-from kv_cache import PrefixCache, stack_left_padded
-from metrics import Metrics
+from webbot.model.decoding import TextDecoder, sample_tokens
+from webbot.model.kv_cache import PrefixCache, stack_left_padded
+from webbot.model.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

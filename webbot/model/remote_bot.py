@@ -21,10 +21,10 @@ import threading
 import time
 
 from chat_bot import DEFAULT_SYSTEM_PROMPT, split_gguf
-from engine import EngineBusy, SamplingParams, Stream
-from memory import Memory, MemoryPlan, PlansReplies
-from metrics import Metrics
-from upstream import UpstreamError, make_client, upstream_error
+from webbot.model.engine import EngineBusy, SamplingParams, Stream
+from webbot.model.memory import Memory, MemoryPlan, PlansReplies
+from webbot.model.metrics import Metrics
+from webbot.model.upstream import UpstreamError, make_client, upstream_error
 
 log = logging.getLogger(__name__)
 

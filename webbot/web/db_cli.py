@@ -9,7 +9,7 @@ set (the app stopped, so nothing is written meanwhile):
 import click
 from flask import current_app
 
-import database
+from webbot.storage import database
 
 
 def _engine():

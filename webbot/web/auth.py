@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 from flask import Flask, current_app, g, redirect, request, session, url_for
 from flask_login import LoginManager, UserMixin, current_user
 
-from validation import BadInput
-from web import address_owner, error_response, user_owner
+from webbot.web.errors import address_owner, error_response, user_owner
+from webbot.web.validation import BadInput
 
 MODES = ("open", "password", "accounts")
 SIGNUPS = ("closed", "open")

@@ -9,10 +9,10 @@ import re
 from flask import current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from audio import AudioError
-from engine import EngineBusy, SamplingParams
-from memory import MessageTooLong
 from speech import SpeechBusy, SpeechUnavailable
+from webbot.model.engine import EngineBusy, SamplingParams
+from webbot.model.memory import MessageTooLong
+from webbot.voice.uploads import AudioError
 
 RESPONSE_FORMATS = ("json", "text", "verbose_json")
 FORM_OVERHEAD_BYTES = 65_536  # an upload's form fields and multipart framing beside the file

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"  # at the project root, beside alembic.ini
 MIGRATION_LOCK = 7_361_004  # any fixed number: the advisory lock replicas take while migrating
 PG_CONNECT_TIMEOUT_S = 5  # a database that is down fails a request in seconds, not minutes
 COPY_BATCH = 1000
@@ -31,11 +31,10 @@ def schema_tables() -> list:
     """Every table of the schema (from the models' metadata, not a hand list), parents before children."""
     from sqlalchemy import MetaData
 
-    import store
-    import users
+    from webbot.storage import conversations, users
 
     merged = MetaData()
-    for metadata in (users.metadata, store.metadata):
+    for metadata in (users.metadata, conversations.metadata):
         for table in metadata.tables.values():
             table.to_metadata(merged)
     return merged.sorted_tables

@@ -14,10 +14,10 @@ from flask_wtf import FlaskForm
 from wtforms import PasswordField, StringField
 from wtforms.validators import DataRequired, EqualTo, Length
 
-from auth import Account, password_fingerprint, safe_next
-from users import MAX_PASSWORD_CHARS, UserError
-from visitors import known_owner
-from web import current_owner, user_owner
+from webbot.storage.users import MAX_PASSWORD_CHARS, UserError
+from webbot.web.auth import Account, password_fingerprint, safe_next
+from webbot.web.errors import current_owner, user_owner
+from webbot.web.visitors import known_owner
 
 bp = Blueprint("auth", __name__)
 

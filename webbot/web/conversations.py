@@ -9,13 +9,13 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.utils import secure_filename
 
-import chat_settings
-import settings
-import transfer
-from branches import newest_leaf, path_to, sibling_ids
-from rendering import render_markdown
-from validation import _INVALID, BadInput, json_body, parse_json, text_field
-from web import current_owner
+from webbot import config
+from webbot.storage import transfer
+from webbot.storage.branches import newest_leaf, path_to, sibling_ids
+from webbot.web import chat_settings
+from webbot.web.errors import current_owner
+from webbot.web.rendering import render_markdown
+from webbot.web.validation import _INVALID, BadInput, json_body, parse_json, text_field
 
 bp = Blueprint("conversations", __name__, url_prefix="/api")
 EXPORTS = {"json": ("application/json", "json"), "markdown": ("text/markdown; charset=utf-8", "md")}
@@ -87,8 +87,8 @@ def _title(body: dict, required: bool) -> str | None:
     title = body.get("title")
     if title is None and not required:
         return None
-    if not isinstance(title, str) or not title.strip() or len(title) > settings.MAX_TITLE_CHARS:
-        raise BadInput(400, f"'title' must be non-empty text of at most {settings.MAX_TITLE_CHARS} characters.",
+    if not isinstance(title, str) or not title.strip() or len(title) > config.MAX_TITLE_CHARS:
+        raise BadInput(400, f"'title' must be non-empty text of at most {config.MAX_TITLE_CHARS} characters.",
                        "invalid_title")
     return " ".join(text_field(title, "The title").split())
 

@@ -10,7 +10,7 @@ referrer policy and a ban on framing.
 from flask import Flask
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
-from web import error_response
+from webbot.web.errors import error_response
 
 CONTENT_SECURITY_POLICY = "; ".join([
     "default-src 'self'",

@@ -16,10 +16,10 @@ import time
 
 from sqlalchemy.exc import DBAPIError
 
-import settings
-from rendering import render_markdown
-from streaming import pieces, sse
-from upstream import UpstreamError
+from webbot import config
+from webbot.model.upstream import UpstreamError
+from webbot.web.rendering import render_markdown
+from webbot.web.streaming import pieces, sse
 
 log = logging.getLogger(__name__)
 HTML_EVERY_S = 0.25  # how often a streaming reply's Markdown is re-rendered for the page
@@ -99,7 +99,7 @@ class PageReply:
                     if (position, running) != place:
                         place = (position, running)
                         yield sse({"position": position, "running": running}, "queue")
-                if now - last_beat >= settings.STREAM_HEARTBEAT_S:
+                if now - last_beat >= config.STREAM_HEARTBEAT_S:
                     last_beat = now
                     yield ": waiting for the model\n\n"
                 continue
@@ -107,7 +107,7 @@ class PageReply:
             event = {"text": piece}
             if now - last_html >= HTML_EVERY_S:
                 event["html"], last_html = render_markdown(sent), now
-            if now - last_save >= settings.PARTIAL_SAVE_S:
+            if now - last_save >= config.PARTIAL_SAVE_S:
                 last_save = now
                 self.save_partial()
             yield sse(event, "token")
@@ -142,7 +142,7 @@ class PageReply:
                 log.info("nobody is waiting for reply %s any more; stopping it", self.reply["id"])
                 self.stream.cancel()
                 break
-            if time.monotonic() - last_save >= settings.PARTIAL_SAVE_S:
+            if time.monotonic() - last_save >= config.PARTIAL_SAVE_S:
                 last_save = time.monotonic()
                 self.save_partial()
             time.sleep(ORPHAN_POLL_S)

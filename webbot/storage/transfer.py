@@ -10,8 +10,8 @@ one conversation ({"title", "messages", ...} at the top) imports too.
 import json
 import math
 
-from branches import path_to
-from validation import UNSTORABLE, BadInput
+from webbot.storage.branches import path_to
+from webbot.web.validation import UNSTORABLE, BadInput
 
 FORMAT = "webbot-conversations/1"
 ROLES = ("user", "assistant")

@@ -18,7 +18,8 @@ STREAM_HEARTBEAT_S = 10  # SSE comment sent while a request waits, so proxies ke
 PARTIAL_SAVE_S = 2.0  # how often a streaming reply is written to the database
 SPEECH_LOADS = ("startup", "lazy")
 MODEL_BACKENDS = ("local", "openai")  # the model in this process, or an OpenAI-compatible server
-CERTS = Path(__file__).resolve().parent / "certs"  # where certs/make_cert.sh writes cert.pem and key.pem
+PROJECT = Path(__file__).resolve().parents[1]  # the project root, where the entry points are
+CERTS = PROJECT / "certs"  # where certs/make_cert.sh writes cert.pem and key.pem
 
 
 def read_dotenv(path: Path) -> dict[str, str]:

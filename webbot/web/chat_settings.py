@@ -7,8 +7,8 @@ is left out (or null) falls through to the layer below. The limits come from the
 model, so the page can show them beside the fields.
 """
 
-from memory import valid_text
-from validation import BadInput, text_field
+from webbot.model.memory import valid_text
+from webbot.web.validation import BadInput, text_field
 
 FIELDS = ("system_prompt", "temperature", "top_p", "max_tokens")
 MAX_SYSTEM_PROMPT_CHARS = 8000
