@@ -1,25 +1,76 @@
-"""Configuration: the WEBBOT_* environment variables, each with a default that works.
+"""Configuration: every WEBBOT_* setting with its default, and every limit the layers share, stated once.
 
-A `.env` file in the working directory may set them too (read without overriding what
-the environment already says). Limits a deployment may want to change are settings here;
-the fixed ones are named constants, so both are documented in one place.
+The settings come from the environment; a `.env` file in the working directory may set
+them too (read without overriding what the environment already says). The constants
+below are the defaults of those settings and the fixed limits that more than one place
+reads: request checks, chat settings, the OpenAPI description and the page all take
+them from here. This module imports nothing of the product (it is the leaf every layer
+may read).
 """
 
 import os
 import secrets
 from pathlib import Path
 
-from chat_bot import DEFAULT_MODEL, DEFAULT_SYSTEM_PROMPT
-from speech import BACKENDS as SPEECH_BACKENDS
-from speech import DEFAULT_WHISPER_MODEL
-
-MAX_TITLE_CHARS = 200
-STREAM_HEARTBEAT_S = 10  # SSE comment sent while a request waits, so proxies keep it open
-PARTIAL_SAVE_S = 2.0  # how often a streaming reply is written to the database
-SPEECH_LOADS = ("startup", "lazy")
-MODEL_BACKENDS = ("local", "openai")  # the model in this process, or an OpenAI-compatible server
 PROJECT = Path(__file__).resolve().parents[1]  # the project root, where the entry points are
 CERTS = PROJECT / "certs"  # where certs/make_cert.sh writes cert.pem and key.pem
+
+# The model and its context
+DEFAULT_MODEL = "unsloth/Llama-3.2-1B-Instruct"
+DEFAULT_SYSTEM_PROMPT = "You are a helpful, concise assistant. Answer in Markdown when it helps."
+DEFAULT_MAX_TOKENS = 8192  # the context cap (WEBBOT_MAX_TOKENS); a model with a shorter context lowers it
+DEFAULT_REPLY_SHARE = 0.25  # of the context, kept for the reply (WEBBOT_MEMORY_RATIO); the rest is prompt
+MODEL_BACKENDS = ("local", "openai")  # the model in this process, or an OpenAI-compatible server
+
+# Sampling: the page's default, the API's (OpenAI's), and the ranges every request is checked against
+PAGE_TEMPERATURE = 0.7
+API_TEMPERATURE = 1.0
+TEMPERATURE_RANGE = (0.0, 2.0)
+TOP_P_RANGE = (0.01, 1.0)
+REPLY_TOKENS_RANGE = (1, 1_000_000)  # what a request may ask for; the context cuts it down further
+MAX_STOP_STRINGS = 4
+MAX_SYSTEM_PROMPT_CHARS = 8000
+
+# Serving
+MAX_WAITING = 16  # replies that may wait for a slot (WEBBOT_MAX_WAITING); beyond that 503
+MAX_BATCH = {"cpu": 8, "cuda": 32}  # replies decoded together when WEBBOT_MAX_BATCH is auto
+PREFILL_CHUNK = {"cpu": 256, "cuda": 2048}  # prompt tokens per step, so running replies keep moving
+MAX_REPLY_SECONDS = 600.0  # the longest one reply may generate (WEBBOT_MAX_REPLY_SECONDS)
+KV_CACHE_MB_CPU = 2048  # kept KV caches when WEBBOT_KV_CACHE_MB is auto, on CPU
+KV_CACHE_GPU_SHARE = 0.25  # ... and on CUDA, this share of the GPU's memory
+REMOTE_MAX_STREAMS = 64  # replies one replica streams from a model server at once; more get 503
+STREAM_HEARTBEAT_S = 10  # an SSE comment while a request waits, so proxies keep it open
+PARTIAL_SAVE_S = 2.0  # how often a streaming reply is written to the database
+RECONNECT_GRACE_S = 10.0  # how long a reply nobody looks for goes on (WEBBOT_RECONNECT_GRACE_S)
+
+# Conversations
+MAX_MESSAGE_CHARS = 32_000
+MAX_CONVERSATIONS = 1000
+MAX_TITLE_CHARS = 200  # a title set by hand
+TITLE_FROM_MESSAGE_CHARS = 60  # the provisional title cut from the first message
+UNDO_S = 60.0  # how long a deleted conversation can be restored
+SEARCH_CHARS = 200  # the longest search
+CONTINUABLE = ("length", "stopped", "interrupted")  # reply statuses that Continue may go on from
+REPLY_STATUSES = ("complete", "length", "stopped", "interrupted", "error")  # as stored, once a reply has ended
+
+# Requests
+MAX_REQUEST_KB = 2048  # a JSON body (WEBBOT_MAX_REQUEST_KB)
+MAX_REQUEST_CHARS = 200_000  # all the text of one /v1 request (WEBBOT_MAX_REQUEST_CHARS)
+IMPORT_MAX_BYTES = 64 * 1024 * 1024  # an export of many long conversations is larger than any message
+FORM_OVERHEAD_BYTES = 65_536  # an upload's form fields and multipart framing beside the file
+
+# Speech
+DEFAULT_WHISPER_MODEL = "openai/whisper-base"
+SPEECH_BACKENDS = ("transformers", "faster-whisper")
+SPEECH_LOADS = ("startup", "lazy")
+MAX_AUDIO_MB = 25
+MAX_AUDIO_SECONDS = 300.0
+SPEECH_MAX_WAITING = 4
+
+# Who may use it
+AUTH_MODES = ("open", "password", "accounts")
+SIGNUPS = ("closed", "open")
+MAX_SESSIONS = 10_000  # signed-in browsers whose sessions are stored (WEBBOT_MAX_SESSIONS)
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
@@ -59,10 +110,10 @@ def from_env(environ: dict | None = None) -> dict:
         "WEBBOT_SECRET_KEY": env.get("WEBBOT_SECRET_KEY") or None,
         "WEBBOT_DEVICE": env.get("WEBBOT_DEVICE", "auto"),
         "WEBBOT_DTYPE": env.get("WEBBOT_DTYPE", "auto"),
-        "WEBBOT_MAX_TOKENS": int(env.get("WEBBOT_MAX_TOKENS", 8192)),
-        "WEBBOT_MEMORY_RATIO": float(env.get("WEBBOT_MEMORY_RATIO", 0.25)),
+        "WEBBOT_MAX_TOKENS": int(env.get("WEBBOT_MAX_TOKENS", DEFAULT_MAX_TOKENS)),
+        "WEBBOT_MEMORY_RATIO": float(env.get("WEBBOT_MEMORY_RATIO", DEFAULT_REPLY_SHARE)),  # the reply's share
         "WEBBOT_SYSTEM_PROMPT": env.get("WEBBOT_SYSTEM_PROMPT", DEFAULT_SYSTEM_PROMPT),
-        "WEBBOT_TEMPERATURE": float(env.get("WEBBOT_TEMPERATURE", 0.7)),
+        "WEBBOT_TEMPERATURE": float(env.get("WEBBOT_TEMPERATURE", PAGE_TEMPERATURE)),
         "WEBBOT_HOST": env.get("WEBBOT_HOST", "127.0.0.1"),
         "WEBBOT_PORT": int(env.get("WEBBOT_PORT", 5000)),
         "WEBBOT_DATA_DIR": str(data_dir),
@@ -74,27 +125,27 @@ def from_env(environ: dict | None = None) -> dict:
         "WEBBOT_WHISPER_MODEL": env.get("WEBBOT_WHISPER_MODEL", DEFAULT_WHISPER_MODEL),
         "WEBBOT_SPEECH_BACKEND": _choice(env, "WEBBOT_SPEECH_BACKEND", SPEECH_BACKENDS),
         "WEBBOT_SPEECH_LOAD": _choice(env, "WEBBOT_SPEECH_LOAD", SPEECH_LOADS),
-        "WEBBOT_MAX_AUDIO_BYTES": int(float(env.get("WEBBOT_MAX_AUDIO_MB", 25)) * 1_000_000),
-        "WEBBOT_MAX_AUDIO_SECONDS": float(env.get("WEBBOT_MAX_AUDIO_SECONDS", 300)),
-        "WEBBOT_SPEECH_MAX_WAITING": int(env.get("WEBBOT_SPEECH_MAX_WAITING", 4)),
+        "WEBBOT_MAX_AUDIO_BYTES": int(float(env.get("WEBBOT_MAX_AUDIO_MB", MAX_AUDIO_MB)) * 1_000_000),
+        "WEBBOT_MAX_AUDIO_SECONDS": float(env.get("WEBBOT_MAX_AUDIO_SECONDS", MAX_AUDIO_SECONDS)),
+        "WEBBOT_SPEECH_MAX_WAITING": int(env.get("WEBBOT_SPEECH_MAX_WAITING", SPEECH_MAX_WAITING)),
         "WEBBOT_MAX_BATCH": _auto_int(env, "WEBBOT_MAX_BATCH"),
-        "WEBBOT_MAX_WAITING": int(env.get("WEBBOT_MAX_WAITING", 16)),
-        "WEBBOT_MAX_REPLY_SECONDS": float(env.get("WEBBOT_MAX_REPLY_SECONDS", 600)),
+        "WEBBOT_MAX_WAITING": int(env.get("WEBBOT_MAX_WAITING", MAX_WAITING)),
+        "WEBBOT_MAX_REPLY_SECONDS": float(env.get("WEBBOT_MAX_REPLY_SECONDS", MAX_REPLY_SECONDS)),
         "WEBBOT_KV_CACHE_MB": _auto_int(env, "WEBBOT_KV_CACHE_MB"),
         "WEBBOT_KV_REUSE": _choice(env, "WEBBOT_KV_REUSE", ("on", "off")) == "on",
-        "WEBBOT_MAX_CONVERSATIONS": int(env.get("WEBBOT_MAX_CONVERSATIONS", 1000)),
+        "WEBBOT_MAX_CONVERSATIONS": int(env.get("WEBBOT_MAX_CONVERSATIONS", MAX_CONVERSATIONS)),
         # a page that lost its connection mid-reply keeps it going while it polls; unwatched this long, it stops
-        "WEBBOT_RECONNECT_GRACE_S": float(env.get("WEBBOT_RECONNECT_GRACE_S", 10)),
+        "WEBBOT_RECONNECT_GRACE_S": float(env.get("WEBBOT_RECONNECT_GRACE_S", RECONNECT_GRACE_S)),
         "WEBBOT_GENERATE_TITLES": _choice(env, "WEBBOT_GENERATE_TITLES", ("on", "off")) == "on",
-        "WEBBOT_MAX_MESSAGE_CHARS": int(env.get("WEBBOT_MAX_MESSAGE_CHARS", 32_000)),
-        "WEBBOT_MAX_REQUEST_BYTES": int(float(env.get("WEBBOT_MAX_REQUEST_KB", 2048)) * 1024),
+        "WEBBOT_MAX_MESSAGE_CHARS": int(env.get("WEBBOT_MAX_MESSAGE_CHARS", MAX_MESSAGE_CHARS)),
+        "WEBBOT_MAX_REQUEST_BYTES": int(float(env.get("WEBBOT_MAX_REQUEST_KB", MAX_REQUEST_KB)) * 1024),
         # all the text of one /v1 request, every message together (the model reads at most WEBBOT_MAX_TOKENS of it)
-        "WEBBOT_MAX_REQUEST_CHARS": int(env.get("WEBBOT_MAX_REQUEST_CHARS", 200_000)),
+        "WEBBOT_MAX_REQUEST_CHARS": int(env.get("WEBBOT_MAX_REQUEST_CHARS", MAX_REQUEST_CHARS)),
         # signed-in browsers whose sessions are kept on the server; past it the least recently used are signed out
-        "WEBBOT_MAX_SESSIONS": int(env.get("WEBBOT_MAX_SESSIONS", 10_000)),
-        "WEBBOT_AUTH": env.get("WEBBOT_AUTH", "open"),
+        "WEBBOT_MAX_SESSIONS": int(env.get("WEBBOT_MAX_SESSIONS", MAX_SESSIONS)),
+        "WEBBOT_AUTH": _choice(env, "WEBBOT_AUTH", AUTH_MODES),
         "WEBBOT_PASSWORD": env.get("WEBBOT_PASSWORD", ""),
-        "WEBBOT_SIGNUP": env.get("WEBBOT_SIGNUP", "closed"),
+        "WEBBOT_SIGNUP": _choice(env, "WEBBOT_SIGNUP", SIGNUPS),
         "WEBBOT_RATE_SIGNIN": env.get("WEBBOT_RATE_SIGNIN", "10/minute"),
         "WEBBOT_RATE_MESSAGES": env.get("WEBBOT_RATE_MESSAGES", "30/minute"),
         "WEBBOT_RATE_TRANSCRIPTIONS": env.get("WEBBOT_RATE_TRANSCRIPTIONS", "20/minute"),

@@ -6,17 +6,18 @@ does not behave that way: for a 32768x2048 weight it took 13 ms for one row, 28 
 two and 55 ms for four, while the same product written as `weight @ x.T` took 13-14 ms
 for one to four rows and 23 ms for eight (and was faster for 256-row prefill chunks too).
 bf16 gains nothing from it on such a CPU (no native bf16 arithmetic), so only fp32
-models are switched. `bench/bench_linear.py` prints these figures for the machine at hand.
+models are switched (the figures were measured on the development machine, 2 AVX2 cores;
+docs/benchmarks.md has the batching they buy).
 """
 
 import types
+
+import torch
 
 SMALL_BATCH_DTYPES = ("float32",)
 
 
 def _forward(self, x):
-    import torch
-
     rows = x.reshape(-1, x.shape[-1])
     if rows.shape[0] == 1:  # one row: the usual kernel is as fast
         return torch.nn.functional.linear(x, self.weight, self.bias)
@@ -28,8 +29,6 @@ def _forward(self, x):
 
 def use_weight_major_linear(model) -> int:
     """Switch every nn.Linear of the model to the weight-major product; returns how many."""
-    import torch
-
     count = 0
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):

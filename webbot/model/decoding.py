@@ -4,11 +4,11 @@ Text leaves here only when its bytes form whole UTF-8 characters, and stop strin
 cut out before a caller sees them.
 """
 
+import torch
+
 
 def sample_tokens(logits, params: list) -> list[int]:
     """One next token per row of `logits` [rows, vocab]: greedy at temperature 0, else top-p sampling."""
-    import torch
-
     chosen = []
     for row, p in zip(logits, params, strict=True):
         if p.temperature <= 0:

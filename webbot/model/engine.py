@@ -12,120 +12,27 @@ leave before the next step, so a stopped reply frees its slot within one step.
 A prompt that begins like an earlier sequence reuses that sequence's KV cache from the
 prefix cache (`kv_cache.py`), so the next turn of a conversation prefills only its new
 tokens; a finished reply's cache goes back there.
+
+The worker thread runs from `start()` until `close()`; constructing an engine starts nothing.
 """
 
 import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
 
+import torch
+from transformers import DynamicCache
+
+from webbot.config import MAX_REPLY_SECONDS, MAX_WAITING
 from webbot.model.decoding import TextDecoder, sample_tokens
 from webbot.model.kv_cache import PrefixCache, stack_left_padded
 from webbot.model.metrics import Metrics
+from webbot.model.stream import EngineBusy, SamplingParams, Stream
 
 log = logging.getLogger(__name__)
-
-MAX_WAITING = 16  # requests queued behind the running ones before new ones are refused
-MAX_BATCH = {"cpu": 8, "cuda": 32}  # streams decoded together
-PREFILL_CHUNK = {"cpu": 256, "cuda": 2048}  # prompt tokens per step, so running streams keep moving
-MAX_REPLY_SECONDS = 600.0
-_END = object()
-
-
-class EngineBusy(RuntimeError):
-    """The admission queue is full; the caller should retry later."""
-
-
-@dataclass
-class SamplingParams:
-    """How to pick tokens for one reply."""
-
-    max_new_tokens: int = 512
-    temperature: float = 0.7
-    top_p: float = 1.0
-    stop: list[str] = field(default_factory=list)
-
-
-class Stream:
-    """One reply in progress: iterate for text pieces; `cancel()` stops it on the server."""
-
-    def __init__(self, prompt_ids: list[int], params: SamplingParams, owner: str = "", public_tokens: int = 0):
-        self.prompt_ids = prompt_ids
-        self.params = params
-        self.owner = owner  # whose cached prompts this one may reuse (see kv_cache.py)
-        self.public_tokens = public_tokens  # leading prompt tokens anyone's cache may supply
-        self.cancelled = threading.Event()
-        self.events: queue.Queue = queue.Queue()
-        self.generated_ids: list[int] = []
-        self.reused_tokens = 0  # prompt tokens whose KV cache came from an earlier sequence (OpenAI's cached_tokens)
-        self.finish_reason: str | None = None
-        self.error: BaseException | None = None
-        self.submitted = time.monotonic()
-        self.started: float | None = None
-        self.first_token_at: float | None = None
-        self.last_token_at: float | None = None
-        self.text = ""
-
-    @property
-    def prompt_tokens(self) -> int:
-        """Tokens in the prompt."""
-        return len(self.prompt_ids)
-
-    @property
-    def completion_tokens(self) -> int:
-        """Tokens generated so far (end-of-turn token included)."""
-        return len(self.generated_ids)
-
-    @property
-    def done(self) -> bool:
-        """True once the engine has finished with this stream."""
-        return self.finish_reason is not None
-
-    def cancel(self) -> None:
-        """Ask the engine to stop generating; takes effect before the next step."""
-        self.cancelled.set()
-
-    def record_token(self, metrics: Metrics, count: int = 1) -> None:
-        """Count `count` new tokens and time them: time to first token, then time per output token."""
-        now = time.monotonic()
-        metrics.generated_tokens.inc(count)
-        if self.first_token_at is None:
-            self.first_token_at = now
-            metrics.time_to_first_token.observe(now - self.submitted)
-        else:
-            metrics.time_per_output_token.observe(now - self.last_token_at)
-        self.last_token_at = now
-
-    def push(self, piece: str) -> None:
-        """Hand a piece of text to the reader."""
-        self.text += piece
-        self.events.put(piece)
-
-    def end(self, reason: str, error: BaseException | None = None) -> None:
-        """Record why the reply ended and wake the reader (called once, by whoever generated it)."""
-        self.error, self.finish_reason = error, reason
-        self.events.put(_END)
-
-    def next_piece(self, timeout: float | None = None) -> str | None:
-        """The next text piece, None at the end; raises queue.Empty after timeout, or the engine's error."""
-        item = self.events.get(timeout=timeout)
-        if item is _END:
-            self.events.put(_END)  # later calls see the end too
-            if self.error is not None:
-                raise self.error
-            return None
-        return item
-
-    def __iter__(self):
-        while (piece := self.next_piece()) is not None:
-            yield piece
-
-    def usage(self) -> dict:
-        """OpenAI-style token counts; `cached_tokens` counts only this requester's own reuse (and the public head)."""
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": self.prompt_tokens + self.completion_tokens,
-                "prompt_tokens_details": {"cached_tokens": self.reused_tokens}}
+_CLOSE = object()  # put in the queue to wake an idle worker when the engine closes
+__all__ = ["Engine", "EngineBusy", "SamplingParams", "Stream"]
 
 
 class _Row:
@@ -159,8 +66,26 @@ class Engine:
         self._batch = None  # DynamicCache holding self.rows left-padded, None when it must be rebuilt
         self._pads: list[int] = []
         self._mask = None
-        self._worker = threading.Thread(target=self._run, name="generation", daemon=True)
-        self._worker.start()
+        self._closing = threading.Event()
+        self._worker: threading.Thread | None = None
+
+    def start(self) -> "Engine":
+        """Start the worker thread (once)."""
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._run, name="generation", daemon=True)
+            self._worker.start()
+        return self
+
+    def close(self, timeout: float = 10.0) -> None:
+        """End every reply (each ends as cancelled), stop the worker thread and wait for it."""
+        self._closing.set()
+        self.cancel_all()
+        try:
+            self.requests.put_nowait(_CLOSE)
+        except queue.Full:
+            pass  # the worker is not idle, so it sees the flag after this step
+        if self._worker is not None:
+            self._worker.join(timeout)
 
     @property
     def waiting(self) -> int:
@@ -206,7 +131,8 @@ class Engine:
 
     def cancel_all(self) -> int:
         """Cancel every running and queued reply (at shutdown); returns how many."""
-        streams = [row.stream for row in list(self.prefilling) + list(self.rows)] + list(self.requests.queue)
+        waiting = [item for item in list(self.requests.queue) if item is not _CLOSE]
+        streams = [row.stream for row in list(self.prefilling) + list(self.rows)] + waiting
         for stream in streams:
             stream.cancel()
         return len(streams)
@@ -214,9 +140,7 @@ class Engine:
     # The worker thread from here on.
 
     def _run(self) -> None:
-        import torch
-
-        while True:
+        while not self._closing.is_set():
             self._admit()
             with torch.inference_mode():
                 if self.prefilling:
@@ -236,6 +160,9 @@ class Engine:
                         log.exception("decode step failed")
                         for row in list(self.rows):
                             self._leave(row, "error", exc)
+        for row in self.prefilling + self.rows:  # closed: whatever was running ends, as cancelled
+            self._finish(row, "cancelled")
+        self.prefilling, self.rows, self._batch = [], [], None
 
     def _admit(self) -> None:
         """Take waiting requests while there is room; block when there is nothing else to do."""
@@ -243,6 +170,8 @@ class Engine:
             try:
                 stream = self.requests.get(block=self.running == 0)
             except queue.Empty:
+                return
+            if stream is _CLOSE:
                 return
             stream.started = time.monotonic()
             row = _Row(stream, TextDecoder(self.tokenizer, stream.params.stop))
@@ -253,9 +182,6 @@ class Engine:
 
     def _prefill_step(self, row: _Row) -> None:
         """Feed the next chunk of one prompt; after the last, pick its first token and join the batch."""
-        import torch
-        from transformers import DynamicCache
-
         stream = row.stream
         if stream.cancelled.is_set():
             self.prefilling.remove(row)
@@ -290,8 +216,6 @@ class Engine:
 
     def _decode_step(self) -> None:
         """One token for every decoding stream, in one forward pass."""
-        import torch
-
         for row in [r for r in self.rows if r.stream.cancelled.is_set()]:
             self._leave(row, "cancelled")
         if not self.rows:
@@ -313,9 +237,6 @@ class Engine:
 
     def _rebuild(self) -> None:
         """Stack the decoding rows' caches into one left-padded batch (after a join or a leave)."""
-        import torch
-        from transformers import DynamicCache
-
         layers, self._pads = stack_left_padded([row.kv for row in self.rows])
         for row in self.rows:
             row.kv = None  # the batch holds it now

@@ -1,6 +1,6 @@
 """Conversation memory: which stored turns the model sees, counted with the real chat template.
 
-The context holds `max_tokens` tokens; `memory_ratio` of them is reserved for the reply
+The context holds `max_tokens` tokens; `reply_share` of them is reserved for the reply
 and the rest (the budget) is prompt: the system prompt, as many of the newest turns as
 fit, and the new message. Oldest whole turns go first. Nothing here touches storage:
 trimming only decides what the model sees.
@@ -18,6 +18,8 @@ from bisect import bisect_left
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from webbot.config import DEFAULT_MAX_TOKENS, DEFAULT_REPLY_SHARE
+
 TURN_COST_ENTRIES = 50_000  # turns whose token cost is remembered; each key is a 20-byte digest, never the text
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
@@ -29,6 +31,11 @@ def valid_text(text: str) -> str:
     versions (a system prompt saved in settings, say) from breaking every later prompt.
     """
     return _SURROGATES.sub("\ufffd", text)
+
+
+def prompt_budget(max_tokens: int, reply_share: float) -> int:
+    """Tokens a prompt may hold: the context less the reply's share."""
+    return int(max_tokens * (1 - reply_share))
 
 
 class MessageTooLong(ValueError):
@@ -80,13 +87,13 @@ def group_turns(history: list[dict]) -> list[list[dict]]:
 class Memory:
     """Builds prompts with the tokenizer's chat template and trims them to the budget."""
 
-    def __init__(self, tokenizer, max_tokens: int = 8192, memory_ratio: float = 0.25,
+    def __init__(self, tokenizer, max_tokens: int = DEFAULT_MAX_TOKENS, reply_share: float = DEFAULT_REPLY_SHARE,
                  chunk_ratio: float = 0.25, template_kwargs: dict | None = None):
-        if not 0 <= memory_ratio < 1:
-            raise ValueError("memory_ratio must be at least 0 and below 1")
+        if not 0 <= reply_share < 1:
+            raise ValueError("the reply's share of the context (WEBBOT_MEMORY_RATIO) must be at least 0 and below 1")
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
-        self.budget = int(max_tokens * (1 - memory_ratio))
+        self.budget = prompt_budget(max_tokens, reply_share)
         self.chunk = max(1, int(self.budget * chunk_ratio))
         self.template_kwargs = template_kwargs or {}
         self._turn_costs: OrderedDict[bytes, int] = OrderedDict()
@@ -208,28 +215,3 @@ class Memory:
         fixed = len(self.render(head + [{"role": "user", "content": ""}]))
         overflow = fixed + history_tokens + self.chunk // 2 - self.budget
         return 0 if overflow <= 0 else -(-overflow // self.chunk) * self.chunk
-
-
-class PlansReplies:
-    """Prompt planning shared by ChatBot and RemoteBot; they set `memory`, `max_tokens` and `system_prompt`."""
-
-    memory: Memory
-    max_tokens: int
-    system_prompt: str
-
-    @property
-    def reply_reserve(self) -> int:
-        """Tokens kept free for the reply."""
-        return self.max_tokens - self.memory.budget
-
-    def plan(self, history: list[dict], message: str, system_prompt: str | None = None,
-             partial_reply: str | None = None, owner: str = "") -> MemoryPlan:
-        """What the model would see for `message` after `history` in `owner`'s conversation, going on from
-        `partial_reply` when given (raises MessageTooLong). The server's own system prompt makes a public head
-        (see kv_cache.py)."""
-        system = self.system_prompt if system_prompt is None else system_prompt
-        return self.memory.plan(history, message, system, partial_reply, system == self.system_prompt, owner)
-
-    def reply_tokens(self, prompt_tokens: int, requested: int | None) -> int:
-        """The most tokens a reply may have: as many as asked (else the reserve), as far as the context has room."""
-        return max(1, min(requested or self.reply_reserve, self.max_tokens - prompt_tokens))

@@ -50,14 +50,11 @@ class Metrics:
             self.prompt_tokens.labels(source)
 
     def watch(self, bot) -> None:
-        """Read the gauges from the bot's engine at scrape time (zero until the model is loaded)."""
-        def engine_value(read):
-            return lambda: read(bot.engine) if getattr(bot, "engine", None) is not None else 0
-
-        self.queue_depth.set_function(engine_value(lambda e: e.waiting))
-        self.active_streams.set_function(engine_value(lambda e: e.running))
-        self.kv_cache_bytes.set_function(engine_value(lambda e: e.kv_bytes))
-        self.kv_cache_budget.set_function(engine_value(lambda e: e.cache.budget))
+        """Read the gauges from the bot (`Bot.gauges()`) at scrape time."""
+        self.queue_depth.set_function(lambda: bot.gauges()["queue_depth"])
+        self.active_streams.set_function(lambda: bot.gauges()["active_streams"])
+        self.kv_cache_bytes.set_function(lambda: bot.gauges()["kv_cache_bytes"])
+        self.kv_cache_budget.set_function(lambda: bot.gauges()["kv_cache_budget"])
 
     def exposition(self) -> bytes:
         """The registry in Prometheus' text format."""

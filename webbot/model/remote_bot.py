@@ -20,15 +20,15 @@ import logging
 import threading
 import time
 
-from chat_bot import DEFAULT_SYSTEM_PROMPT, split_gguf
-from webbot.model.engine import EngineBusy, SamplingParams, Stream
-from webbot.model.memory import Memory, MemoryPlan, PlansReplies
+from webbot.config import DEFAULT_MAX_TOKENS, DEFAULT_REPLY_SHARE, DEFAULT_SYSTEM_PROMPT, REMOTE_MAX_STREAMS
+from webbot.model.bot import PlansReplies
+from webbot.model.memory import Memory, MemoryPlan
 from webbot.model.metrics import Metrics
+from webbot.model.stream import EngineBusy, SamplingParams, Stream
 from webbot.model.upstream import UpstreamError, make_client, upstream_error
 
 log = logging.getLogger(__name__)
 
-MAX_STREAMS = 64  # replies one replica streams from the model server at once; more get 503
 HEALTH_TIMEOUT_S = 3.0
 HEALTH_CACHE_S = 5.0  # /healthz asks the model server at most this often
 
@@ -62,18 +62,17 @@ class RemoteBot(PlansReplies):
     """Trims memory locally and streams replies from `url` (an OpenAI-compatible /v1 base URL)."""
 
     def __init__(self, url: str, model: str, key: str | None = None, served_model: str | None = None,
-                 max_tokens: int = 8192, memory_ratio: float = 0.25, system_prompt: str = DEFAULT_SYSTEM_PROMPT,
-                 timeout: float = 120.0, max_streams: int = MAX_STREAMS, metrics=None, client=None,
+                 max_tokens: int = DEFAULT_MAX_TOKENS, reply_share: float = DEFAULT_REPLY_SHARE,
+                 system_prompt: str = DEFAULT_SYSTEM_PROMPT, timeout: float = 120.0,
+                 max_streams: int = REMOTE_MAX_STREAMS, metrics=None, client=None,
                  cache_salt: bool = False):
         self.url, self.model_id, self.key = url.rstrip("/"), model, key
         self.served_model = served_model or model
-        self.max_tokens, self.memory_ratio, self.system_prompt = max_tokens, memory_ratio, system_prompt
+        self.max_tokens, self.reply_share, self.system_prompt = max_tokens, reply_share, system_prompt
         self.timeout = timeout
         self.cache_salt = cache_salt
-        self.engine = None  # no local engine: the gauges read `running` below
         self.metrics = metrics or Metrics()
         self.metrics.watch(self)
-        self.metrics.active_streams.set_function(lambda: self.running)
         self.memory: Memory | None = None
         self.error: str | None = None
         self._client = client
@@ -109,20 +108,16 @@ class RemoteBot(PlansReplies):
         """Load the tokenizer and chat template (no weights) for memory trimming."""
         if self.ready:
             return self
-        from transformers import AutoTokenizer
+        from webbot.model.loading import load_tokenizer
 
         started = time.monotonic()
-        source, gguf_file = split_gguf(self.model_id)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(source, **({"gguf_file": gguf_file} if gguf_file else {}))
-            if not getattr(tokenizer, "chat_template", None):
-                raise ValueError(f"{self.model_id} has no chat template; point WEBBOT_MODEL at the served model's "
-                                 "tokenizer files")
+            tokenizer = load_tokenizer(self.model_id, "point WEBBOT_MODEL at the served model's tokenizer files")
         except Exception as exc:
             self.error = f"{type(exc).__name__}: {exc}"
             log.exception("could not load the tokenizer of %s", self.model_id)
             raise
-        self.memory = Memory(tokenizer, self.max_tokens, self.memory_ratio)
+        self.memory = Memory(tokenizer, self.max_tokens, self.reply_share)
         log.info("tokenizer of %s ready in %.1f s; replies come from %s (model %s); context %d tokens, "
                  "prompt budget %d", self.model_id, time.monotonic() - started, self.url, self.served_model,
                  self.max_tokens, self.memory.budget)
@@ -132,7 +127,7 @@ class RemoteBot(PlansReplies):
     def generate(self, plan: MemoryPlan, params: SamplingParams, owner: str = "") -> RemoteStream:
         """Send the planned messages upstream for `owner`; returns once the server has accepted the request.
 
-        Raises EngineBusy when this replica already streams MAX_STREAMS replies, and
+        Raises EngineBusy when this replica already streams `max_streams` replies, and
         UpstreamError when the server cannot be reached or refuses.
         """
         if not self._slots.acquire(blocking=False):
@@ -225,7 +220,15 @@ class RemoteBot(PlansReplies):
             stream.cancel()
         return len(streams)
 
-    def check(self) -> dict:
+    def close(self) -> None:
+        """End every reply streaming now; nothing else runs here."""
+        self.cancel_all()
+
+    def gauges(self) -> dict[str, float]:
+        """The server queues on its own side; here only the replies streaming through this replica count."""
+        return {"queue_depth": 0, "active_streams": self.running, "kv_cache_bytes": 0, "kv_cache_budget": 0}
+
+    def upstream_check(self) -> dict:
         """Whether the model server answers GET /models, asked at most every HEALTH_CACHE_S seconds."""
         now = time.monotonic()
         if self._health and now - self._health[0] < HEALTH_CACHE_S:

@@ -9,7 +9,7 @@ the provisional title in place.
 import queue
 import re
 
-from webbot.model.engine import SamplingParams
+from webbot.model.stream import SamplingParams
 
 INSTRUCTION = ("Write a short title, at most six words, for the conversation below. Answer with the title "
                "only: no quotes, no full stop.")

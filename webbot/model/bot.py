@@ -1,0 +1,78 @@
+"""What the web layer holds as "the bot": the `Bot` protocol that the local model (`chat_bot.ChatBot`) and a
+remote model server (`remote_bot.RemoteBot`) both satisfy, and the prompt planning they share.
+"""
+
+from typing import Protocol
+
+from webbot.model.memory import Memory, MemoryPlan
+from webbot.model.metrics import Metrics
+from webbot.model.stream import SamplingParams, Stream
+
+
+class Bot(Protocol):
+    """A model that answers conversations, loaded once and shared by every request."""
+
+    model_id: str
+    max_tokens: int
+    system_prompt: str
+    memory: Memory | None  # set by load()
+    metrics: Metrics
+    error: str | None  # why loading failed
+
+    @property
+    def name(self) -> str:
+        """The model id clients see."""
+
+    @property
+    def ready(self) -> bool:
+        """True once load() has finished."""
+
+    def load(self) -> "Bot":
+        """Load what answering needs; raises (and sets `error`) on failure."""
+
+    def close(self) -> None:
+        """End every reply and free what load() started."""
+
+    def plan(self, history: list[dict], message: str, system_prompt: str | None = None,
+             partial_reply: str | None = None, owner: str = "") -> MemoryPlan:
+        """What the model would see for `message`; raises MessageTooLong."""
+
+    def generate(self, plan: MemoryPlan, params: SamplingParams, owner: str = "") -> Stream:
+        """Start a reply; raises EngineBusy when the queue is full (or UpstreamError for a model server)."""
+
+    def queue_position(self, stream: Stream) -> tuple[int, int]:
+        """(place in the queue, 1 for next and 0 once started; replies being written now)."""
+
+    def cancel_all(self) -> int:
+        """End every running and queued reply now (a shutdown)."""
+
+    def upstream_check(self) -> dict | None:
+        """The model server's state for /healthz; None for a model in this process."""
+
+    def gauges(self) -> dict[str, float]:
+        """What /metrics reads at scrape time: queue_depth, active_streams, kv_cache_bytes, kv_cache_budget."""
+
+
+class PlansReplies:
+    """Prompt planning shared by ChatBot and RemoteBot; they set `memory`, `max_tokens` and `system_prompt`."""
+
+    memory: Memory
+    max_tokens: int
+    system_prompt: str
+
+    @property
+    def reply_reserve(self) -> int:
+        """Tokens kept free for the reply."""
+        return self.max_tokens - self.memory.budget
+
+    def plan(self, history: list[dict], message: str, system_prompt: str | None = None,
+             partial_reply: str | None = None, owner: str = "") -> MemoryPlan:
+        """What the model would see for `message` after `history` in `owner`'s conversation, going on from
+        `partial_reply` when given (raises MessageTooLong). The server's own system prompt makes a public head
+        (see kv_cache.py)."""
+        system = self.system_prompt if system_prompt is None else system_prompt
+        return self.memory.plan(history, message, system, partial_reply, system == self.system_prompt, owner)
+
+    def reply_tokens(self, prompt_tokens: int, requested: int | None) -> int:
+        """The most tokens a reply may have: as many as asked (else the reserve), as far as the context has room."""
+        return max(1, min(requested or self.reply_reserve, self.max_tokens - prompt_tokens))

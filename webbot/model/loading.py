@@ -1,0 +1,99 @@
+"""Loading a model: where a model id points (hub id, directory, `.gguf` file), which device and dtype to
+use, its tokenizer and chat template (shared by the local model and the remote backend, which loads only
+the tokenizer), the ids that end a reply, and the KV cache budget when none is set. No Flask here.
+"""
+
+import logging
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from webbot.config import KV_CACHE_GPU_SHARE, KV_CACHE_MB_CPU
+
+log = logging.getLogger(__name__)
+
+# Tokens that end a turn in common chat templates; used beside the model's own eos ids.
+END_OF_TURN_TOKENS = ("<|eot_id|>", "<|end_of_text|>", "<|eom_id|>", "<|im_end|>", "<|endoftext|>",
+                      "<end_of_turn>", "<|end|>", "</s>")
+LOAD_HEARTBEAT_S = 10
+
+
+def resolve_device_dtype(device: str = "auto", dtype: str = "auto") -> tuple[str, str]:
+    """Pick the device and dtype: CUDA with bf16 when there is a GPU; on CPU, fp32.
+
+    On CPU, fp32 prefill is measured 5x faster than bf16 on an AVX2 machine without native
+    bf16 (docs/benchmarks.md, the dtype table), at twice the memory.
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    return device, dtype
+
+
+def split_gguf(model: str) -> tuple[str, str | None]:
+    """A local `.gguf` path becomes (its directory, its file name); anything else is unchanged."""
+    path = Path(model).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"no GGUF file at {path}")
+        return str(path.parent), path.name
+    return model, None
+
+
+def model_source(model_id: str) -> tuple[str, dict]:
+    """(what from_pretrained reads, the extra arguments a `.gguf` file needs)."""
+    source, gguf_file = split_gguf(model_id)
+    return source, ({"gguf_file": gguf_file} if gguf_file else {})
+
+
+def load_tokenizer(model_id: str, advice: str = "use an instruction-tuned model"):
+    """The tokenizer of `model_id`, which must have a chat template (else ValueError ending with `advice`)."""
+    from transformers import AutoTokenizer
+
+    source, extra = model_source(model_id)
+    tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"{model_id} has no chat template; {advice}")
+    return tokenizer
+
+
+@contextmanager
+def progress_in_log(what: str):
+    """Log `still loading WHAT (N s so far)` every LOAD_HEARTBEAT_S until the block ends."""
+    started, done = time.monotonic(), threading.Event()
+
+    def heartbeat():
+        while not done.wait(LOAD_HEARTBEAT_S):
+            log.info("still loading %s (%.0f s so far)", what, time.monotonic() - started)
+
+    threading.Thread(target=heartbeat, daemon=True, name="load-heartbeat").start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
+def default_kv_cache_mb(device: str) -> int:
+    """The KV cache budget when none is set: a share of the GPU's memory, or KV_CACHE_MB_CPU on CPU."""
+    if device.startswith("cuda"):
+        total = torch.cuda.get_device_properties(torch.device(device)).total_memory
+        return int(total * KV_CACHE_GPU_SHARE / (1024 * 1024))
+    return KV_CACHE_MB_CPU
+
+
+def end_of_turn_ids(model, tokenizer) -> list[int]:
+    """Token ids that end a reply: the model's eos ids plus known end-of-turn tokens it has."""
+    ids: list[int] = []
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    for value in (configured, tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.append(value)
+        elif value:
+            ids.extend(value)
+    vocab = tokenizer.get_vocab()
+    ids.extend(vocab[token] for token in END_OF_TURN_TOKENS if token in vocab)
+    return list(dict.fromkeys(ids))
