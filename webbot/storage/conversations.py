@@ -30,7 +30,8 @@ from sqlalchemy import (
     update,
 )
 
-from webbot.storage import search
+from webbot.config import TITLE_FROM_MESSAGE_CHARS, UNDO_S
+from webbot.storage import database, search
 
 metadata = MetaData()
 
@@ -66,15 +67,14 @@ preferences = Table(
     Column("settings", Text, nullable=False),  # JSON: this person's default settings for new replies
 )
 
-TITLE_CHARS = 60
-UNDO_S = 60.0  # how long a deleted conversation can be restored
 AFTER_LEAF = object()  # add_message's default place: after the last message of the shown branch
 
 
 def title_from(text: str) -> str:
     """A short conversation title from its first message."""
     line = " ".join(text.split())
-    return line if len(line) <= TITLE_CHARS else line[:TITLE_CHARS - 1].rstrip() + "…"
+    most = TITLE_FROM_MESSAGE_CHARS
+    return line if len(line) <= most else line[:most - 1].rstrip() + "…"
 
 
 def _conversation(row) -> dict:
@@ -89,6 +89,10 @@ class Store:
 
     def __init__(self, engine):
         self.engine = engine  # from database.connect, its schema upgraded by database.upgrade
+
+    def check(self) -> dict:
+        """The database's state for /healthz."""
+        return database.check(self.engine)
 
     def _mine(self, owner: str, conversation_id: str | None = None):
         """The WHERE clause for this owner's conversations that are not deleted."""

@@ -17,6 +17,9 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, event, func, inspect, select, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from webbot.storage.errors import StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +53,39 @@ def normalise_url(url: str) -> str:
 
 def connect(url: str) -> Engine:
     """An engine for `url`: SQLite with WAL and foreign keys; PostgreSQL with a short connect timeout. Both check
-    a pooled connection before use, so the app recovers by itself when the database comes back."""
+    a pooled connection before use, so the app recovers by itself when the database comes back. A database out
+    of reach raises StorageUnavailable (see `_outage`)."""
     url = normalise_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, pool_pre_ping=True)
         event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    args = {"connect_timeout": PG_CONNECT_TIMEOUT_S} if url.startswith("postgresql") else {}
-    return create_engine(url, connect_args=args, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    else:
+        args = {"connect_timeout": PG_CONNECT_TIMEOUT_S} if url.startswith("postgresql") else {}
+        engine = create_engine(url, connect_args=args, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    event.listen(engine, "handle_error", _outage)
+    return engine
+
+
+def _outage(context) -> None:
+    """SQLAlchemy's error hook: a lost connection or a database that cannot be reached becomes StorageUnavailable;
+    any other error (a constraint, a bad query) is a bug and stays as it is."""
+    error = context.sqlalchemy_exception
+    if context.is_disconnect or isinstance(error, OperationalError) or (
+            isinstance(error, DBAPIError) and error.connection_invalidated):
+        raise StorageUnavailable(f"the database cannot be reached ({type(context.original_exception).__name__})"
+                                 ) from context.original_exception
+
+
+def check(engine: Engine) -> dict:
+    """The database's state for /healthz: whether it answers a trivial query."""
+    try:
+        with engine.connect() as db:
+            db.execute(text("SELECT 1"))
+        return {"status": "ok", "kind": engine.dialect.name}
+    except (StorageUnavailable, DBAPIError) as exc:
+        return {"status": "error", "kind": engine.dialect.name,
+                "error": f"The database cannot be reached ({type(exc.__cause__ or exc).__name__}); check that it is "
+                         "running."}
 
 
 def _sqlite_pragmas(connection, _record) -> None:

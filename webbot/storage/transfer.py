@@ -10,12 +10,16 @@ one conversation ({"title", "messages", ...} at the top) imports too.
 import json
 import math
 
+from webbot.config import REPLY_STATUSES
 from webbot.storage.branches import path_to
-from webbot.web.validation import UNSTORABLE, BadInput
+from webbot.storage.text import UNSTORABLE
+
+
+class ExportError(ValueError):
+    """An uploaded file that cannot be imported; the message is a sentence naming the first problem."""
 
 FORMAT = "webbot-conversations/1"
 ROLES = ("user", "assistant")
-STATUSES = ("complete", "length", "stopped", "interrupted", "error")
 
 
 def as_json(items: list[tuple[dict, list[dict]]]) -> str:
@@ -41,12 +45,11 @@ def as_markdown(items: list[tuple[dict, list[dict]]]) -> str:
 
 
 def _fail(where: str, what: str):
-    raise BadInput(400, f"The file cannot be imported: {where} {what}. Import a JSON file exported from this "
-                        "app.", "invalid_import")
+    raise ExportError(f"The file cannot be imported: {where} {what}. Import a JSON file exported from this app.")
 
 
 def parse(data, max_conversations: int, max_message_chars: int) -> list[dict]:
-    """The conversations in an uploaded export, each checked; a 400 naming the first problem otherwise."""
+    """The conversations in an uploaded export, each checked; ExportError naming the first problem otherwise."""
     if isinstance(data, dict) and "messages" in data and "conversations" not in data:
         data = {"conversations": [data]}
     if not isinstance(data, dict) or not isinstance(data.get("conversations"), list):
@@ -92,7 +95,7 @@ def _conversation(item, number: int, max_chars: int) -> dict:
         ids.add(ident)
         status = message.get("status") or "complete"
         messages.append({"id": ident, "parent": parent, "role": role, "content": content,
-                         "status": status if status in STATUSES else "complete",
+                         "status": status if status in REPLY_STATUSES else "complete",
                          "created_at": _time(message.get("created_at"), spot)})
     created, leaf = _time(item.get("created_at"), where), item.get("leaf")
     if leaf is not None and (isinstance(leaf, bool) or not isinstance(leaf, (int, str)) or leaf not in ids):
