@@ -16,7 +16,8 @@ from wtforms.validators import DataRequired, EqualTo, Length
 
 from webbot.storage.users import MAX_PASSWORD_CHARS, UserError
 from webbot.web.auth import Account, password_fingerprint, safe_next
-from webbot.web.errors import current_owner, user_owner
+from webbot.web.owners import current_owner, user_owner
+from webbot.web.services import services
 from webbot.web.visitors import known_owner
 
 bp = Blueprint("auth", __name__)
@@ -45,10 +46,6 @@ class KeyForm(FlaskForm):
     name = StringField("Name", validators=[Length(max=64, message="Name the key in at most 64 characters.")])
 
 
-def _state():
-    return current_app.extensions["webbot"]
-
-
 def _mode() -> str:
     return current_app.config["WEBBOT_AUTH"]
 
@@ -68,7 +65,7 @@ def _start_session() -> None:
 def signin():
     mode = _mode()
     if mode == "open":
-        return redirect(url_for("index"))
+        return redirect(url_for("pages.index"))
     form = SignInForm()
     target = safe_next(request.args.get("next"))
     errors, status = [], 200
@@ -81,7 +78,7 @@ def signin():
                 return redirect(target)
             errors, status = ["Wrong password."], 401
         else:
-            user = _state().users.authenticate(form.name.data, form.password.data)
+            user = services().users.authenticate(form.name.data, form.password.data)
             if user is None:
                 errors, status = ["Wrong name or password."], 401
             elif user["disabled"]:
@@ -94,14 +91,14 @@ def signin():
                 return redirect(target)
     elif request.method == "POST":
         errors, status = _form_errors(form), 400
-    no_users = mode == "accounts" and _state().users.count() == 0
+    no_users = mode == "accounts" and services().users.count() == 0
     return render_template("signin.html", form=form, errors=errors, no_users=no_users), status
 
 
 def _claim(anonymous: str | None) -> None:
     """Move the conversations this browser made before signing in (its owner cookie's) into the account."""
     if anonymous:
-        moved = _state().store.reassign(anonymous, current_owner())
+        moved = services().store.reassign(anonymous, current_owner())
         if moved:
             flash(f"{moved} conversation{'s' if moved != 1 else ''} from this browser "
                   f"{'are' if moved != 1 else 'is'} now in your account.")
@@ -115,7 +112,7 @@ def signup():
     errors, status = [], 200
     if form.validate_on_submit():
         try:
-            user = _state().users.create(form.name.data, form.password.data)
+            user = services().users.create(form.name.data, form.password.data)
         except UserError as exc:
             errors, status = [str(exc)], 400
         else:
@@ -123,7 +120,7 @@ def signup():
             _start_session()
             login_user(Account(user))
             _claim(anonymous)
-            return redirect(url_for("index"))
+            return redirect(url_for("pages.index"))
     elif request.method == "POST":
         errors, status = _form_errors(form), 400
     return render_template("signup.html", form=form, errors=errors), status
@@ -133,7 +130,7 @@ def signup():
 def signout():
     logout_user()
     session.clear()
-    return redirect(url_for("auth.signin") if _mode() != "open" else url_for("index"))
+    return redirect(url_for("auth.signin") if _mode() != "open" else url_for("pages.index"))
 
 
 def _signed_in_account() -> Account:
@@ -146,13 +143,13 @@ def _signed_in_account() -> Account:
 def account(new_key: str | None = None, errors: list[str] | None = None, status: int = 200):
     user = _signed_in_account()
     return render_template("account.html", password_form=PasswordForm(), key_form=KeyForm(),
-                           keys=_state().users.keys(user.id), new_key=new_key, errors=errors or []), status
+                           keys=services().users.keys(user.id), new_key=new_key, errors=errors or []), status
 
 
 @bp.post("/account/password")
 def change_password():
     user = _signed_in_account()
-    users, form = _state().users, PasswordForm()
+    users, form = services().users, PasswordForm()
     if not form.validate_on_submit():
         return account(errors=_form_errors(form), status=400)
     if users.authenticate(user.name, form.current.data) is None:
@@ -173,7 +170,7 @@ def create_key():
     if not form.validate_on_submit():
         return account(errors=_form_errors(form), status=400)
     try:
-        token, _ = _state().users.create_key(user.id, form.name.data)
+        token, _ = services().users.create_key(user.id, form.name.data)
     except UserError as exc:
         return account(errors=[str(exc)], status=400)
     return account(new_key=token)
@@ -182,7 +179,7 @@ def create_key():
 @bp.post("/account/keys/<int:key_id>/revoke")
 def revoke_key(key_id):
     user = _signed_in_account()
-    if not _state().users.revoke_key(user.id, key_id):
+    if not services().users.revoke_key(user.id, key_id):
         abort(404, description="There is no such key on your account.")
     flash("The key is revoked; requests with it now get 401.")
     return redirect(url_for("auth.account"))
@@ -198,15 +195,16 @@ def _admin() -> Account:
 @bp.get("/admin")
 def admin():
     _admin()
-    state = _state()
-    people = [{**u, "conversations": state.store.count_conversations(user_owner(u["id"]))} for u in state.users.all()]
+    app_services = services()
+    people = [{**u, "conversations": app_services.store.count_conversations(user_owner(u["id"]))}
+              for u in app_services.users.all()]
     return render_template("admin.html", people=people)
 
 
 @bp.post("/admin/users/<int:user_id>/<any(disable, enable):action>")
 def set_disabled(user_id, action):
     me = _admin()
-    users = _state().users
+    users = services().users
     target = users.get(user_id)
     if target is None:
         abort(404, description="There is no such user.")

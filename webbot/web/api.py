@@ -15,16 +15,12 @@ from flask import Blueprint, current_app, g, jsonify
 from webbot import config
 from webbot.model.upstream import UpstreamError
 from webbot.web.auth import check_api_key
+from webbot.web.errors import ApiError
+from webbot.web.generation import start_reply
+from webbot.web.inputs import json_body, message_text, sampling_params, text_field
+from webbot.web.services import services
 from webbot.web.streaming import event_stream, pieces, sse
-from webbot.web.validation import (
-    BadInput,
-    json_body,
-    message_text,
-    sampling_params,
-    start_reply,
-    text_field,
-    transcribe_upload,
-)
+from webbot.web.transcription import transcribe_upload
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
 ROLES = ("system", "user", "assistant")
@@ -35,7 +31,7 @@ bp.before_request(check_api_key)
 
 @bp.get("/models")
 def models():
-    bot = current_app.extensions["webbot"].bot
+    bot = services().bot
     return jsonify(object="list", data=[{"id": bot.name, "object": "model", "created": 0, "owned_by": "webbot"}])
 
 
@@ -44,12 +40,12 @@ def _text(content, index: int) -> str:
     if isinstance(content, list):
         if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
                    for p in content):
-            raise BadInput(400, f"messages[{index}].content may only hold text parts "
+            raise ApiError(400, f"messages[{index}].content may only hold text parts "
                                 "({\"type\": \"text\", \"text\": \"...\"}); images and audio are not supported.",
                            "unsupported_content")
         content = "".join(p["text"] for p in content)
     if not isinstance(content, str):
-        raise BadInput(400, f"messages[{index}].content must be a string.", "invalid_message")
+        raise ApiError(400, f"messages[{index}].content must be a string.", "invalid_message")
     return content
 
 
@@ -57,17 +53,17 @@ def parse_messages(body: dict) -> tuple[str, list[dict], str]:
     """(system prompt, earlier turns, the new user message) from an OpenAI messages list."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise BadInput(400, "'messages' must be a non-empty list of {\"role\", \"content\"} objects.",
+        raise ApiError(400, "'messages' must be a non-empty list of {\"role\", \"content\"} objects.",
                        "invalid_messages")
     system, turns, total = [], [], 0
     most = current_app.config["WEBBOT_MAX_REQUEST_CHARS"]
     for index, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") not in ROLES:
-            raise BadInput(400, f"messages[{index}] needs a 'role' of system, user or assistant.", "invalid_role")
+            raise ApiError(400, f"messages[{index}] needs a 'role' of system, user or assistant.", "invalid_role")
         text = text_field(_text(message.get("content"), index), f"messages[{index}].content")
         total += len(text)
         if total > most:
-            raise BadInput(413, f"The messages hold more than {most} characters in all, more than this server reads "
+            raise ApiError(413, f"The messages hold more than {most} characters in all, more than this server reads "
                                 "in one request; send only the newest ones (the model sees at most "
                                 f"{current_app.config['WEBBOT_MAX_TOKENS']} tokens of them).", "request_too_long")
         if message["role"] == "system":
@@ -75,7 +71,7 @@ def parse_messages(body: dict) -> tuple[str, list[dict], str]:
         else:
             turns.append({"role": message["role"], "content": text})
     if not turns or turns[-1]["role"] != "user":
-        raise BadInput(400, "The last message must have the role 'user'.", "invalid_messages")
+        raise ApiError(400, "The last message must have the role 'user'.", "invalid_messages")
     return "\n\n".join(system), turns[:-1], message_text(turns[-1]["content"], "messages[-1].content")
 
 
@@ -83,15 +79,15 @@ def parse_messages(body: dict) -> tuple[str, list[dict], str]:
 def chat_completions():
     body = json_body()
     if body.get("n", 1) != 1:
-        raise BadInput(400, "Only n=1 is supported; ask once per reply.", "invalid_n")
+        raise ApiError(400, "Only n=1 is supported; ask once per reply.", "invalid_n")
     system, history, message = parse_messages(body)
-    params = sampling_params(body, default_temperature=1.0)
+    params = sampling_params(body, default_temperature=config.API_TEMPERATURE)
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
-        raise BadInput(400, "'stream_options' must be an object such as {\"include_usage\": true}.",
+        raise ApiError(400, "'stream_options' must be an object such as {\"include_usage\": true}.",
                        "invalid_stream_options")
     include_usage = bool(options.get("include_usage"))
-    bot = current_app.extensions["webbot"].bot
+    bot = services().bot
     plan, stream = start_reply(bot, history, message, params, system,
                                ("Shorten the last message.", "context_length_exceeded"), g.api_owner)
     ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
@@ -136,8 +132,9 @@ def _finish_reason(stream) -> str:
 @bp.post("/audio/transcriptions")
 def audio_transcriptions():
     """OpenAI's transcription call: multipart `file` (+ `model`, `response_format`, `language`)."""
-    state = current_app.extensions["webbot"]
-    transcript, response_format = transcribe_upload(state.transcriber, current_app.config["WEBBOT_MAX_AUDIO_BYTES"])
+    app_services = services()
+    transcript, response_format = transcribe_upload(app_services.transcriber,
+                                                    current_app.config["WEBBOT_MAX_AUDIO_BYTES"])
     if response_format == "text":
         return transcript.text, 200, {"Content-Type": "text/plain; charset=utf-8"}
     if response_format == "verbose_json":

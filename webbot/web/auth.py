@@ -20,13 +20,14 @@ from urllib.parse import urlsplit
 from flask import Flask, current_app, g, redirect, request, session, url_for
 from flask_login import LoginManager, UserMixin, current_user
 
-from webbot.web.errors import address_owner, error_response, user_owner
-from webbot.web.validation import BadInput
+from webbot import config as settings
+from webbot.web.errors import ApiError, error_response
+from webbot.web.owners import address_owner, user_owner
+from webbot.web.services import services
 
-MODES = ("open", "password", "accounts")
-SIGNUPS = ("closed", "open")
 # Reachable signed out: the sign-in pages, static files, the health check; /v1 and /metrics check keys instead.
-PUBLIC_ENDPOINTS = {"static", "healthz", "metrics", "openapi_description", "auth.signin", "auth.signup", "auth.signout"}
+PUBLIC_ENDPOINTS = {"static", "pages.healthz", "pages.metrics", "pages.openapi_description", "auth.signin",
+                    "auth.signup", "auth.signout"}
 
 
 class Account(UserMixin):
@@ -72,10 +73,10 @@ def safe_next(target: str | None) -> str:
 def init_auth(app: Flask, users) -> LoginManager:
     """Flask-Login around the users store, and the gate in front of every page route."""
     mode, signup = app.config["WEBBOT_AUTH"], app.config["WEBBOT_SIGNUP"]
-    if mode not in MODES:
-        raise ValueError(f"WEBBOT_AUTH must be one of {', '.join(MODES)}, not {mode!r}")
-    if signup not in SIGNUPS:
-        raise ValueError(f"WEBBOT_SIGNUP must be one of {', '.join(SIGNUPS)}, not {signup!r}")
+    if mode not in settings.AUTH_MODES:
+        raise ValueError(f"WEBBOT_AUTH must be one of {', '.join(settings.AUTH_MODES)}, not {mode!r}")
+    if signup not in settings.SIGNUPS:
+        raise ValueError(f"WEBBOT_SIGNUP must be one of {', '.join(settings.SIGNUPS)}, not {signup!r}")
     if mode == "password" and not app.config["WEBBOT_PASSWORD"]:
         raise ValueError("WEBBOT_AUTH=password needs the shared password in WEBBOT_PASSWORD.")
     manager = LoginManager(app)
@@ -146,7 +147,7 @@ def check_api_key() -> None:
             g.api_owner = address_owner()
             return
         if mode == "accounts":
-            user = current_app.extensions["webbot"].users.user_for_key(token)
+            user = services().users.user_for_key(token)
             if user is not None:
                 g.api_user = user
                 g.api_owner = user_owner(user["id"])
@@ -157,7 +158,7 @@ def check_api_key() -> None:
         "password": "the server's password or its WEBBOT_API_KEY",
         "accounts": "a key made on your account page (or the server's WEBBOT_API_KEY)",
     }[mode]
-    raise BadInput(401, f"Missing or wrong API key; send the header Authorization: Bearer <{accepted}>.",
+    raise ApiError(401, f"Missing or wrong API key; send the header Authorization: Bearer <{accepted}>.",
                    "invalid_api_key", {"WWW-Authenticate": "Bearer"})
 
 
@@ -170,7 +171,7 @@ def check_metrics_key() -> None:
     config = current_app.config
     scrape_key = config["WEBBOT_METRICS_KEY"]
     if not config["WEBBOT_API_KEY"] and not scrape_key and config["WEBBOT_AUTH"] != "accounts":
-        raise BadInput(404, "Metrics are off on this server: set WEBBOT_METRICS_KEY (or WEBBOT_API_KEY) and scrape "
+        raise ApiError(404, "Metrics are off on this server: set WEBBOT_METRICS_KEY (or WEBBOT_API_KEY) and scrape "
                             "/metrics with the header Authorization: Bearer <that key>.", "metrics_off")
     token = bearer_token()
     if token:
@@ -179,13 +180,13 @@ def check_metrics_key() -> None:
         if _server_key(token) or (scrape_key and hmac.compare_digest(token.encode(), scrape_key.encode())):
             return
         if config["WEBBOT_AUTH"] == "accounts":
-            user = current_app.extensions["webbot"].users.user_for_key(token)
+            user = services().users.user_for_key(token)
             if user is not None:
                 if user["is_admin"]:
                     return
-                raise BadInput(403, "Only the server's WEBBOT_METRICS_KEY or WEBBOT_API_KEY, or an admin's key, may "
+                raise ApiError(403, "Only the server's WEBBOT_METRICS_KEY or WEBBOT_API_KEY, or an admin's key, may "
                                     "read /metrics.", "not_admin")
         guard.failed()
-    raise BadInput(401, "Missing or wrong API key; scrape /metrics with the header Authorization: Bearer <the "
+    raise ApiError(401, "Missing or wrong API key; scrape /metrics with the header Authorization: Bearer <the "
                         "server's WEBBOT_METRICS_KEY or WEBBOT_API_KEY, or an admin's key>.", "invalid_api_key",
                    {"WWW-Authenticate": "Bearer"})

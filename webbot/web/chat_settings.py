@@ -7,12 +7,13 @@ is left out (or null) falls through to the layer below. The limits come from the
 model, so the page can show them beside the fields.
 """
 
-from webbot.model.memory import valid_text
-from webbot.web.validation import BadInput, text_field
+from webbot.config import MAX_SYSTEM_PROMPT_CHARS, TEMPERATURE_RANGE, TOP_P_RANGE
+from webbot.model.memory import prompt_budget, valid_text
+from webbot.web.errors import ApiError
+from webbot.web.inputs import text_field
 
 FIELDS = ("system_prompt", "temperature", "top_p", "max_tokens")
-MAX_SYSTEM_PROMPT_CHARS = 8000
-RANGES = {"temperature": (0.0, 2.0), "top_p": (0.01, 1.0)}
+RANGES = {"temperature": TEMPERATURE_RANGE, "top_p": TOP_P_RANGE}
 
 
 def limits(bot, config: dict) -> dict:
@@ -21,7 +22,7 @@ def limits(bot, config: dict) -> dict:
         context, budget = bot.max_tokens, bot.memory.budget
     else:  # not loaded yet: what the settings ask for (a model with a shorter context lowers it on load)
         context = config["WEBBOT_MAX_TOKENS"]
-        budget = int(context * (1 - config["WEBBOT_MEMORY_RATIO"]))
+        budget = prompt_budget(context, config["WEBBOT_MEMORY_RATIO"])
     return {"model": bot.name, "context_tokens": context, "prompt_tokens": budget, "max_tokens": context - budget,
             "temperature": RANGES["temperature"], "top_p": RANGES["top_p"],
             "system_prompt_chars": MAX_SYSTEM_PROMPT_CHARS}
@@ -36,10 +37,10 @@ def server_defaults(bot, config: dict) -> dict:
 def check(values, allowed: dict) -> dict:
     """The fields of `values` that are set, each checked against `allowed` (from `limits`); a 400 otherwise."""
     if not isinstance(values, dict):
-        raise BadInput(400, "'settings' must be an object with some of: " + ", ".join(FIELDS) + ".", "invalid_settings")
+        raise ApiError(400, "'settings' must be an object with some of: " + ", ".join(FIELDS) + ".", "invalid_settings")
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
-        raise BadInput(400, f"Unknown setting {unknown[0]!r}; the settings are " + ", ".join(FIELDS) + ".",
+        raise ApiError(400, f"Unknown setting {unknown[0]!r}; the settings are " + ", ".join(FIELDS) + ".",
                        "invalid_settings")
     checked = {}
     for name, value in values.items():
@@ -47,17 +48,17 @@ def check(values, allowed: dict) -> dict:
             continue
         if name == "system_prompt":
             if not isinstance(value, str) or len(value) > allowed["system_prompt_chars"]:
-                raise BadInput(400, f"'system_prompt' must be text of at most {allowed['system_prompt_chars']} "
+                raise ApiError(400, f"'system_prompt' must be text of at most {allowed['system_prompt_chars']} "
                                     "characters.", "invalid_system_prompt")
             text_field(value, "The system prompt")
         elif name == "max_tokens":
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= allowed["max_tokens"]:
-                raise BadInput(400, f"'max_tokens' must be a whole number from 1 to {allowed['max_tokens']}, the "
+                raise ApiError(400, f"'max_tokens' must be a whole number from 1 to {allowed['max_tokens']}, the "
                                     "most this model's context leaves for a reply.", "invalid_max_tokens")
         else:
             low, high = allowed[name]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-                raise BadInput(400, f"'{name}' must be a number from {low:g} to {high:g}.", f"invalid_{name}")
+                raise ApiError(400, f"'{name}' must be a number from {low:g} to {high:g}.", f"invalid_{name}")
             value = float(value)
         checked[name] = value
     return checked

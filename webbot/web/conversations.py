@@ -12,27 +12,23 @@ from werkzeug.utils import secure_filename
 from webbot import config
 from webbot.storage import transfer
 from webbot.storage.branches import newest_leaf, path_to, sibling_ids
+from webbot.storage.transfer import ExportError
 from webbot.web import chat_settings
-from webbot.web.errors import current_owner
+from webbot.web.errors import ApiError
+from webbot.web.inputs import INVALID_JSON, json_body, parse_json, text_field
+from webbot.web.owners import current_owner
 from webbot.web.rendering import render_markdown
-from webbot.web.validation import _INVALID, BadInput, json_body, parse_json, text_field
+from webbot.web.services import services
 
 bp = Blueprint("conversations", __name__, url_prefix="/api")
 EXPORTS = {"json": ("application/json", "json"), "markdown": ("text/markdown; charset=utf-8", "md")}
-SEARCH_CHARS = 200
-IMPORT_MAX_BYTES = 64 * 1024 * 1024  # an export of many long conversations is larger than any message
-
-
-def state():
-    """The app's shared collaborators (bot, store, active replies)."""
-    return current_app.extensions["webbot"]
 
 
 def own(conversation_id: str) -> dict:
     """This person's conversation, or a 404."""
-    conversation = state().store.get_conversation(current_owner(), conversation_id)
+    conversation = services().store.get_conversation(current_owner(), conversation_id)
     if conversation is None:
-        raise BadInput(404, "There is no such conversation here; it may have been deleted.", "conversation_not_found")
+        raise ApiError(404, "There is no such conversation here; it may have been deleted.", "conversation_not_found")
     return conversation
 
 
@@ -54,33 +50,39 @@ def history_of(messages: list[dict]) -> list[dict]:
 
 def reply_settings(conversation: dict) -> dict:
     """The settings a reply in this conversation uses: the server's, the person's defaults, then its own."""
-    app_state = state()
-    defaults = chat_settings.server_defaults(app_state.bot, current_app.config)
-    return chat_settings.effective(defaults, app_state.store.preferences(current_owner()), conversation["settings"])
+    app_services = services()
+    defaults = chat_settings.server_defaults(app_services.bot, current_app.config)
+    return chat_settings.effective(defaults, app_services.store.preferences(current_owner()), conversation["settings"])
 
 
-def conversation_view(conversation: dict) -> dict:
-    """A conversation as the page opens it: the shown branch, the memory gauge, its settings."""
-    app_state = state()
+def conversation_view(conversation: dict, keep_reply_going: bool = False) -> dict:
+    """A conversation as the page opens it: the shown branch, the memory gauge, its settings.
+
+    With `keep_reply_going` (the page opening or polling it), a reply being written in it
+    counts as watched for WEBBOT_RECONNECT_GRACE_S more: a page that lost its stream polls
+    here, and a reply nobody looks for stops (page_reply.py).
+    """
+    app_services = services()
     cid = conversation["id"]
     # Look before reading the messages: a reply is stored in its final state before it stops
     # counting as running, so "not generating" here means the messages below are final.
-    generating = app_state.active.get(cid) is not None
-    if generating:  # a page polling for a reply it lost the connection to: keep that reply going
-        app_state.active.seen(cid, current_app.config["WEBBOT_RECONNECT_GRACE_S"])
-    stored = app_state.store.messages(cid)
+    generating = app_services.replies.get(cid) is not None
+    if generating and keep_reply_going:
+        app_services.replies.seen(cid, current_app.config["WEBBOT_RECONNECT_GRACE_S"])
+    stored = app_services.store.messages(cid)
     shown = path_to(stored, conversation["leaf_id"])
     chosen = reply_settings(conversation)
     memory = None
-    if app_state.bot.ready:
-        memory = app_state.bot.plan(history_of(shown), "", chosen["system_prompt"], owner=current_owner()).as_dict()
+    if app_services.bot.ready:
+        memory = app_services.bot.plan(history_of(shown), "", chosen["system_prompt"],
+                                       owner=current_owner()).as_dict()
     return {"conversation": conversation, "messages": [message_view(m, sibling_ids(stored, m)) for m in shown],
             "memory": memory, "generating": generating, "settings": chosen}
 
 
 @bp.get("/conversations")
 def list_conversations():
-    return jsonify(conversations=state().store.list_conversations(current_owner()))
+    return jsonify(conversations=services().store.list_conversations(current_owner()))
 
 
 def _title(body: dict, required: bool) -> str | None:
@@ -88,17 +90,17 @@ def _title(body: dict, required: bool) -> str | None:
     if title is None and not required:
         return None
     if not isinstance(title, str) or not title.strip() or len(title) > config.MAX_TITLE_CHARS:
-        raise BadInput(400, f"'title' must be non-empty text of at most {config.MAX_TITLE_CHARS} characters.",
+        raise ApiError(400, f"'title' must be non-empty text of at most {config.MAX_TITLE_CHARS} characters.",
                        "invalid_title")
     return " ".join(text_field(title, "The title").split())
 
 
 def _room_for(count: int) -> None:
-    store, owner, most = state().store, current_owner(), current_app.config["WEBBOT_MAX_CONVERSATIONS"]
+    store, owner, most = services().store, current_owner(), current_app.config["WEBBOT_MAX_CONVERSATIONS"]
     have = store.count_conversations(owner)
     if have + count > most:
         advice = "delete some to start a new one" if count == 1 else f"delete some or import fewer than {count}"
-        raise BadInput(409, f"You have {have} conversations and this server keeps at most {most} for one person; "
+        raise ApiError(409, f"You have {have} conversations and this server keeps at most {most} for one person; "
                             f"{advice}.", "too_many_conversations")
 
 
@@ -107,12 +109,12 @@ def new_conversation():
     body = json_body()
     title = _title(body, False) if body.get("title") else "New chat"
     _room_for(1)
-    return jsonify(state().store.create_conversation(current_owner(), title)), 201
+    return jsonify(services().store.create_conversation(current_owner(), title)), 201
 
 
 @bp.get("/conversations/<conversation_id>")
 def get_conversation(conversation_id):
-    return jsonify(conversation_view(own(conversation_id)))
+    return jsonify(conversation_view(own(conversation_id), keep_reply_going=True))
 
 
 @bp.patch("/conversations/<conversation_id>")
@@ -125,36 +127,36 @@ def update_conversation(conversation_id):
         changes["title"] = _title(body, True)
     if "pinned" in body:
         if not isinstance(body["pinned"], bool):
-            raise BadInput(400, "'pinned' must be true or false.", "invalid_pinned")
+            raise ApiError(400, "'pinned' must be true or false.", "invalid_pinned")
         changes["pinned"] = body["pinned"]
     if "settings" in body:
-        allowed = chat_settings.limits(state().bot, current_app.config)
+        allowed = chat_settings.limits(services().bot, current_app.config)
         changes["settings"] = chat_settings.check(body["settings"], allowed) if body["settings"] is not None else None
     if not changes:
-        raise BadInput(400, "Send at least one of 'title', 'pinned' or 'settings'.", "nothing_to_change")
-    state().store.update_conversation(current_owner(), conversation_id, **changes)
+        raise ApiError(400, "Send at least one of 'title', 'pinned' or 'settings'.", "nothing_to_change")
+    services().store.update_conversation(current_owner(), conversation_id, **changes)
     return jsonify(own(conversation_id))
 
 
 @bp.delete("/conversations/<conversation_id>")
 def delete_conversation(conversation_id):
-    """Hide a conversation; POST .../restore brings it back for a minute (store.UNDO_S)."""
+    """Hide a conversation; POST .../restore brings it back for a minute (config.UNDO_S)."""
     own(conversation_id)
-    app_state = state()
-    running = app_state.active.get(conversation_id)
+    app_services = services()
+    running = app_services.replies.get(conversation_id)
     if running is not None:
         running.cancel()
-    app_state.store.delete(current_owner(), conversation_id)
+    app_services.store.delete(current_owner(), conversation_id)
     return "", 204
 
 
 @bp.post("/conversations/<conversation_id>/restore")
 def restore_conversation(conversation_id):
-    if state().store.restorable(current_owner(), conversation_id):
+    if services().store.restorable(current_owner(), conversation_id):
         _room_for(1)  # a restored conversation counts like a new one
-    conversation = state().store.restore(current_owner(), conversation_id)
+    conversation = services().store.restore(current_owner(), conversation_id)
     if conversation is None:
-        raise BadInput(404, "This conversation cannot be restored any more; deleted conversations are kept for a "
+        raise ApiError(404, "This conversation cannot be restored any more; deleted conversations are kept for a "
                             "minute.", "conversation_not_found")
     return jsonify(conversation)
 
@@ -164,13 +166,13 @@ def show_branch(conversation_id):
     """Show another version of a message (`message_id`): the newest branch below it."""
     own(conversation_id)
     body = json_body()
-    stored = state().store.messages(conversation_id)
+    stored = services().store.messages(conversation_id)
     target = body.get("message_id")
     if not any(m["id"] == target for m in stored):
-        raise BadInput(404, "This conversation has no such message; reload the page.", "message_not_found")
-    if state().active.get(conversation_id) is not None:
-        raise BadInput(409, "A reply is still being written in this conversation; stop it or wait for it.", "busy")
-    state().store.show_branch(conversation_id, newest_leaf(stored, target))
+        raise ApiError(404, "This conversation has no such message; reload the page.", "message_not_found")
+    if services().replies.get(conversation_id) is not None:
+        raise ApiError(409, "A reply is still being written in this conversation; stop it or wait for it.", "busy")
+    services().store.show_branch(conversation_id, newest_leaf(stored, target))
     return jsonify(conversation_view(own(conversation_id)))
 
 
@@ -178,15 +180,16 @@ def show_branch(conversation_id):
 def search_conversations():
     """Conversations whose title or messages hold every word of `q` (by word prefix)."""
     query = request.args.get("q", "")
-    if len(query) > SEARCH_CHARS:
-        raise BadInput(400, f"The search is {len(query)} characters; use at most {SEARCH_CHARS}.", "query_too_long")
-    return jsonify(results=state().store.search(current_owner(), query))
+    if len(query) > config.SEARCH_CHARS:
+        raise ApiError(400, f"The search is {len(query)} characters; use at most {config.SEARCH_CHARS}.",
+                       "query_too_long")
+    return jsonify(results=services().store.search(current_owner(), query))
 
 
 def _export_kind() -> tuple[str, str, str]:
     kind = request.args.get("format", "json")
     if kind not in EXPORTS:
-        raise BadInput(400, "'format' must be json or markdown.", "invalid_format")
+        raise ApiError(400, "'format' must be json or markdown.", "invalid_format")
     return kind, *EXPORTS[kind]
 
 
@@ -201,7 +204,7 @@ def export_conversation(conversation_id):
     """One conversation as a download: `?format=json` (the default, every branch) or `markdown`."""
     conversation = own(conversation_id)
     kind = _export_kind()
-    items = [(conversation, state().store.messages(conversation_id))]
+    items = [(conversation, services().store.messages(conversation_id))]
     return _download(kind, items, secure_filename(conversation["title"]) or "conversation")
 
 
@@ -209,7 +212,7 @@ def export_conversation(conversation_id):
 def export_all():
     """Every conversation of this person as one download."""
     kind = _export_kind()
-    store = state().store
+    store = services().store
     items = [(c, store.messages(c["id"])) for c in store.list_conversations(current_owner())]
     return _download(kind, items, "conversations")
 
@@ -218,40 +221,43 @@ def export_all():
 def import_conversations():
     """Conversations from a JSON export, stored as new ones (all or none)."""
     if not request.is_json:
-        raise BadInput(415, "Send the exported file as JSON with the header Content-Type: application/json.",
+        raise ApiError(415, "Send the exported file as JSON with the header Content-Type: application/json.",
                        "unsupported_media_type")
-    try:  # the body may be IMPORT_MAX_BYTES (app.body_limits raised the limit before the CSRF check read it)
+    try:  # the body may be config.IMPORT_MAX_BYTES (app.body_limits raised the limit before the CSRF check read it)
         data = parse_json(request.get_data())
     except RequestEntityTooLarge:
-        raise BadInput(413, f"The file is larger than {IMPORT_MAX_BYTES // 2**20} MB; export and import fewer "
+        raise ApiError(413, f"The file is larger than {config.IMPORT_MAX_BYTES // 2**20} MB; export and import fewer "
                             "conversations at a time.", "import_too_large") from None
-    if data is _INVALID:
-        raise BadInput(400, "The file is not valid JSON; import a .json file exported from this app.",
+    if data is INVALID_JSON:
+        raise ApiError(400, "The file is not valid JSON; import a .json file exported from this app.",
                        "invalid_json")
-    config = current_app.config
-    items = transfer.parse(data, config["WEBBOT_MAX_CONVERSATIONS"], config["WEBBOT_MAX_MESSAGE_CHARS"] * 20)
-    allowed = chat_settings.limits(state().bot, config)
+    settings = current_app.config
+    try:
+        items = transfer.parse(data, settings["WEBBOT_MAX_CONVERSATIONS"], settings["WEBBOT_MAX_MESSAGE_CHARS"] * 20)
+    except ExportError as exc:
+        raise ApiError(400, str(exc), "invalid_import") from None
+    allowed = chat_settings.limits(services().bot, settings)
     for item in items:
         try:
             item["settings"] = chat_settings.check(item["settings"], allowed) if item["settings"] else None
-        except BadInput:
+        except ApiError:
             item["settings"] = None  # settings another server allowed may not fit this model: use the defaults
     _room_for(len(items))
-    made = state().store.import_conversations(current_owner(), items)
+    made = services().store.import_conversations(current_owner(), items)
     return jsonify(imported=len(made), conversations=made), 201
 
 
 @bp.get("/settings")
 def get_settings():
     """This person's default settings, the server's, and the model's limits."""
-    app_state = state()
-    return jsonify(saved=app_state.store.preferences(current_owner()), limits=chat_settings.limits(
-        app_state.bot, current_app.config), defaults=chat_settings.server_defaults(app_state.bot, current_app.config))
+    bot, settings = services().bot, current_app.config
+    return jsonify(saved=services().store.preferences(current_owner()), limits=chat_settings.limits(bot, settings),
+                   defaults=chat_settings.server_defaults(bot, settings))
 
 
 @bp.put("/settings")
 def save_settings():
     """Replace this person's default settings (fields left out fall back to the server's)."""
-    values = chat_settings.check(json_body(), chat_settings.limits(state().bot, current_app.config))
-    state().store.save_preferences(current_owner(), values)
+    values = chat_settings.check(json_body(), chat_settings.limits(services().bot, current_app.config))
+    services().store.save_preferences(current_owner(), values)
     return get_settings()

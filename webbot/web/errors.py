@@ -1,31 +1,32 @@
-"""Helpers shared by the page routes and the API: whose conversations a request sees, and error responses.
+"""Errors as the clients see them: `ApiError` for every refusal with a sentence, and the handlers that turn
+errors into responses.
 
 Errors are OpenAI-style JSON (`{"error": {"message", "type", "code"}}`) for API clients
-and the page's own routes, and an HTML page for browsers asking for pages.
+and the page's own routes, and an HTML page for browsers asking for pages. A 500 is
+always a bug: every refusal the app means is an ApiError with a status and a sentence
+that says what to change; a database or Redis that is down is a 503 that says so.
 """
 
-from flask import jsonify, render_template, request
-from flask_login import current_user
+import logging
 
-from webbot.web.visitors import browser_owner
+from flask import Flask, jsonify, render_template, request
+from redis.exceptions import RedisError
+from werkzeug.exceptions import HTTPException
 
+from webbot.model.upstream import UpstreamError
+from webbot.storage.errors import StorageUnavailable
 
-def current_owner() -> str:
-    """Whose conversations this request sees: the signed-in user's, else this browser's (its owner cookie,
-    made on its first request)."""
-    if current_user and current_user.is_authenticated:
-        return user_owner(current_user.id)
-    return browser_owner()
-
-
-def address_owner() -> str:
-    """The owner of what a client without a key of its own sends to /v1: its address."""
-    return f"address:{request.remote_addr}"
+log = logging.getLogger(__name__)
+ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+               429: "rate_limit_error"}  # OpenAI's error types; any other 4xx is an invalid_request_error
 
 
-def user_owner(user_id: int) -> str:
-    """The owner id of a signed-in user's conversations (anonymous browsers have random hex ids)."""
-    return f"user:{user_id}"
+class ApiError(Exception):
+    """A refusal the app means: HTTP status, a sentence for the person, a machine-readable code, headers."""
+
+    def __init__(self, status: int, message: str, code: str = "invalid_request", headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.code, self.headers = status, message, code, headers or {}
 
 
 def wants_json() -> bool:
@@ -43,3 +44,49 @@ def error_response(status: int, message: str, kind: str = "invalid_request_error
     else:
         body = render_template("error.html", status=status, message=message)
     return body, status, headers or {}
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Every error the app can meet, as a response with a sentence."""
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        sentences = {
+            404: "Nothing is here; check the address.",
+            405: f"{request.method} is not allowed here.",
+            413: f"The request is too large; send at most "
+                 f"{(request.max_content_length or app.config['WEBBOT_MAX_REQUEST_BYTES']) // 1024} KB.",
+        }
+        default = sentences.get(exc.code, exc.description)
+        message = exc.description if exc.description and exc.description != type(exc).description else default
+        kind = "not_found_error" if exc.code == 404 else "invalid_request_error"
+        headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
+        return error_response(exc.code, message, kind, headers=headers)
+
+    @app.errorhandler(ApiError)
+    def api_error(exc: ApiError):
+        return error_response(exc.status, exc.message, ERROR_TYPES.get(exc.status, "invalid_request_error"),
+                              exc.code, exc.headers)
+
+    @app.errorhandler(UpstreamError)
+    def upstream_failed(exc: UpstreamError):
+        headers = {"Retry-After": "5"} if exc.status == 503 else {}
+        return error_response(exc.status, exc.sentence, "upstream_error", exc.code, headers)
+
+    @app.errorhandler(StorageUnavailable)
+    def database_down(exc: StorageUnavailable):
+        log.warning("database unreachable on %s %s: %s", request.method, request.path, exc.__cause__ or exc)
+        return error_response(503, "The database cannot be reached right now, so nothing was changed; try again "
+                                   "in a few seconds.", "server_error", "database_unavailable", {"Retry-After": "5"})
+
+    @app.errorhandler(RedisError)
+    def redis_down(exc: Exception):
+        log.warning("Redis unreachable on %s %s: %s", request.method, request.path, exc)
+        return error_response(503, "Redis (sessions, and which replica writes which reply) cannot be reached right "
+                                   "now; try again in a few seconds.", "server_error", "session_store_unavailable",
+                              {"Retry-After": "5"})
+
+    @app.errorhandler(Exception)
+    def server_error(exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "Something went wrong on the server; the error is in its log.", "server_error")

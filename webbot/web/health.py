@@ -6,19 +6,6 @@ Redis when one is configured; the speech model is reported but never fails the c
 (voice is optional, and loads on first use).
 """
 
-from sqlalchemy import text
-
-
-def database_check(engine) -> dict:
-    """Whether the database answers a trivial query."""
-    try:
-        with engine.connect() as db:
-            db.execute(text("SELECT 1"))
-        return {"status": "ok", "kind": engine.dialect.name}
-    except Exception as exc:
-        return {"status": "error", "kind": engine.dialect.name,
-                "error": f"The database cannot be reached ({type(exc).__name__}); check that it is running."}
-
 
 def redis_check(redis) -> dict:
     """Whether Redis answers PING (`not used` without WEBBOT_REDIS_URL)."""
@@ -41,13 +28,13 @@ def model_check(bot) -> dict:
     return {"status": "loading", "model": bot.name}
 
 
-def report(state) -> tuple[dict, int, dict]:
-    """(body, status, headers) for /healthz."""
-    bot, speech = state.bot, state.transcriber
-    checks = {"model": model_check(bot), "database": database_check(state.store.engine),
-              "redis": redis_check(state.redis)}
-    if bot.ready and hasattr(bot, "check"):
-        checks["upstream"] = bot.check()
+def report(services) -> tuple[dict, int, dict]:
+    """(body, status, headers) for /healthz, from the app's Services."""
+    bot, speech = services.bot, services.transcriber
+    checks = {"model": model_check(bot), "database": services.store.check(), "redis": redis_check(services.redis)}
+    upstream = bot.upstream_check() if bot.ready else None
+    if upstream is not None:
+        checks["upstream"] = upstream
     failed = [name for name, check in checks.items() if check["status"] in ("error", "loading")]
     status = checks["model"]["status"] if checks["model"]["status"] != "ok" else "error" if failed else "ok"
     body = {"status": status, "model": bot.name, "checks": checks,

@@ -10,28 +10,31 @@ dropped model server) instead of starting a new one.
 import logging
 
 from flask import Blueprint, current_app, jsonify, request
-from sqlalchemy.exc import DBAPIError
 
+from webbot import config
 from webbot.model import titles
 from webbot.storage.branches import path_to
 from webbot.storage.conversations import title_from
-from webbot.web.conversations import conversation_view, history_of, message_view, own, reply_settings, state
-from webbot.web.errors import current_owner
+from webbot.storage.errors import StorageUnavailable
+from webbot.web.conversations import conversation_view, history_of, message_view, own, reply_settings
+from webbot.web.errors import ApiError
+from webbot.web.generation import start_reply
+from webbot.web.inputs import json_body, message_text, sampling_params
+from webbot.web.owners import current_owner
 from webbot.web.page_reply import PageReply
+from webbot.web.services import services
 from webbot.web.streaming import event_stream
-from webbot.web.validation import BadInput, json_body, message_text, sampling_params, start_reply
 
 log = logging.getLogger(__name__)
 bp = Blueprint("messages", __name__, url_prefix="/api")
-CONTINUABLE = ("length", "stopped", "interrupted")
 
 
 def _stored(conversation_id: str, message_id: int, role: str) -> tuple[dict, list[dict]]:
     """A message of this conversation with the given role, and all the conversation's messages; else a 404."""
-    messages = state().store.messages(conversation_id)
+    messages = services().store.messages(conversation_id)
     message = next((m for m in messages if m["id"] == message_id and m["role"] == role), None)
     if message is None:
-        raise BadInput(404, f"This conversation has no {role} message {message_id}; reload the page.",
+        raise ApiError(404, f"This conversation has no {role} message {message_id}; reload the page.",
                        "message_not_found")
     return message, messages
 
@@ -40,7 +43,7 @@ def _question(messages: list[dict], reply: dict) -> dict:
     """The user message a reply answers; a 409 for a reply that answers none (an imported file may hold one)."""
     question = next((m for m in messages if m["id"] == reply["parent_id"] and m["role"] == "user"), None)
     if question is None:
-        raise BadInput(409, "This reply does not answer a message of yours, so there is nothing to write it from; "
+        raise ApiError(409, "This reply does not answer a message of yours, so there is nothing to write it from; "
                             "send a new message instead.", "no_question")
     return question
 
@@ -61,33 +64,33 @@ def _write(conversation: dict, history: list[dict], message: str, body: dict, st
     `store_turn()` returns (the user's new message or None, the reply's stored row); it runs
     only once the model has accepted the request, so a refused reply stores nothing.
     """
-    cid, app_state, owner = conversation["id"], state(), current_owner()
+    cid, app_services, owner = conversation["id"], services(), current_owner()
     params, system_prompt = _params(conversation, body)
-    plan, stream = start_reply(app_state.bot, history_of(history), message, params, system_prompt,
+    plan, stream = start_reply(app_services.bot, history_of(history), message, params, system_prompt,
                                ("Shorten it or split it into several messages.", "message_too_long"),
                                owner, partial)
     try:
-        claimed = app_state.active.claim(cid, stream)
+        claimed = app_services.replies.claim(cid, stream)
     except Exception:  # Redis is down: a 503, and the reply never starts
         stream.cancel()
         raise
     if not claimed:
         stream.cancel()
-        raise BadInput(409, "A reply is still being written in this conversation; stop it or wait for it.", "busy")
+        raise ApiError(409, "A reply is still being written in this conversation; stop it or wait for it.", "busy")
     try:  # one transaction: the message, the empty reply and the title are all stored, or none of them
         user, reply = store_turn()
     except Exception:
         stream.cancel()
-        app_state.active.release(cid, stream)
+        app_services.replies.release(cid, stream)
         raise
-    writer = PageReply(app_state, cid, reply, stream, current_app.config["WEBBOT_RECONNECT_GRACE_S"],
+    writer = PageReply(app_services, cid, reply, stream, current_app.config["WEBBOT_RECONNECT_GRACE_S"],
                        prefix=partial or "")
 
     def gauge():
         try:
-            shown = path_to(app_state.store.messages(cid), reply["id"])
-            return app_state.bot.plan(history_of(shown), "", system_prompt, owner=owner).as_dict()
-        except DBAPIError:  # the database is down; the page hides the gauge until the next turn
+            shown = path_to(app_services.store.messages(cid), reply["id"])
+            return app_services.bot.plan(history_of(shown), "", system_prompt, owner=owner).as_dict()
+        except StorageUnavailable:  # the database is down; the page hides the gauge until the next turn
             log.warning("could not count memory after reply %s", reply["id"], exc_info=True)
             return None
 
@@ -102,12 +105,12 @@ def send_message(conversation_id):
     conversation = own(conversation_id)
     body = json_body()
     content = message_text(body.get("content"))
-    messages = state().store.messages(conversation_id)
+    messages = services().store.messages(conversation_id)
     history = path_to(messages, conversation["leaf_id"])
     parent_id = history[-1]["id"] if history else None
     title = title_from(content) if conversation["title"] == "New chat" else conversation["title"]
     return _write(conversation, history, content, body,
-                  lambda: state().store.add_turn(conversation_id, content, title, parent_id), title=title)
+                  lambda: services().store.add_turn(conversation_id, content, title, parent_id), title=title)
 
 
 @bp.post("/conversations/<conversation_id>/messages/<int:message_id>/edit")
@@ -119,7 +122,7 @@ def edit_message(conversation_id, message_id):
     original, messages = _stored(conversation_id, message_id, "user")
     history = path_to(messages, original["parent_id"]) if original["parent_id"] else []
     return _write(conversation, history, content, body,
-                  lambda: state().store.add_turn(conversation_id, content, conversation["title"],
+                  lambda: services().store.add_turn(conversation_id, content, conversation["title"],
                                                  original["parent_id"]))
 
 
@@ -132,7 +135,7 @@ def regenerate(conversation_id, message_id):
     question = _question(messages, old)
     history = path_to(messages, question["parent_id"]) if question["parent_id"] else []
     return _write(conversation, history, question["content"], body,
-                  lambda: (None, state().store.add_message(conversation_id, "assistant", "", "streaming",
+                  lambda: (None, services().store.add_message(conversation_id, "assistant", "", "streaming",
                                                            parent_id=question["id"])))
 
 
@@ -142,14 +145,14 @@ def continue_reply(conversation_id, message_id):
     conversation = own(conversation_id)
     body = json_body() if request.data else {}
     reply, messages = _stored(conversation_id, message_id, "assistant")
-    if reply["status"] not in CONTINUABLE or not reply["content"]:
-        raise BadInput(409, "Only a reply that was cut off (by the length limit, Stop or a dropped model server) "
+    if reply["status"] not in config.CONTINUABLE or not reply["content"]:
+        raise ApiError(409, "Only a reply that was cut off (by the length limit, Stop or a dropped model server) "
                             "and has some text can be continued; regenerate it instead.", "not_continuable")
     question = _question(messages, reply)
     history = path_to(messages, question["parent_id"]) if question["parent_id"] else []
 
     def reopen():
-        store = state().store
+        store = services().store
         store.finish_message(reply["id"], reply["content"], "streaming")
         store.show_branch(conversation_id, reply["id"])
         return None, {**reply, "status": "streaming"}
@@ -160,7 +163,7 @@ def continue_reply(conversation_id, message_id):
 @bp.post("/conversations/<conversation_id>/stop")
 def stop(conversation_id):
     own(conversation_id)
-    running = state().active.get(conversation_id)
+    running = services().replies.get(conversation_id)
     if running is not None:
         running.cancel()
     return jsonify(stopped=running is not None)
@@ -170,18 +173,18 @@ def stop(conversation_id):
 def generate_title(conversation_id):
     """Name the conversation from its first exchange, unless someone renamed it already."""
     conversation = own(conversation_id)
-    app_state = state()
-    shown = path_to(app_state.store.messages(conversation_id), conversation["leaf_id"])
+    app_services = services()
+    shown = path_to(app_services.store.messages(conversation_id), conversation["leaf_id"])
     if len(shown) < 2 or shown[1]["role"] != "assistant" or not shown[1]["content"]:
-        raise BadInput(409, "A title is written once the first reply is there; send a message first.", "no_exchange")
+        raise ApiError(409, "A title is written once the first reply is there; send a message first.", "no_exchange")
     if conversation["title"] != title_from(shown[0]["content"]) or not current_app.config["WEBBOT_GENERATE_TITLES"]:
         return jsonify(conversation_view(conversation))  # renamed by hand (or titled already): keep it
     try:
-        title = titles.generate(app_state.bot, shown[0]["content"], shown[1]["content"], current_owner())
+        title = titles.generate(app_services.bot, shown[0]["content"], shown[1]["content"], current_owner())
     except Exception:  # a busy or failing model keeps the provisional title; nothing is lost
         log.warning("could not generate a title for %s", conversation_id, exc_info=True)
         title = ""
     if title:
-        app_state.store.rename(current_owner(), conversation_id, title)
+        app_services.store.rename(current_owner(), conversation_id, title)
     return jsonify(conversation_view(own(conversation_id)))
 

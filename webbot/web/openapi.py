@@ -1,12 +1,19 @@
 """The OpenAPI 3.1 description of the /v1 API, served at /v1/openapi.json.
 
 It describes what the server accepts and answers (a subset of OpenAI's API): the ranges
-here are the ones validation.py enforces, and every error is the same `{"error": {...}}`
-object. Fuzzers (schemathesis) and client generators read it; tests check the server
-against it.
+come from webbot.config, as the request checks (inputs.py) read them, and every error is
+the same `{"error": {...}}` object. Fuzzers (schemathesis) and client generators read it;
+tests check the server against it.
 """
 
+from webbot import config
+
 ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _range(kind: str, allowed: tuple) -> dict:
+    """A JSON schema for an optional number within `allowed` (low, high)."""
+    return {"type": [kind, "null"], "minimum": allowed[0], "maximum": allowed[1]}
 
 
 def _errors(*statuses: int) -> dict:
@@ -38,12 +45,13 @@ CHAT_REQUEST = {
         "model": {"type": "string", "description": "Ignored: the server answers with the model it runs."},
         "messages": {"type": "array", "minItems": 1, "items": MESSAGE,
                      "description": "The last message must be the user's, with text in it."},
-        "max_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": 1_000_000},
-        "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": 1_000_000},
-        "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
-        "top_p": {"type": ["number", "null"], "minimum": 0.01, "maximum": 1},
+        "max_tokens": _range("integer", config.REPLY_TOKENS_RANGE),
+        "max_completion_tokens": _range("integer", config.REPLY_TOKENS_RANGE),
+        "temperature": _range("number", config.TEMPERATURE_RANGE),
+        "top_p": _range("number", config.TOP_P_RANGE),
         "stop": {"anyOf": [{"type": "null"}, {"type": "string"},
-                           {"type": "array", "maxItems": 4, "items": {"type": "string", "minLength": 1}}]},
+                           {"type": "array", "maxItems": config.MAX_STOP_STRINGS,
+                            "items": {"type": "string", "minLength": 1}}]},
         "n": {"const": 1},
         "stream": {"type": "boolean"},
         "stream_options": {"type": ["object", "null"], "properties": {"include_usage": {"type": "boolean"}}},

@@ -14,10 +14,9 @@ import logging
 import threading
 import time
 
-from sqlalchemy.exc import DBAPIError
-
 from webbot import config
 from webbot.model.upstream import UpstreamError
+from webbot.storage.errors import StorageUnavailable
 from webbot.web.rendering import render_markdown
 from webbot.web.streaming import pieces, sse
 
@@ -38,7 +37,7 @@ def save_when_back(store, message_id: int, text: str, status: str) -> None:
                 store.finish_message(message_id, text, status)
                 log.info("reply %s saved after the database came back", message_id)
                 return
-            except DBAPIError:
+            except StorageUnavailable:
                 continue
         log.error("reply %s could not be saved: the database stayed unreachable", message_id)
 
@@ -55,8 +54,8 @@ def final_status(stream) -> str:
 class PageReply:
     """Writes one streamed reply into its stored message (`reply`), after `prefix` when it continues one."""
 
-    def __init__(self, state, conversation_id: str, reply: dict, stream, grace_s: float, prefix: str = ""):
-        self.state, self.conversation_id, self.reply, self.stream = state, conversation_id, reply, stream
+    def __init__(self, services, conversation_id: str, reply: dict, stream, grace_s: float, prefix: str = ""):
+        self.services, self.conversation_id, self.reply, self.stream = services, conversation_id, reply, stream
         self.grace_s, self.prefix = grace_s, prefix
         self.status: str | None = None  # set once, when the final text is stored
         self._lock = threading.Lock()
@@ -69,8 +68,8 @@ class PageReply:
     def save_partial(self) -> None:
         """Store the text so far (the reply stays 'streaming')."""
         try:
-            self.state.store.finish_message(self.reply["id"], self.text, "streaming")
-        except DBAPIError:  # the database is down for a moment: the final save tries again
+            self.services.store.finish_message(self.reply["id"], self.text, "streaming")
+        except StorageUnavailable:  # the database is down for a moment: the final save tries again
             log.warning("could not save the partial reply %s", self.reply["id"])
 
     def finish(self, status: str) -> None:
@@ -80,15 +79,15 @@ class PageReply:
                 return
             self.status = status
         try:
-            self.state.store.finish_message(self.reply["id"], self.text, status)
-        except DBAPIError:  # the database is down: the reply lands when it is back
+            self.services.store.finish_message(self.reply["id"], self.text, status)
+        except StorageUnavailable:  # the database is down: the reply lands when it is back
             log.warning("database unreachable; reply %s will be saved when it returns", self.reply["id"])
-            save_when_back(self.state.store, self.reply["id"], self.text, status)
+            save_when_back(self.services.store, self.reply["id"], self.text, status)
 
     def events(self, start: dict, view, gauge):
         """The event stream; `view(message)` shapes the stored message for `done`, `gauge()` counts memory."""
         yield sse(start, "start")
-        bot, stream = self.state.bot, self.stream
+        bot, stream = self.services.bot, self.stream
         last_html = last_save = last_beat = time.monotonic()
         sent, place = self.prefix, None  # the worker may be ahead of the events; the HTML must match what was sent
         for piece in pieces(stream, QUEUE_POLL_S):
@@ -114,7 +113,7 @@ class PageReply:
         status = final_status(stream)
         self.finish(status)
         # Free the conversation before the page hears `done`, so a reload right after it sees the reply as final.
-        self.state.active.release(self.conversation_id, stream)
+        self.services.replies.release(self.conversation_id, stream)
         if status == "interrupted":  # the model server went away: keep what came
             yield sse({"message": f"{stream.error.sentence} What arrived is kept.", "code": stream.error.code,
                        "status": "interrupted"}, "error")
@@ -131,14 +130,14 @@ class PageReply:
             self.stream.cancel()  # no effect once finished; halts generation when the client left early
             self._end()
             return
-        self.state.active.seen(self.conversation_id, self.grace_s)
+        self.services.replies.seen(self.conversation_id, self.grace_s)
         threading.Thread(target=self._orphaned, daemon=True, name="orphaned-reply").start()
 
     def _orphaned(self) -> None:
         """Go on writing while the page looks for the reply; stop when nobody has for `grace_s`."""
         last_save = time.monotonic()
         while not self.stream.done:
-            if self.status is None and not self.state.active.watched(self.conversation_id):
+            if self.status is None and not self.services.replies.watched(self.conversation_id):
                 log.info("nobody is waiting for reply %s any more; stopping it", self.reply["id"])
                 self.stream.cancel()
                 break
@@ -153,4 +152,4 @@ class PageReply:
 
     def _end(self) -> None:
         self.finish(final_status(self.stream) if self.stream.done else "stopped")
-        self.state.active.release(self.conversation_id, self.stream)
+        self.services.replies.release(self.conversation_id, self.stream)

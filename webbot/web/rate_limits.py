@@ -15,8 +15,8 @@ from flask_limiter import Limiter, RateLimitExceeded
 from flask_login import current_user
 from limits import parse
 
-from webbot.web.errors import error_response, user_owner
-from webbot.web.validation import BadInput
+from webbot.web.errors import ApiError, error_response
+from webbot.web.owners import user_owner
 from webbot.web.visitors import known_owner
 
 
@@ -44,7 +44,7 @@ LIMITED = {
     "messages.continue_reply": ("WEBBOT_RATE_MESSAGES", "messages", client_key),
     "messages.generate_title": ("WEBBOT_RATE_MESSAGES", "messages", client_key),
     "api.chat_completions": ("WEBBOT_RATE_MESSAGES", "messages", client_key),
-    "page_transcription": ("WEBBOT_RATE_TRANSCRIPTIONS", "recordings", client_key),
+    "pages.transcription": ("WEBBOT_RATE_TRANSCRIPTIONS", "recordings", client_key),
     "api.audio_transcriptions": ("WEBBOT_RATE_TRANSCRIPTIONS", "recordings", client_key),
     # Guessing passwords from many sessions is still one address; sign-up shares the budget.
     "auth.signin": ("WEBBOT_RATE_SIGNIN", "sign-in attempts", address_key),
@@ -71,7 +71,7 @@ class KeyGuard:
             return
         stats = self.limiter.limiter.get_window_stats(self.item, self.SCOPE, address_key())
         wait = max(1, math.ceil(stats.reset_time - time.time()))
-        raise BadInput(429, f"Too many wrong API keys from your address: the limit is {self.item}. Try again in "
+        raise ApiError(429, f"Too many wrong API keys from your address: the limit is {self.item}. Try again in "
                             f"{wait} seconds.", "rate_limited", {"Retry-After": str(wait)})
 
     def failed(self) -> None:

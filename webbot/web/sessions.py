@@ -21,7 +21,7 @@ from flask import Flask, request
 from flask_session import Session
 from flask_session.redis import RedisSessionInterface
 
-from webbot.web.validation import BadInput
+from webbot.web.errors import ApiError
 from webbot.web.visitors import SplitSessions, set_owner_cookie
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,6 @@ def init_sessions(app: Flask, data_dir: Path, redis=None) -> None:
     @app.before_request
     def refuse_without_sessions():
         if request.environ.get(_DOWN):
-            raise BadInput(503, "The session store (Redis) cannot be reached, so this server cannot tell who you "
+            raise ApiError(503, "The session store (Redis) cannot be reached, so this server cannot tell who you "
                                 "are; try again in a few seconds.", "session_store_unavailable",
                            {"Retry-After": "5"})

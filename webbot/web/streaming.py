@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 from flask import Response
 
-from webbot.model.engine import Stream
+from webbot.model.stream import Stream
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering
 
