@@ -2,15 +2,15 @@
 // /api/transcriptions (the same path as /v1/audio/transcriptions), and put the
 // transcript in the message box, or send it at once when "Auto-send" is on.
 // Click to start and again to stop; on a touch screen, hold to talk (or tap twice).
-// Uses chat.js's `input`, `form`, `streaming` and `showNotice`.
-"use strict";
+import { CSRF_TOKEN, errorText } from "./api.js";
+import { config, form, input, showNotice, state } from "./page.js";
 
-(() => {
+export function init() {
   const mic = document.getElementById("mic");
   const timer = document.getElementById("mic-timer");
   const autoSend = document.getElementById("auto-send");
   const status = document.getElementById("voice-status");
-  const maxSeconds = Number(app.dataset.maxAudioSeconds) || 300;
+  const maxSeconds = config.maxAudioSeconds;
   const AUTO_SEND_KEY = "webbot.autoSend";
   const HOLD_MS = 400; // a touch held longer than this stops recording when released
 
@@ -131,8 +131,7 @@
     mic.disabled = true;
     say("Transcribing…");
     try {
-      const token = document.querySelector('meta[name="csrf-token"]').content;
-      const response = await fetch("/api/transcriptions", { method: "POST", body, headers: { "X-CSRFToken": token } });
+      const response = await fetch("/api/transcriptions", { method: "POST", body, headers: { "X-CSRFToken": CSRF_TOKEN } });
       if (!response.ok) throw new Error(await errorText(response));
       const result = await response.json();
       if (!result.speech || !result.text.trim()) {
@@ -143,7 +142,7 @@
       const before = input.value.trim();
       input.value = before ? `${before} ${result.text}` : result.text;
       input.dispatchEvent(new Event("input"));
-      if (autoSend.checked && !streaming) form.requestSubmit();
+      if (autoSend.checked && !state.streaming) form.requestSubmit();
       else input.focus();
     } catch (error) {
       say("");
@@ -178,4 +177,4 @@
     if (recorder) stop();
     else start();
   });
-})();
+}

@@ -1,10 +1,10 @@
 // Rich message bodies: syntax highlighting (highlight.js), LaTeX math (KaTeX), and copy buttons on code blocks.
 // The server has already rendered and sanitised the Markdown; math arrives as the text of
 // <span class="math"> / <div class="math"> elements and code as <pre><code class="language-x">.
-"use strict";
+// highlight.js and KaTeX are classic scripts (static/vendor/) that set window.hljs and window.katex.
 
 // Copy text to the clipboard, and say so on the button for a moment.
-async function copyText(text, button) {
+export async function copyText(text, button) {
   const label = button.textContent;
   try {
     await navigator.clipboard.writeText(text);
@@ -15,7 +15,7 @@ async function copyText(text, button) {
   setTimeout(() => { button.textContent = label; }, 1500);
 }
 
-function enrich(body) {
+export function enrich(body) {
   for (const math of body.querySelectorAll(".math")) {
     if (math.dataset.rendered || !window.katex) continue;
     const source = math.textContent;

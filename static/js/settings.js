@@ -1,6 +1,8 @@
 // The settings dialog: system prompt, temperature, top_p and the longest reply, for this chat or as the
-// person's default, with the model's limits beside them. Uses chat.js's `api`, `current` and `shown`.
-"use strict";
+// person's default, with the model's limits beside them.
+import { api } from "./api.js";
+import { open } from "./chat.js";
+import { showNotice, state } from "./page.js";
 
 const settingsDialog = document.getElementById("settings-dialog");
 const settingsError = document.getElementById("settings-error");
@@ -43,13 +45,13 @@ async function openSettings() {
     `${limits.model}: a context of ${limits.context_tokens} tokens, of which prompts (memory) take up to ` +
     `${limits.prompt_tokens} and a reply up to ${limits.max_tokens}. Temperature ${limits.temperature[0]}–` +
     `${limits.temperature[1]}, top p ${limits.top_p[0]}–${limits.top_p[1]}.`;
-  const own = shown && shown.conversation.id === current ? shown.conversation.settings : null;
-  fillForm(current && shown ? shown.settings : mine);
-  document.getElementById("settings-scope").textContent = !current
+  const own = state.shown && state.shown.conversation.id === state.current ? state.shown.conversation.settings : null;
+  fillForm(state.current && state.shown ? state.shown.settings : mine);
+  document.getElementById("settings-scope").textContent = !state.current
     ? "No chat is open: these are your defaults for new chats."
     : own ? "This chat has its own settings." : "This chat uses your defaults.";
-  document.getElementById("save-chat-settings").disabled = !current;
-  document.getElementById("reset-chat-settings").disabled = !current || !own;
+  document.getElementById("save-chat-settings").disabled = !state.current;
+  document.getElementById("reset-chat-settings").disabled = !state.current || !own;
   settingsDialog.showModal();
 }
 
@@ -58,17 +60,19 @@ async function saveSettings(request) {
   try {
     await request();
     settingsDialog.close();
-    if (current) await open(current, false); // the gauge counts the new system prompt
+    if (state.current) await open(state.current, false); // the gauge counts the new system prompt
   } catch (error) {
     settingsError.textContent = error.message;
     settingsError.hidden = false;
   }
 }
 
-document.getElementById("open-settings").addEventListener("click", openSettings);
-document.getElementById("save-chat-settings").addEventListener("click", () =>
-  saveSettings(() => api("PATCH", `/api/conversations/${current}`, { settings: settingsFromForm() })));
-document.getElementById("save-default-settings").addEventListener("click", () =>
-  saveSettings(() => api("PUT", "/api/settings", settingsFromForm())));
-document.getElementById("reset-chat-settings").addEventListener("click", () =>
-  saveSettings(() => api("PATCH", `/api/conversations/${current}`, { settings: null })));
+export function init() {
+  document.getElementById("open-settings").addEventListener("click", openSettings);
+  document.getElementById("save-chat-settings").addEventListener("click", () =>
+    saveSettings(() => api("PATCH", `/api/conversations/${state.current}`, { settings: settingsFromForm() })));
+  document.getElementById("save-default-settings").addEventListener("click", () =>
+    saveSettings(() => api("PUT", "/api/settings", settingsFromForm())));
+  document.getElementById("reset-chat-settings").addEventListener("click", () =>
+    saveSettings(() => api("PATCH", `/api/conversations/${state.current}`, { settings: null })));
+}

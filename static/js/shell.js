@@ -1,12 +1,16 @@
 // The page around the chat: light/dark theme switch, the conversation drawer on narrow screens, keyboard
-// shortcuts and their help dialog. Uses chat.js's `streaming`, `stop`, `regenerate`, `lastReply` and
-// `newConversation`.
-"use strict";
+// shortcuts and their help dialog. (theme.js, a classic script in <head>, applies the chosen theme before
+// the page paints; this module changes it.)
+import { lastReply, newConversation, regenerate, stop } from "./chat.js";
+import { app, input, showNotice, state } from "./page.js";
 
 const root = document.documentElement;
 const themeButton = document.getElementById("theme-toggle");
 const THEMES = ["system", "light", "dark"];
 const THEME_LABEL = { system: "Theme: follows the system", light: "Theme: light", dark: "Theme: dark" };
+const drawerButton = document.getElementById("open-drawer");
+const scrim = document.getElementById("scrim");
+const helpDialog = document.getElementById("help-dialog");
 
 function chosenTheme() { return root.dataset.theme || "system"; }
 
@@ -17,7 +21,7 @@ function showThemeButton() {
   themeButton.textContent = { system: "◐", light: "☀", dark: "☾" }[theme];
 }
 
-themeButton.addEventListener("click", () => {
+function nextTheme() {
   const next = THEMES[(THEMES.indexOf(chosenTheme()) + 1) % THEMES.length];
   try {
     if (next === "system") localStorage.removeItem("theme");
@@ -26,13 +30,9 @@ themeButton.addEventListener("click", () => {
   if (next === "system") delete root.dataset.theme;
   else root.dataset.theme = next;
   showThemeButton();
-});
-showThemeButton();
+}
 
 // The conversation list is a drawer on narrow screens.
-const drawerButton = document.getElementById("open-drawer");
-const scrim = document.getElementById("scrim");
-
 function openDrawer() {
   app.classList.add("drawer-open");
   scrim.hidden = false;
@@ -40,35 +40,24 @@ function openDrawer() {
   document.getElementById("new-chat").focus();
 }
 
-function closeDrawer() {
+export function closeDrawer() {
   if (!app.classList.contains("drawer-open")) return;
   app.classList.remove("drawer-open");
   scrim.hidden = true;
   drawerButton.setAttribute("aria-expanded", "false");
 }
 
-drawerButton.addEventListener("click", openDrawer);
-document.getElementById("close-drawer").addEventListener("click", () => { closeDrawer(); drawerButton.focus(); });
-scrim.addEventListener("click", closeDrawer);
-
-// Dialogs: their Close/Cancel buttons.
-for (const button of document.querySelectorAll("dialog .close-dialog")) {
-  button.addEventListener("click", () => button.closest("dialog").close());
-}
-const helpDialog = document.getElementById("help-dialog");
-document.getElementById("open-help").addEventListener("click", () => helpDialog.showModal());
-
 // Keyboard shortcuts (listed in the help dialog).
-document.addEventListener("keydown", (event) => {
+function onKey(event) {
   const mod = event.ctrlKey || event.metaKey;
   if (document.querySelector("dialog[open]")) return; // a dialog has the keyboard; Escape closes it
   if (mod && event.shiftKey && event.key.toLowerCase() === "o") {
     event.preventDefault();
-    if (!streaming) newConversation().catch((e) => showNotice(e.message));
+    if (!state.streaming) newConversation().catch((e) => showNotice(e.message));
   } else if (mod && event.shiftKey && event.key === "Enter") {
     event.preventDefault();
     const reply = lastReply();
-    if (reply && !streaming) regenerate(reply);
+    if (reply && !state.streaming) regenerate(reply);
   } else if (mod && (event.key === "/" || event.code === "Slash")) {
     event.preventDefault();
     helpDialog.showModal();
@@ -76,6 +65,20 @@ document.addEventListener("keydown", (event) => {
     event.preventDefault();
     input.focus();
   } else if (event.key === "Escape") {
-    if (streaming) { event.preventDefault(); stop(); } else closeDrawer();
+    if (state.streaming) { event.preventDefault(); stop(); } else closeDrawer();
   }
-});
+}
+
+export function init() {
+  themeButton.addEventListener("click", nextTheme);
+  showThemeButton();
+  drawerButton.addEventListener("click", openDrawer);
+  document.getElementById("close-drawer").addEventListener("click", () => { closeDrawer(); drawerButton.focus(); });
+  scrim.addEventListener("click", closeDrawer);
+  // Dialogs: their Close/Cancel buttons.
+  for (const button of document.querySelectorAll("dialog .close-dialog")) {
+    button.addEventListener("click", () => button.closest("dialog").close());
+  }
+  document.getElementById("open-help").addEventListener("click", () => helpDialog.showModal());
+  document.addEventListener("keydown", onKey);
+}

@@ -1,6 +1,9 @@
 // The conversation list: open, new, rename inline, pin, delete with Undo, full-text search, export and import.
-// Uses chat.js's `api`, `open`, `current`, `streaming`, `showNotice` and `newConversation`.
-"use strict";
+import { api } from "./api.js";
+import { newConversation, open } from "./chat.js";
+import { list, messagesBox, showNotice, state } from "./page.js";
+import { toolButton } from "./render.js";
+import { closeDrawer } from "./shell.js";
 
 const searchBox = document.getElementById("search");
 const searchResults = document.getElementById("search-results");
@@ -8,7 +11,7 @@ const searchEmpty = document.getElementById("search-empty");
 const toast = document.getElementById("toast");
 const UNDO_SHOWN_MS = 10000;
 
-function sidebarItem(conversation) {
+export function sidebarItem(conversation) {
   const item = document.createElement("li");
   item.dataset.id = conversation.id;
   item.classList.toggle("pinned", !!conversation.pinned);
@@ -22,8 +25,8 @@ function sidebarItem(conversation) {
   return item;
 }
 
-function markActive() {
-  for (const item of list.children) item.classList.toggle("active", item.dataset.id === current);
+export function markActive() {
+  for (const item of list.children) item.classList.toggle("active", item.dataset.id === state.current);
 }
 
 async function reloadList() {
@@ -83,7 +86,7 @@ async function deleteConversation(item) {
     await api("DELETE", `/api/conversations/${id}`);
   } catch (error) { showNotice(error.message); return; }
   item.remove();
-  if (id === current) open(null);
+  if (id === state.current) open(null);
   showToast(`Deleted “${title}”.`, async () => {
     try {
       await api("POST", `/api/conversations/${id}/restore`);
@@ -100,22 +103,6 @@ async function togglePin(item) {
     await reloadList();
   } catch (error) { showNotice(error.message); }
 }
-
-list.addEventListener("click", (event) => {
-  const item = event.target.closest("li");
-  if (!item) return;
-  const id = item.dataset.id;
-  if (event.target.closest(".title")) {
-    event.preventDefault();
-    if (!streaming) { open(id); closeDrawer(); }
-  } else if (event.target.closest(".rename")) {
-    renameInline(item);
-  } else if (event.target.closest(".delete")) {
-    deleteConversation(item);
-  } else if (event.target.closest(".pin")) {
-    togglePin(item);
-  }
-});
 
 // Search: results replace the list while the box holds words; hits are marked with <mark> built from
 // text, never from HTML (the server brackets them with \u0002 and \u0003).
@@ -169,50 +156,71 @@ async function runSearch() {
   searchEmpty.hidden = data.results.length > 0;
 }
 
-searchBox.addEventListener("input", () => {
-  clearTimeout(searchTimer);
-  searchTimer = setTimeout(runSearch, 200);
-});
-searchBox.addEventListener("keydown", (event) => {
-  if (event.key === "Escape" && searchBox.value) {
+// The list's clicks, search, import and New chat; the list follows what chat.js opens and makes.
+export function init() {
+  list.addEventListener("click", (event) => {
+    const item = event.target.closest("li");
+    if (!item) return;
+    const id = item.dataset.id;
+    if (event.target.closest(".title")) {
+      event.preventDefault();
+      if (!state.streaming) { open(id); closeDrawer(); }
+    } else if (event.target.closest(".rename")) {
+      renameInline(item);
+    } else if (event.target.closest(".delete")) {
+      deleteConversation(item);
+    } else if (event.target.closest(".pin")) {
+      togglePin(item);
+    }
+  });
+
+  searchBox.addEventListener("input", () => {
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(runSearch, 200);
+  });
+  searchBox.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && searchBox.value) {
+      event.preventDefault();
+      event.stopPropagation();
+      searchBox.value = "";
+      runSearch();
+    }
+  });
+
+  searchResults.addEventListener("click", async (event) => {
+    const link = event.target.closest("a");
+    if (!link) return;
     event.preventDefault();
-    event.stopPropagation();
-    searchBox.value = "";
-    runSearch();
-  }
-});
+    if (state.streaming) return;
+    await open(link.dataset.id);
+    closeDrawer();
+    const hit = link.dataset.message && messagesBox.querySelector(`.message[data-id="${link.dataset.message}"]`);
+    if (hit) {
+      hit.scrollIntoView({ block: "center" });
+      hit.classList.add("found");
+      setTimeout(() => hit.classList.remove("found"), 2000);
+    }
+  });
 
-searchResults.addEventListener("click", async (event) => {
-  const link = event.target.closest("a");
-  if (!link) return;
-  event.preventDefault();
-  if (streaming) return;
-  await open(link.dataset.id);
-  closeDrawer();
-  const hit = link.dataset.message && messagesBox.querySelector(`.message[data-id="${link.dataset.message}"]`);
-  if (hit) {
-    hit.scrollIntoView({ block: "center" });
-    hit.classList.add("found");
-    setTimeout(() => hit.classList.remove("found"), 2000);
-  }
-});
+  // Import: a JSON export from this app (one conversation or all of them).
+  document.getElementById("import-file").addEventListener("change", async (event) => {
+    const file = event.target.files[0];
+    event.target.value = "";
+    if (!file) return;
+    try {
+      const data = await api("POST", "/api/import", await file.text());
+      await reloadList();
+      showToast(`Imported ${data.imported} conversation${data.imported === 1 ? "" : "s"} from ${file.name}.`);
+      if (data.conversations.length) open(data.conversations[0].id);
+    } catch (error) { showNotice(error.message); }
+  });
 
-// Import: a JSON export from this app (one conversation or all of them).
-document.getElementById("import-file").addEventListener("change", async (event) => {
-  const file = event.target.files[0];
-  event.target.value = "";
-  if (!file) return;
-  try {
-    const data = await api("POST", "/api/import", await file.text());
-    await reloadList();
-    showToast(`Imported ${data.imported} conversation${data.imported === 1 ? "" : "s"} from ${file.name}.`);
-    if (data.conversations.length) open(data.conversations[0].id);
-  } catch (error) { showNotice(error.message); }
-});
+  document.getElementById("new-chat").addEventListener("click", () => {
+    closeDrawer();
+    newConversation().catch((e) => showNotice(e.message));
+  });
 
-document.getElementById("new-chat").addEventListener("click", () => {
-  closeDrawer();
-  newConversation().catch((e) => showNotice(e.message));
-});
-
-markActive();
+  document.addEventListener("conversation-opened", markActive);
+  document.addEventListener("conversation-created", (event) => list.prepend(sidebarItem(event.detail.conversation)));
+  markActive();
+}

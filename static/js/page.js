@@ -1,0 +1,31 @@
+// What every part of the chat page shares: its elements, the settings the server gave it (the page keeps no
+// copy of the server's limits), what is open and streaming now, and the notice line.
+
+export const app = document.getElementById("app");
+export const config = JSON.parse(app.dataset.config); // maxMessageChars, maxAudioSeconds, generateTitles, continuable
+export const list = document.getElementById("conversation-list");
+export const messagesBox = document.getElementById("messages");
+export const input = document.getElementById("input");
+export const form = document.getElementById("composer");
+export const sendButton = document.getElementById("send");
+export const stopButton = document.getElementById("stop");
+const notice = document.getElementById("notice");
+
+export const state = {
+  current: app.dataset.current || null, // the open conversation's id
+  streaming: null, // {controller, conversation, finished} while a reply streams in
+  shown: null, // the open conversation as GET /api/conversations/<id> returned it
+};
+
+export function showNotice(text) {
+  notice.textContent = text;
+  notice.hidden = !text;
+}
+
+// Whether the notice says the model is not ready (so it can be cleared when it is).
+export function noticeIsAboutTheModel(value) {
+  if (value === undefined) return Boolean(notice.dataset.model);
+  if (value) notice.dataset.model = "1";
+  else delete notice.dataset.model;
+  return value;
+}

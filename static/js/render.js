@@ -1,0 +1,129 @@
+// Showing a conversation: its messages (Markdown already rendered and sanitised by the server), the versions
+// switch and tools of each message, reply statuses, and the memory gauge.
+// Text from users and titles is only ever set with textContent; assistant replies are
+// set as HTML only when the server has rendered and sanitised them.
+import { config, messagesBox, state } from "./page.js";
+import { enrich } from "./rich.js";
+
+const HINT = "Ask anything. Enter sends, Shift+Enter makes a new line.";
+const STATUS_TEXT = {
+  stopped: "Stopped before the end.",
+  length: "Cut off at the reply length limit.",
+  interrupted: "Cut off when the server or the model server stopped; this is what was saved.",
+  error: "The model failed on this reply.",
+};
+
+export function toolButton(className, text, label, title) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = className;
+  button.textContent = text;
+  button.setAttribute("aria-label", label);
+  if (title) button.title = title;
+  return button;
+}
+
+// The "‹ 2/3 ›" switch between the versions of a message (edits and regenerated replies).
+function versionSwitch(message) {
+  const versions = message.versions || [message.id];
+  const box = document.createElement("span");
+  box.className = "versions";
+  if (versions.length < 2) return box;
+  const at = versions.indexOf(message.id);
+  const previous = toolButton("previous-version", "‹", "Previous version");
+  const next = toolButton("next-version", "›", "Next version");
+  previous.disabled = at === 0;
+  next.disabled = at === versions.length - 1;
+  previous.dataset.target = versions[at - 1] || "";
+  next.dataset.target = versions[at + 1] || "";
+  const label = document.createElement("span");
+  label.className = "version-label";
+  label.textContent = `${at + 1}/${versions.length}`;
+  box.append(previous, label, next);
+  return box;
+}
+
+export function messageElement(message) {
+  const element = document.createElement("div");
+  element.className = `message ${message.role}`;
+  element.dataset.id = message.id;
+  element.dataset.content = message.content || "";
+  const body = document.createElement("div");
+  body.className = "body";
+  element.appendChild(body);
+  if (message.role === "assistant") {
+    body.innerHTML = message.html || "";
+    if (message.status !== "streaming") enrich(body);
+  } else {
+    body.textContent = message.content;
+  }
+  const tools = document.createElement("div");
+  tools.className = "message-tools";
+  tools.appendChild(versionSwitch(message));
+  tools.appendChild(toolButton("copy", "Copy", `Copy this ${message.role === "user" ? "message" : "reply"}`));
+  if (message.role === "user") tools.appendChild(toolButton("edit", "Edit", "Edit and resend this message"));
+  else tools.appendChild(toolButton("regenerate", "Regenerate", "Write this reply again", "Ctrl+Shift+Enter"));
+  if (message.role === "assistant" && config.continuable.includes(message.status) && message.content) {
+    tools.appendChild(toolButton("continue", "Continue", "Continue this reply"));
+  }
+  element.appendChild(tools);
+  setStatus(element, message.status);
+  return element;
+}
+
+export function setStatus(element, status) {
+  element.classList.toggle("streaming", status === "streaming");
+  element.setAttribute("aria-busy", status === "streaming" ? "true" : "false");
+  let label = element.querySelector(".status");
+  const text = STATUS_TEXT[status];
+  if (!text) { if (label) label.remove(); return; }
+  if (!label) { label = document.createElement("span"); label.className = "status"; element.appendChild(label); }
+  label.textContent = text;
+}
+
+export function setWaiting(element, text) {
+  let line = element.querySelector(".waiting");
+  if (!text) { if (line) line.remove(); return; }
+  if (!line) { line = document.createElement("span"); line.className = "waiting"; element.appendChild(line); }
+  line.textContent = text;
+}
+
+export function showMessages(messages) {
+  messagesBox.replaceChildren();
+  if (!messages.length) {
+    const hint = document.createElement("p");
+    hint.className = "hint";
+    hint.textContent = HINT;
+    messagesBox.appendChild(hint);
+  }
+  for (const message of messages) messagesBox.appendChild(messageElement(message));
+  scrollDown();
+}
+
+export function scrollDown() { messagesBox.scrollTop = messagesBox.scrollHeight; }
+
+export function showGauge(memory) {
+  const gauge = document.getElementById("gauge");
+  if (!memory) { gauge.hidden = true; return; }
+  gauge.hidden = false;
+  document.getElementById("gauge-meter").value = memory.used / memory.budget;
+  document.getElementById("gauge-text").textContent = `${memory.used} / ${memory.budget} tokens`;
+  gauge.title = "Tokens the model reads for the next reply, of the prompt budget. " +
+    "When a conversation outgrows it, the oldest turns are left out of memory (they stay stored here).";
+  const n = memory.dropped;
+  document.getElementById("gauge-dropped").textContent =
+    n ? `${n} earlier message${n === 1 ? " is" : "s are"} outside memory` : "";
+}
+
+export function showExportLinks(id) {
+  document.getElementById("export-one").hidden = !id;
+  if (!id) return;
+  document.getElementById("export-json").href = `/api/conversations/${id}/export?format=json`;
+  document.getElementById("export-markdown").href = `/api/conversations/${id}/export?format=markdown`;
+}
+
+export function showConversation(data) {
+  state.shown = data;
+  showMessages(data.messages);
+  showGauge(data.memory);
+}

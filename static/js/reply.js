@@ -1,0 +1,138 @@
+// One reply streaming in: its events (start, queue, token, done, error), the busy state of the message box,
+// and, when the connection drops mid-reply, following the stored reply until it is whole.
+import { CSRF_TOKEN, api, errorText, readEvents } from "./api.js";
+import { input, list, messagesBox, sendButton, showNotice, state, stopButton } from "./page.js";
+import { scrollDown, setStatus, setWaiting, showConversation, showGauge } from "./render.js";
+
+export function setBusy(busy) {
+  sendButton.hidden = busy;
+  stopButton.hidden = !busy;
+}
+
+function queueText(data) {
+  if (!data.position) return "";
+  const ahead = data.position - 1;
+  const writing = data.running ? `${data.running} repl${data.running === 1 ? "y is" : "ies are"} being written` : "";
+  return `Waiting for the model: yours is number ${data.position} in the queue` +
+    (ahead || writing ? ` (${[writing, ahead ? `${ahead} waiting before it` : ""].filter(Boolean).join(", ")})` : "") +
+    ".";
+}
+
+// Streams one reply. `path` is the route that writes it; `place(start)` puts its elements on the page and
+// returns the reply element (and how much text it already holds, when continuing).
+export async function streamReply(conversation, path, body, place) {
+  showNotice("");
+  const controller = new AbortController();
+  let markFinished;
+  state.streaming = { controller, conversation, finished: new Promise((resolve) => { markFinished = resolve; }) };
+  setBusy(true);
+  let reply = null, pending = null, prefix = "", started = false, dropped = false;
+  try {
+    const response = await fetch(path, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", "X-CSRFToken": CSRF_TOKEN },
+      body: JSON.stringify(body),
+      signal: controller.signal,
+    });
+    if (!response.ok) throw new Error(await errorText(response));
+    await readEvents(response, (event, data) => {
+      if (event === "start") {
+        started = true;
+        const hint = messagesBox.querySelector(".hint");
+        if (hint) hint.remove();
+        ({ reply, prefix } = place(data));
+        pending = document.createElement("span");
+        reply.querySelector(".body").appendChild(pending);
+        setStatus(reply, "streaming");
+        showGauge(data.memory);
+        const link = list.querySelector(`li[data-id="${conversation}"] .title`);
+        if (link && data.title) link.textContent = data.title;
+      } else if (event === "queue") {
+        setWaiting(reply, queueText(data));
+      } else if (event === "token") {
+        setWaiting(reply, "");
+        if (data.html !== undefined) {
+          const replyBody = reply.querySelector(".body");
+          replyBody.innerHTML = data.html;
+          pending = document.createElement("span");
+          replyBody.appendChild(pending);
+        } else {
+          pending.textContent += data.text;
+        }
+      } else if (event === "done") {
+        reply.querySelector(".body").innerHTML = data.message.html;
+        setStatus(reply, data.message.status);
+        showGauge(data.memory);
+      } else if (event === "error") {
+        setStatus(reply, data.status || "error");
+        showNotice(data.message);
+      }
+      scrollDown();
+    });
+  } catch (error) {
+    if (error.name === "AbortError") {
+      if (reply) setStatus(reply, "stopped");
+    } else if (started) {
+      dropped = true; // the connection broke mid-reply: the server goes on while we look for it
+    } else {
+      showNotice(error.message);
+    }
+  } finally {
+    state.streaming = null;
+    setBusy(false);
+    markFinished();
+  }
+  if (dropped) {
+    await followStoredReply(conversation);
+  } else if (started && state.current === conversation) {
+    await refresh(conversation); // versions, tools and highlighting from the stored state
+  }
+  if (state.current === conversation) input.focus();
+  return started;
+}
+
+export async function refresh(conversation) {
+  try {
+    const data = await api("GET", `/api/conversations/${conversation}`);
+    if (state.current === conversation) showConversation(data);
+    return data;
+  } catch (error) {
+    return null;
+  }
+}
+
+// After a dropped connection: poll the stored conversation (which keeps the reply going on the
+// server) and show the reply as it is saved, until it is finished.
+export async function followStoredReply(conversation) {
+  showNotice("");
+  setBusy(true);
+  let delay = 1000, lastText = null;
+  const banner = document.createElement("p");
+  banner.className = "reconnecting";
+  banner.setAttribute("role", "status");
+  banner.textContent = "The connection dropped; reconnecting to show the rest of the reply…";
+  messagesBox.after(banner);
+  try {
+    for (let tries = 0; tries < 600 && state.current === conversation; tries++) {
+      let data = null;
+      try {
+        data = await api("GET", `/api/conversations/${conversation}`);
+      } catch (error) {
+        banner.textContent = "The connection dropped; trying again…";
+      }
+      if (data) {
+        delay = 1000;
+        banner.textContent = data.generating ? "Reconnected; the reply is still being written…" : "";
+        const last = data.messages[data.messages.length - 1];
+        if (!data.generating) { showConversation(data); break; }
+        if (last && last.content !== lastText) { lastText = last.content; showConversation(data); }
+      } else {
+        delay = Math.min(delay * 2, 8000);
+      }
+      await new Promise((resolve) => setTimeout(resolve, delay));
+    }
+  } finally {
+    banner.remove();
+    setBusy(false);
+  }
+}
