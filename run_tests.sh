@@ -38,7 +38,7 @@ if [ ! -f "$stamp" ] || ! sha256sum --status -c "$stamp" 2>/dev/null; then
   sha256sum requirements.txt requirements-dev.txt > "$stamp"
 fi
 
-.venv/bin/python -m tests.assets
+.venv/bin/python -m harness.assets
 # pytest exits 5 when no test ran; set -e makes that a failure too.
 # Strict: tests of tools this script installed (chromium, nginx) fail instead of skipping if one is missing.
 WEBBOT_TESTS_STRICT=1 HF_HUB_OFFLINE=1 exec .venv/bin/python -m pytest "$@"

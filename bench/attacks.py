@@ -20,16 +20,16 @@ import time
 from pathlib import Path
 
 from bench.common import save_report
-from tests import assets
-from tests.edge import Nginx, Tunnel, session_from, slow_client, timed_health
-from tests.server_process import Server
+from harness import assets
+from harness.edge import Nginx, Tunnel, session_from, slow_client, timed_health
+from harness.server_process import Server
 
 
 def make_cert(folder: Path) -> Path:
     import os
     import subprocess
 
-    from tests.server_process import ROOT
+    from harness.server_process import ROOT
 
     folder.mkdir(parents=True, exist_ok=True)
     subprocess.run([str(ROOT / "certs" / "make_cert.sh")], env={**os.environ, "CERT_DIR": str(folder)},

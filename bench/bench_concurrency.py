@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.bench_turns import question
 from bench.common import MODEL_HELP, memory_of, save_report, setup, timed_stream
-from tests.server_process import METRICS_AUTH, Server
+from harness.server_process import METRICS_AUTH, Server
 
 
 def prompt(i: int) -> list[dict]:

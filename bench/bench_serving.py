@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 
 from bench.common import MODEL_HELP, save_report, setup, timed_stream
-from tests import assets
-from tests.server_process import Server
+from harness import assets
+from harness.server_process import Server
 
 PROMPT = "Write a short poem about the sea, then explain what it means."
 

@@ -23,8 +23,8 @@ import sys
 import time
 
 from bench.common import save_report
-from tests import assets
-from tests.conftest import SENTENCES, convert, speak
+from harness import assets
+from harness.audio import SENTENCES, convert, speak
 
 LENGTHS = (5, 30, 120)
 

@@ -21,7 +21,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import MODEL_HELP, memory_of, save_report, setup, timed_stream
-from tests.server_process import METRICS_AUTH, Server
+from harness.server_process import METRICS_AUTH, Server
 
 
 def question(turn: int) -> str:

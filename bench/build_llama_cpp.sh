@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${WEBBOT_TEST_CACHE:-$HOME/.cache/webbot-test-models}
-SDIST=$(.venv/bin/python -c 'from tests import assets; print(assets._download(assets.LLAMA_CPP_SDIST, source=True))')
+SDIST=$(.venv/bin/python -c 'from harness import assets; print(assets._download(assets.LLAMA_CPP_SDIST, source=True))')
 if ! .venv/bin/python -c 'import llama_cpp' 2>/dev/null; then
     CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) .venv/bin/pip install "$SDIST" diskcache
 fi

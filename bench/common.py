@@ -10,7 +10,7 @@ from pathlib import Path
 
 import requests
 
-from tests import assets
+from harness import assets
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL_HELP = "local model directory (default: Llama-3.2-1B shape, random weights)"
@@ -28,7 +28,7 @@ def setup(model: str | None) -> tuple[Path, dict]:
     """The model directory a serving benchmark runs, and where: model, device, dtype, threads (printed)."""
     import torch
 
-    from chat_bot import resolve_device_dtype
+    from webbot.model.loading import resolve_device_dtype
 
     model_dir = Path(model).expanduser() if model else llama32_1b_random_dir()
     device, dtype = resolve_device_dtype()

@@ -21,10 +21,9 @@ import time
 from pathlib import Path
 
 from bench.common import save_report
-from tests import assets
-from tests.conftest import read_sse
-from tests.server_process import PageSession, Server
-from tests.services import PostgresServer, RedisServer
+from harness import assets
+from harness.server_process import PageSession, Server, read_sse
+from harness.services import PostgresServer, RedisServer
 
 
 def chat(page: PageSession, url: str, question: str, tokens: int) -> dict:

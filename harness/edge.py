@@ -22,7 +22,7 @@ from pathlib import Path
 import requests
 import requests.adapters
 
-from tests.server_process import ROOT, free_port
+from harness.server_process import ROOT, free_port
 
 NGINX = "/usr/sbin/nginx"
 

@@ -1,7 +1,7 @@
 """A bounded load generator for the chat server: many browser-like clients on loopback mixing page loads,
 chat messages and voice transcriptions, for a fixed number of requests or a fixed time, whichever ends first.
 
-    python -m bench.load --url http://127.0.0.1:5000 --clients 50 --requests 1000 --duration 300 \
+    python -m harness.load --url http://127.0.0.1:5000 --clients 50 --requests 1000 --duration 300 \
         --audio clip.wav --out load.json
 
 Each client loads the page (for its session and CSRF token), makes a conversation, then loops picking a

@@ -1,5 +1,6 @@
 """`python app.py` as a real server process on a free loopback port (used by tests and benchmarks)."""
 
+import json
 import os
 import re
 import socket
@@ -82,3 +83,21 @@ class Server:
                 self.process.wait()
         if self.process:
             self.log.close()
+
+
+def read_sse(lines) -> list[tuple[str, object]]:
+    """(event, data) pairs from an iterator of SSE lines; JSON data is decoded."""
+    events, event, data = [], "message", []
+    for raw in lines:
+        line = raw.decode() if isinstance(raw, bytes) else raw
+        line = line.rstrip("\r\n")
+        if not line:
+            if data:
+                text = "\n".join(data)
+                events.append((event, text if text == "[DONE]" else json.loads(text)))
+            event, data = "message", []
+        elif line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: "):
+            data.append(line[6:])
+    return events

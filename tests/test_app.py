@@ -5,8 +5,10 @@ import time
 import pytest
 
 from chat_bot import ChatBot
-from tests.conftest import read_sse
+from harness.server_process import read_sse
+from tests.helpers import until
 from webbot.storage.conversations import Store
+from webbot.web.services import services
 
 XSS = ['<script>window.__xss = 1</script>', '<img src=x onerror="window.__xss = 1">',
        '[click](javascript:window.__xss=1)', '<svg onload="window.__xss = 1"></svg>']
@@ -134,7 +136,7 @@ def test_a_closed_stream_nobody_looks_for_stops_after_the_grace_and_keeps_the_pa
     body = iter(response.response)
     next(body), next(body)
     response.close()  # what the server sees when the browser tab goes away
-    active = app.extensions["webbot"].active
+    active = services(app).replies
     assert wait_until(lambda: active.get(cid) is None, 5) < 2.0  # nobody polled: stopped after ~0.5 s
     assert tiny_bot.engine.running == 0
     stored = client.get(f"/api/conversations/{cid}").json
@@ -144,7 +146,6 @@ def test_a_closed_stream_nobody_looks_for_stops_after_the_grace_and_keeps_the_pa
 
 
 def test_a_dropped_stream_goes_on_while_the_page_polls_and_the_whole_reply_is_stored(make_app, tiny_bot):
-    import time
 
     client = make_app(WEBBOT_RECONNECT_GRACE_S=0.5).test_client()
     cid = new_conversation(client)
@@ -153,9 +154,8 @@ def test_a_dropped_stream_goes_on_while_the_page_polls_and_the_whole_reply_is_st
     body = iter(response.response)
     next(body), next(body)
     response.close()  # the connection dropped; the page polls the conversation as it reconnects
-    while (view := client.get(f"/api/conversations/{cid}").json)["generating"]:
-        time.sleep(0.2)
-    reply = view["messages"][-1]
+    until(lambda: not client.get(f"/api/conversations/{cid}").json["generating"], 60, "the reply never ended")
+    reply = client.get(f"/api/conversations/{cid}").json["messages"][-1]
     assert reply["status"] == "length"  # written to the end although nobody read the stream
     assert len(tiny_bot.memory.encode(reply["content"])) >= 290
 
@@ -251,7 +251,7 @@ def test_markup_in_messages_and_model_output_is_inert(app, client):
     for payload in XSS:
         send(client, cid, payload)
     # Model output with the same payloads, stored as a reply would be.
-    store: Store = app.extensions["webbot"].store
+    store: Store = services(app).store
     for payload in XSS:
         store.add_message(cid, "assistant", f"Here: {payload}\n\n```html\n{payload}\n```",
                           parent_id=store.messages(cid)[-1]["id"])
@@ -287,13 +287,13 @@ def test_conversations_survive_an_app_restart(make_app, tmp_path, tiny_bot):
 def test_a_reply_left_streaming_by_a_crash_is_marked_interrupted_on_start(make_app, tmp_path):
     data = tmp_path / "crash"
     app = make_app(data_dir=data)
-    store: Store = app.extensions["webbot"].store
+    store: Store = services(app).store
     client = app.test_client()
     cid = new_conversation(client)
     store.add_message(cid, "user", "hi")
     store.add_message(cid, "assistant", "half a rep", status="streaming")
     restarted = make_app(data_dir=data)
-    messages = restarted.extensions["webbot"].store.messages(cid)
+    messages = services(restarted).store.messages(cid)
     assert messages[-1]["status"] == "interrupted" and messages[-1]["content"] == "half a rep"
 
 
@@ -324,6 +324,7 @@ def test_page_temperature_comes_from_the_setting(make_app):
     assert replies[0] == replies[1] and replies[0]  # greedy: the same words twice
 
 
+@pytest.mark.slow
 def test_a_waiting_reply_gets_heartbeats_and_a_full_queue_gets_503(make_app, tiny_model_dir, monkeypatch):
     from webbot import config
 

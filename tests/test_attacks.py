@@ -15,7 +15,8 @@ import pytest
 from flask.testing import FlaskClient
 
 from chat_bot import ChatBot
-from tests.conftest import read_sse
+from harness.server_process import read_sse
+from webbot.web.services import services
 
 V1 = "/v1/chat/completions"
 
@@ -110,7 +111,7 @@ def test_metrics_answer_only_to_the_servers_key_or_an_admins(make_app, tmp_path)
     accounts = make_app(data_dir=tmp_path / "accounts", WEBBOT_AUTH="accounts", WEBBOT_METRICS_KEY="scrape-key")
     assert bare_client(accounts).get("/metrics", headers=bearer("scrape-key")).status_code == 200
     assert bare_client(accounts).get("/v1/models", headers=bearer("scrape-key")).status_code == 401  # nothing else
-    users = accounts.extensions["webbot"].users
+    users = services(accounts).users
     admin, person = users.create("ada", "ada-password", admin=True), users.create("bob", "bob-password")
     admin_key, _ = users.create_key(admin["id"], "scraper")
     person_key, _ = users.create_key(person["id"], "laptop")
@@ -192,7 +193,7 @@ def test_signed_in_sessions_past_the_cap_sign_out_the_oldest_but_lose_no_convers
 def test_a_session_stored_by_the_previous_version_keeps_its_conversations(make_app, tmp_path):
     data = tmp_path / "data"
     app = make_app(data_dir=data)
-    store = app.extensions["webbot"].store
+    store = services(app).store
     old = store.create_conversation("0123456789abcdef0123456789abcdef", "made before the upgrade")
     server_side = app.session_interface.server
     server_side.cache.set("session:oldsid", {"_permanent": True, "owner": "0123456789abcdef0123456789abcdef"},
@@ -385,7 +386,7 @@ def test_json_nested_100000_deep_is_a_400(client, path):
 def test_a_system_prompt_saved_with_a_surrogate_by_an_older_version_breaks_nothing(app, client):
     cid = new_conversation(client)
     owner = client.get("/api/conversations").json["conversations"][0]["owner"]
-    app.extensions["webbot"].store.save_preferences(owner, {"system_prompt": "be brief \ud800"})
+    services(app).store.save_preferences(owner, {"system_prompt": "be brief \ud800"})
     assert client.get(f"/api/conversations/{cid}").status_code == 200
     assert [event for event, _ in send(client, cid, "hello")][-1] == "done"
 

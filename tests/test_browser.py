@@ -6,13 +6,14 @@ The README's screenshots come from tests/test_ui.py.
 
 import time
 
+import pytest
 import requests
 
-from tests.conftest import CHROMIUM, requires, wait_for
+from tests.helpers import CHROMIUM, requires, users_cli, wait_for
 from webbot.storage.conversations import Store
 from webbot.storage.database import connect
 
-pytestmark = requires(CHROMIUM, "Debian's chromium is not installed (run_tests.sh installs it)")
+pytestmark = [requires(CHROMIUM, "Debian's chromium is not installed (run_tests.sh installs it)"), pytest.mark.browser]
 
 
 def ask(page, text):
@@ -165,7 +166,7 @@ def test_page_says_when_the_model_failed_to_load(browser, start_server, tmp_path
 
 def test_page_waits_for_a_loading_gguf_model_then_answers(browser, start_server):
     """WEBBOT_MODEL names a .gguf file; transformers dequantises it on load, which takes a while."""
-    from tests import assets
+    from harness import assets
 
     server = start_server(assets.smollm2_gguf(), ready=(200, 503), WEBBOT_MAX_TOKENS="2048", WEBBOT_TEMPERATURE="0")
     page = browser.new_page()
@@ -195,8 +196,6 @@ def test_the_page_says_when_messages_come_too_fast(page, start_server, tiny_mode
 
 
 def test_sign_in_chat_make_a_key_and_sign_out_in_accounts_mode(page, start_server, tiny_model_dir, tmp_path):
-    from tests.test_accounts import users_cli
-
     assert users_cli(tmp_path / "data", "create", "alice", "--admin", password="alice-password").returncode == 0
     server = start_server(tiny_model_dir, tmp_path / "data", WEBBOT_AUTH="accounts")
     page.goto(server.url + "/c/nowhere")

@@ -8,9 +8,10 @@ import time
 import pytest
 from sqlalchemy import text
 
-from tests.conftest import read_sse
+from harness.server_process import read_sse
 from webbot.storage import conversations as store_module
 from webbot.storage import database
+from webbot.web.services import services
 
 
 def new_conversation(client, **body) -> str:
@@ -73,7 +74,7 @@ def test_continue_appends_to_a_cut_off_reply_and_the_model_sees_its_start(client
 def test_only_a_cut_off_reply_with_text_can_be_continued(app, client, status):
     cid = new_conversation(client)
     stream(client, f"/api/conversations/{cid}/messages", content="hi")
-    store = app.extensions["webbot"].store
+    store = services(app).store
     reply = store.messages(cid)[-1]
     store.finish_message(reply["id"], reply["content"], status)
     refused = client.post(f"/api/conversations/{cid}/messages/{reply['id']}/continue", json={})
@@ -161,12 +162,12 @@ def test_a_deleted_conversation_can_be_restored_for_a_minute_then_it_is_gone(cli
     time.sleep(0.01)
     client.delete(f"/api/conversations/{new_conversation(client)}")  # any delete purges the expired ones
     assert client.post(f"/api/conversations/{cid}/restore").status_code == 404
-    assert app.extensions["webbot"].store.messages(cid) == []
+    assert services(app).store.messages(cid) == []
 
 
 def test_search_matches_every_word_by_prefix_only_in_ones_own_conversations(app, client):
     cid = new_conversation(client, title="Kitchen notes")
-    store = app.extensions["webbot"].store
+    store = services(app).store
     store.add_message(cid, "user", "How long do I boil an egg?")
     store.add_message(cid, "assistant", "Boil the egg for nine minutes, then cool it in café water.")
     results = client.get("/api/search?q=boil nine").json["results"]
@@ -187,7 +188,7 @@ def test_search_matches_every_word_by_prefix_only_in_ones_own_conversations(app,
 
 
 def _owner(app, cid) -> str:
-    with app.extensions["webbot"].store.engine.connect() as db:
+    with services(app).store.engine.connect() as db:
         return db.execute(text("SELECT owner FROM conversations WHERE id = :id"), {"id": cid}).scalar_one()
 
 
@@ -195,7 +196,7 @@ def test_search_on_postgresql(make_app, pg_url):
     app = make_app(WEBBOT_DATABASE_URL=pg_url)
     client = app.test_client()
     cid = new_conversation(client, title="Garden plans")
-    app.extensions["webbot"].store.add_message(cid, "assistant", "Plant the tomatoes after the last frost.")
+    services(app).store.add_message(cid, "assistant", "Plant the tomatoes after the last frost.")
     hit = client.get("/api/search?q=tomato frost").json["results"]
     assert len(hit) == 1 and "\x02tomatoes\x03" in hit[0]["snippet"]
     assert client.get("/api/search?q=gard").json["results"][0]["snippet"].startswith("\x02Garden\x03")
@@ -255,6 +256,7 @@ def test_migration_0003_makes_old_conversations_one_branch_and_searchable(tmp_pa
     assert store.search("me", "comet")[0]["conversation_id"] == "c1"
 
 
+@pytest.mark.slow
 def test_a_reply_that_waits_reports_its_place_until_it_starts(make_app, tiny_model_dir):
     from chat_bot import ChatBot
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import read_sse, requires
-from tests.edge import NGINX, Nginx, Tunnel, session_from, slow_client, timed_health
-from tests.server_process import GUNICORN, ROOT, PageSession
+from harness.edge import NGINX, Nginx, Tunnel, session_from, slow_client, timed_health
+from harness.server_process import GUNICORN, ROOT, PageSession, read_sse
+from tests.helpers import requires
 
 pytestmark = requires(GUNICORN, "run_webbot.sh needs .venv (run_tests.sh makes it)")
 
@@ -58,6 +58,7 @@ def stream_reply(session, url, cid, text, max_tokens=None):
     return session.post(f"{url}/api/conversations/{cid}/messages", json=body, stream=True, timeout=60)
 
 
+@pytest.mark.slow
 def test_gunicorn_serves_https_streams_and_sets_a_secure_cookie(https_server, cert_dir):
     server = https_server()
     log = server.log_path.read_text()
@@ -81,12 +82,14 @@ def test_gunicorn_serves_https_streams_and_sets_a_secure_cookie(https_server, ce
     assert requests.get(server.url + "/healthz", verify=str(cert_dir / "cert.pem"), timeout=10).status_code == 200
 
 
+@pytest.mark.slow
 def test_without_a_certificate_python_app_py_says_plain_http(start_server, tiny_model_dir):
     server = start_server(tiny_model_dir)
     assert f"serving plain HTTP (no certificate in certs/) on http://127.0.0.1:{server.port}" in \
         server.log_path.read_text()
 
 
+@pytest.mark.slow
 def test_sigterm_mid_stream_stores_the_partial_reply_and_a_restart_serves_it(https_server, cert_dir, tmp_path):
     data_dir = tmp_path / "deploy-data"
     server = https_server(data_dir=data_dir, WEBBOT_GRACE_S="10")
@@ -136,6 +139,7 @@ def test_systemd_unit_runs_run_webbot_sh_hardened():
         assert "Unknown key" not in done.stderr and "Unknown section" not in done.stderr, done.stderr
 
 
+@pytest.mark.slow
 @requires(NGINX, "Debian's nginx is not installed (run_tests.sh installs it)")
 def test_through_nginx_the_reply_streams_token_by_token(start_server, tiny_model_dir, cert_dir, tmp_path):
     app = start_server(tiny_model_dir, WEBBOT_PROXY_HOPS="1")
@@ -190,6 +194,7 @@ def test_frp_files_point_at_nginx_with_the_proxy_protocol_in_both_formats():
     assert int(ini["common"]["server_port"]) == toml["serverPort"] == server["bindPort"]
 
 
+@pytest.mark.slow
 @requires(NGINX, "Debian's nginx is not installed (run_tests.sh installs it)")
 def test_the_public_port_answers_with_200_slow_clients_holding_it(start_server, tiny_model_dir, cert_dir, tmp_path):
     """The documented path, frp -> nginx -> gunicorn: 200 clients that send their headers a line every few

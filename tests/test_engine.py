@@ -6,8 +6,10 @@ import time
 import pytest
 import torch
 
-from chat_bot import ChatBot, resolve_device_dtype, split_gguf
-from webbot.model.engine import EngineBusy, SamplingParams, TextDecoder
+from chat_bot import ChatBot
+from webbot.model.decoding import TextDecoder
+from webbot.model.loading import resolve_device_dtype, split_gguf
+from webbot.model.stream import EngineBusy, SamplingParams
 
 
 def test_streamed_text_equals_plain_greedy_generate(tiny_bot):
@@ -122,7 +124,11 @@ def test_a_full_queue_refuses_new_requests(tiny_model_dir):
     with pytest.raises(EngineBusy):
         bot.generate(plan, SamplingParams(max_new_tokens=5))
     running.cancel()
-    assert "".join(waiting) is not None and waiting.finish_reason == "length"
+    "".join(running)  # the cancelled reply ends (its pieces so far are read first)
+    assert running.finish_reason == "cancelled"
+    text = "".join(waiting)  # the queued one runs once the slot is free, to its 5-token limit
+    assert waiting.finish_reason == "length" and waiting.completion_tokens == 5 and text
+    bot.close()
 
 
 def test_reply_length_never_exceeds_the_context(tiny_bot):

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 SCHEMATHESIS = [sys.executable, "-c", "from schemathesis.cli import schemathesis; schemathesis()"]
 
 
+@pytest.mark.slow
 def test_schemathesis_finds_no_fault_in_the_api(start_server, tiny_model_dir, tiny_whisper_dir, tmp_path):
     server = start_server(tiny_model_dir, WEBBOT_API_KEY="fuzz-key", WEBBOT_MAX_TOKENS="512",
                           WEBBOT_RATE_MESSAGES="off", WEBBOT_RATE_TRANSCRIPTIONS="off",
@@ -51,7 +52,7 @@ def fuzz_app(tiny_model_dir, tmp_path_factory):
     """The real app on the tiny model with one conversation; hypothesis needs it to outlive one example."""
     from app import create_app
     from chat_bot import ChatBot
-    from tests.conftest import page_client_class
+    from tests.helpers import page_client_class
 
     bot = ChatBot(str(tiny_model_dir), max_tokens=256).load()
     app = create_app({"TESTING": True, "WEBBOT_DATA_DIR": str(tmp_path_factory.mktemp("fuzz") / "data"),

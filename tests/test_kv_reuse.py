@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from chat_bot import ChatBot
-from webbot.model.engine import SamplingParams
 from webbot.model.kv_cache import common_prefix
+from webbot.model.stream import SamplingParams
 
 QUESTIONS = [
     "Tell me about the tides.",
@@ -50,6 +50,7 @@ def plain_greedy(bot: ChatBot, prompt_ids: list[int], new_tokens: int) -> list[i
     return out[0, len(prompt_ids):].tolist()
 
 
+@pytest.mark.slow
 def test_reusing_the_cache_gives_the_same_tokens_as_not_reusing_it(tiny_model_dir):
     on = ChatBot(str(tiny_model_dir), max_tokens=2048).load()
     off = ChatBot(str(tiny_model_dir), max_tokens=2048, kv_reuse=False).load()
@@ -106,6 +107,7 @@ def test_least_recently_used_caches_are_evicted_under_a_tiny_budget(tiny_model_d
     assert bot.cache.nbytes <= budget
 
 
+@pytest.mark.slow
 def test_a_trim_that_moves_the_prefix_rebuilds_once_and_changes_no_token(tiny_model_dir):
     # A 320-token context: the history overflows after a few turns and old turns are dropped in chunks.
     on = ChatBot(str(tiny_model_dir), max_tokens=320).load()
@@ -137,6 +139,7 @@ def _batch_sizes(bot: ChatBot) -> list[int]:
     return sizes
 
 
+@pytest.mark.slow
 def test_concurrent_streams_give_the_same_greedy_tokens_as_sequential_ones(tiny_model_dir):
     prompts = ["Hi", QUESTIONS[1] * 3, "What is 2+2?", QUESTIONS[3], "Name a colour.", QUESTIONS[5]]
     lengths = [40, 35, 30, 25, 40, 12]

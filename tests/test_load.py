@@ -1,16 +1,19 @@
-"""Load: 50 concurrent browser-like clients (bench/load.py, its own process, loopback only, a fixed number
+"""Load: 50 concurrent browser-like clients (harness/load.py, its own process, loopback only, a fixed number
 of requests and a time limit) mixing page loads, chats (some abandoned mid-stream) and voice
 transcriptions against the deployed server (gunicorn, deploy/gunicorn.conf.py) on a tiny model with real
 Whisper tiny.en. The same run, larger, makes the figures in docs/reliability.md (bench/reliability.py).
 """
 
-from bench.reliability import run
-from tests.conftest import requires
-from tests.server_process import GUNICORN
+import pytest
 
-pytestmark = requires(GUNICORN, "gunicorn is not in .venv (run_tests.sh installs it)")
+from harness.reliability import run
+from harness.server_process import GUNICORN
+from tests.helpers import requires
+
+pytestmark = [requires(GUNICORN, "gunicorn is not in .venv (run_tests.sh installs it)"), pytest.mark.server]
 
 
+@pytest.mark.slow
 def test_fifty_clients_no_5xx_every_message_stored_once_memory_flat(tmp_path):
     report = run(clients=50, requests_total=400, rounds=3, duration=150, work=tmp_path)
     statuses = report["statuses"]

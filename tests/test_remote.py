@@ -12,10 +12,10 @@ import pytest
 import requests
 from openai import OpenAI
 
-from chat_bot import DEFAULT_SYSTEM_PROMPT
-from tests.conftest import read_sse, speak
-from tests.server_process import ROOT, PageSession, free_port
-from tests.test_serving import scrape, value
+from harness.audio import speak
+from harness.server_process import ROOT, PageSession, free_port, read_sse
+from tests.helpers import scrape, until, until_line, value
+from webbot.config import DEFAULT_SYSTEM_PROMPT
 
 PARIS = "What is the capital of France?"
 
@@ -58,6 +58,7 @@ def transformers_serve(smollm2_dir, tmp_path):
     log.close()
 
 
+@pytest.mark.slow
 def test_transformers_serve_as_the_model_server(start_server, smollm2_dir, transformers_serve):
     server = start_server(smollm2_dir, **remote_env(transformers_serve, smollm2_dir, str(smollm2_dir)))
     health = requests.get(server.url + "/healthz", timeout=10).json()
@@ -83,6 +84,7 @@ def upstream(start_server, smollm2_dir, tmp_path):
     return start_server(smollm2_dir, tmp_path / "upstream", WEBBOT_MAX_TOKENS="4096")
 
 
+@pytest.mark.slow
 def test_our_app_serves_another_in_openai_mode_and_stop_cancels_upstream(start_server, smollm2_dir, upstream,
                                                                          tmp_path):
     # Our app takes vLLM's cache_salt (it ignores fields it does not know), so the replica may send it.
@@ -109,8 +111,7 @@ def test_our_app_serves_another_in_openai_mode_and_stop_cancels_upstream(start_s
     response = page.post(f"{server.url}/api/conversations/{cid}/messages", stream=True, timeout=60,
                          json={"content": "Write a very long story about the sea.", "max_tokens": 900})
     lines = response.iter_lines(decode_unicode=True)
-    while not next(lines).startswith("event: token"):
-        pass
+    until_line(lines, "event: token")
     assert value(scrape(upstream), "webbot_active_streams") == 1
     assert page.post(f"{server.url}/api/conversations/{cid}/stop", timeout=30).json() == {"stopped": True}
     stopped = time.monotonic()
@@ -121,6 +122,7 @@ def test_our_app_serves_another_in_openai_mode_and_stop_cancels_upstream(start_s
     assert page.get(f"{server.url}/api/conversations/{cid}", timeout=30).json()["messages"][-1]["status"] == "stopped"
 
 
+@pytest.mark.slow
 def test_killing_the_model_server_mid_reply_keeps_the_reply_as_interrupted(start_server, tiny_model_dir, tmp_path):
     upstream = start_server(tiny_model_dir, tmp_path / "upstream", WEBBOT_MAX_TOKENS="65536")
     server = start_server(tiny_model_dir, tmp_path / "front", **{
@@ -130,9 +132,7 @@ def test_killing_the_model_server_mid_reply_keeps_the_reply_as_interrupted(start
     response = page.post(f"{server.url}/api/conversations/{cid}/messages", stream=True, timeout=60,
                          json={"content": "Go on forever.", "temperature": 0})
     lines = response.iter_lines(decode_unicode=True)
-    tokens = 0
-    while tokens < 20:
-        tokens += next(lines).startswith("event: token")
+    until_line(lines, "event: token", count=20)
     upstream.process.send_signal(signal.SIGKILL)
     events = read_sse(lines)
     assert events[-1][0] == "error"
@@ -152,6 +152,7 @@ def test_killing_the_model_server_mid_reply_keeps_the_reply_as_interrupted(start
     assert health.status_code == 503 and "unreachable" in health.json()["error"]
 
 
+@pytest.mark.slow
 def test_a_slow_model_server_is_a_504_not_a_hang(start_server, tiny_model_dir, tmp_path):
     """A server that accepts connections and never answers (a bare socket) times out with a sentence."""
     import socket
@@ -162,8 +163,8 @@ def test_a_slow_model_server_is_a_504_not_a_hang(start_server, tiny_model_dir, t
     url = f"http://127.0.0.1:{silent.getsockname()[1]}/v1"
     server = start_server(tiny_model_dir, tmp_path / "front", ready=(200, 503),
                           **{**remote_env(url, tiny_model_dir, "tiny"), "WEBBOT_BACKEND_TIMEOUT": "2"})
-    while requests.get(server.url + "/healthz", timeout=10).json()["checks"]["model"]["status"] != "ok":
-        time.sleep(0.2)  # the tokenizer loads; /healthz stays 503 throughout, for the silent server
+    # The tokenizer loads; /healthz stays 503 throughout, for the silent server.
+    until(lambda: requests.get(server.url + "/healthz", timeout=10).json()["checks"]["model"]["status"] == "ok", 60)
     started = time.monotonic()
     response = requests.post(server.url + "/v1/chat/completions", timeout=30,
                              json={"model": "x", "messages": [{"role": "user", "content": "Hello?"}]})
@@ -172,6 +173,7 @@ def test_a_slow_model_server_is_a_504_not_a_hang(start_server, tiny_model_dir, t
     silent.close()
 
 
+@pytest.mark.slow
 def test_speech_through_a_transcription_server(start_server, tiny_model_dir, whisper_ct2_dir, tmp_path):
     upstream = start_server(tiny_model_dir, tmp_path / "speech-server", WEBBOT_SPEECH_BACKEND="faster-whisper",
                             WEBBOT_WHISPER_MODEL=str(whisper_ct2_dir))

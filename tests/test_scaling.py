@@ -11,10 +11,11 @@ import sys
 import threading
 import time
 
+import pytest
 import requests
 
-from tests.conftest import read_sse
-from tests.server_process import ROOT, PageSession
+from harness.server_process import ROOT, PageSession, read_sse
+from tests.helpers import until_line
 
 SECRET = "replicas-share-this-secret-key"
 
@@ -37,6 +38,7 @@ def conversation(page: PageSession, server, cid: str) -> dict:
     return response.json()
 
 
+@pytest.mark.slow
 def test_two_replicas_share_sessions_conversations_and_stop(start_server, tiny_model_dir, tmp_path, redis_server,
                                                             pg_url):
     env = shared_env(redis_server, pg_url)
@@ -61,8 +63,7 @@ def test_two_replicas_share_sessions_conversations_and_stop(start_server, tiny_m
     long = page.post(f"{one.url}/api/conversations/{cid}/messages", stream=True, timeout=60,
                      json={"content": "Go on forever.", "temperature": 0, "max_tokens": 100_000})
     lines = long.iter_lines(decode_unicode=True)
-    while not next(lines).startswith("event: token"):
-        pass
+    until_line(lines, "event: token")
     assert conversation(page, two, cid)["generating"] is True
     busy = page.post(f"{two.url}/api/conversations/{cid}/messages", json={"content": "Me too"}, timeout=30)
     assert busy.status_code == 409 and "still being written" in busy.json()["error"]["message"]
@@ -81,6 +82,7 @@ def test_two_replicas_share_sessions_conversations_and_stop(start_server, tiny_m
     assert stranger.get(f"{one.url}/api/conversations/{cid}", timeout=30).status_code == 404
 
 
+@pytest.mark.slow
 def test_redis_outage_is_a_clear_503_and_the_app_recovers(start_server, tiny_model_dir, tmp_path, redis_server,
                                                           pg_url):
     server = start_server(tiny_model_dir, tmp_path / "data", **shared_env(redis_server, pg_url))
@@ -112,6 +114,7 @@ def test_redis_outage_is_a_clear_503_and_the_app_recovers(start_server, tiny_mod
     assert len(conversation(page, server, cid)["messages"]) == 4
 
 
+@pytest.mark.slow
 def test_postgres_outage_is_a_clear_503_and_a_streaming_reply_lands_when_it_returns(
         start_server, tiny_model_dir, tmp_path, redis_server, pg_url, postgres):
     server = start_server(tiny_model_dir, tmp_path / "data", **shared_env(redis_server, pg_url))
@@ -123,8 +126,7 @@ def test_postgres_outage_is_a_clear_503_and_a_streaming_reply_lands_when_it_retu
     streaming = page.post(f"{server.url}/api/conversations/{cid}/messages", stream=True, timeout=60,
                           json={"content": "Write a while.", "temperature": 0, "max_tokens": 1500})
     lines = streaming.iter_lines(decode_unicode=True)
-    while not next(lines).startswith("event: token"):
-        pass
+    until_line(lines, "event: token")
     postgres.stop()
     outage = time.monotonic()
     for method, path, body in (("GET", f"/api/conversations/{cid}", None), ("POST", "/api/conversations", {}),
@@ -161,6 +163,7 @@ def flask_cli(*args: str, env: dict, stdin: str | None = None) -> subprocess.Com
                           capture_output=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1", **env})
 
 
+@pytest.mark.slow
 def test_a_sqlite_deployment_moves_to_postgres_with_one_command(start_server, tiny_model_dir, tmp_path, pg_url):
     data = tmp_path / "data"
     sqlite_env = {"WEBBOT_DATA_DIR": str(data), "WEBBOT_MODEL": str(tiny_model_dir)}

@@ -5,7 +5,7 @@ import re
 import pytest
 from flask.testing import FlaskClient
 
-from tests.server_process import CSRF_META
+from harness.server_process import CSRF_META
 
 
 def bare_client(app) -> FlaskClient:

@@ -6,8 +6,7 @@ import openai
 import pytest
 import requests
 
-from tests.conftest import read_sse
-from tests.server_process import PageSession
+from harness.server_process import PageSession, read_sse
 
 
 @pytest.fixture
@@ -15,6 +14,7 @@ def tiny_server(start_server, tiny_model_dir):
     return start_server(tiny_model_dir, WEBBOT_MAX_TOKENS="1024")
 
 
+@pytest.mark.slow
 def test_openai_client_lists_the_model_and_chats(tiny_server):
     client = openai.OpenAI(base_url=tiny_server.url + "/v1", api_key="unused")
     assert [m.id for m in client.models.list()] == ["tiny-llama"]
@@ -40,6 +40,7 @@ def test_openai_client_lists_the_model_and_chats(tiny_server):
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 4
 
 
+@pytest.mark.slow
 def test_openai_client_stop_sequences_and_errors(tiny_server):
     client = openai.OpenAI(base_url=tiny_server.url + "/v1", api_key="unused")
     messages = [{"role": "user", "content": "Tell me something."}]
@@ -59,6 +60,7 @@ def test_openai_client_stop_sequences_and_errors(tiny_server):
     assert error.value.status_code == 413 and error.value.body["code"] == "context_length_exceeded"
 
 
+@pytest.mark.slow
 def test_api_key_is_required_when_set(start_server, tiny_model_dir):
     server = start_server(tiny_model_dir, WEBBOT_API_KEY="s3cret")
     with pytest.raises(openai.AuthenticationError):
@@ -67,6 +69,7 @@ def test_api_key_is_required_when_set(start_server, tiny_model_dir):
     assert good.models.list().data[0].id == "tiny-llama"
 
 
+@pytest.mark.slow
 def test_client_disconnect_mid_stream_stops_generation_once_nobody_looks_for_the_reply(start_server,
                                                                                       tiny_model_dir):
     # A page whose connection dropped polls the conversation and keeps its reply going (tests/test_ui.py);
@@ -90,6 +93,7 @@ def test_client_disconnect_mid_stream_stops_generation_once_nobody_looks_for_the
     assert events[-1][0] == "done" and time.monotonic() - started < 30
 
 
+@pytest.mark.slow
 def test_conversations_survive_a_server_restart(start_server, tiny_model_dir, tmp_path):
     data = tmp_path / "kept"
     server = start_server(tiny_model_dir, data_dir=data)
@@ -106,6 +110,7 @@ def test_conversations_survive_a_server_restart(start_server, tiny_model_dir, tm
     assert requests.get(f"{again.url}/api/conversations/{cid}").status_code == 404  # another session
 
 
+@pytest.mark.slow
 def test_several_users_at_once_each_get_their_own_reply(tiny_server):
     from concurrent.futures import ThreadPoolExecutor
 
@@ -124,6 +129,7 @@ def test_several_users_at_once_each_get_their_own_reply(tiny_server):
         assert [m["content"] for m in stored] == [f"user {n} here", done["message"]["content"]]
 
 
+@pytest.mark.slow
 def test_kill_9_mid_stream_loses_no_finished_message_and_keeps_the_partial_reply(start_server, tiny_model_dir,
                                                                                  tmp_path):
     import signal

@@ -4,26 +4,9 @@ import time
 
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import read_sse
-from tests.server_process import METRICS_AUTH, PageSession
-
-
-def scrape(server, **headers) -> dict:
-    """Every sample of /metrics (read with the test servers' metrics key unless `headers` say otherwise), parsed
-    by prometheus_client's own parser: {(name, labels): value}."""
-    response = requests.get(server.url + "/metrics", headers=headers or METRICS_AUTH, timeout=10)
-    assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/plain")
-    samples = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def value(samples: dict, name: str, **labels) -> float:
-    return samples[(name, tuple(sorted(labels.items())))]
+from harness.server_process import PageSession, read_sse
+from tests.helpers import scrape, until_line, value
 
 
 def chat_stream(server, messages: list[dict], max_tokens: int, **kw) -> requests.Response:
@@ -45,6 +28,7 @@ def tiny_server(start_server, tiny_model_dir):
     return start_server(tiny_model_dir, WEBBOT_MAX_TOKENS="2048")
 
 
+@pytest.mark.slow
 def test_metrics_parse_and_move_with_each_reply(tiny_server):
     before = scrape(tiny_server)
     assert value(before, "webbot_generated_tokens_total") == 0
@@ -70,6 +54,7 @@ def test_metrics_parse_and_move_with_each_reply(tiny_server):
     assert value(after, "webbot_active_streams") == 0 and value(after, "webbot_kv_cache_evictions_total") == 0
 
 
+@pytest.mark.slow
 def test_metrics_need_the_api_key_when_one_is_set(start_server, tiny_model_dir):
     server = start_server(tiny_model_dir, WEBBOT_API_KEY="s3cret")
     refused = requests.get(server.url + "/metrics", timeout=10)
@@ -77,12 +62,12 @@ def test_metrics_need_the_api_key_when_one_is_set(start_server, tiny_model_dir):
     assert value(scrape(server, Authorization="Bearer s3cret"), "webbot_active_streams") == 0
 
 
+@pytest.mark.slow
 def test_a_full_queue_answers_503_with_retry_after_on_the_api_and_the_page(start_server, tiny_model_dir):
     server = start_server(tiny_model_dir, WEBBOT_MAX_TOKENS="65536", WEBBOT_MAX_BATCH="1", WEBBOT_MAX_WAITING="1")
     running = chat_stream(server, [{"role": "user", "content": "Go on forever."}], 100_000)
     lines = running.iter_lines()
-    while not next(lines).startswith(b"data: {"):
-        pass  # the first token is out: the only slot is taken
+    until_line(lines, b"data: {")  # the first token is out: the only slot is taken
     waiting = chat_stream(server, [{"role": "user", "content": "Me next."}], 3)  # fills the queue
 
     refused = requests.post(server.url + "/v1/chat/completions", timeout=30,
@@ -104,15 +89,15 @@ def test_a_full_queue_answers_503_with_retry_after_on_the_api_and_the_page(start
     assert value(scrape(server), "webbot_replies_total", reason="cancelled") == 1
 
 
+@pytest.mark.slow
 def test_a_disconnected_stream_frees_its_slot_within_a_second(start_server, tiny_model_dir):
     # A reply budget of 16k tokens keeps the tiny model writing for many seconds, however slow the client.
     tiny_server = start_server(tiny_model_dir, WEBBOT_MAX_TOKENS="65536")
     response = chat_stream(tiny_server, [{"role": "user", "content": "Go on forever."}], 100_000)
     # Read through one iterator kept alive: leaving a `for` loop over iter_lines() closes the generator,
     # which closes the connection, and the server (rightly) cancels the reply at once.
-    lines, chunks = response.iter_lines(), 0
-    while chunks < 5:
-        chunks += next(lines).startswith(b"data: {")
+    lines = response.iter_lines()
+    until_line(lines, b"data: {", count=5)
     assert value(scrape(tiny_server), "webbot_active_streams") == 1
     response.close()
     closed = time.monotonic()
@@ -122,6 +107,7 @@ def test_a_disconnected_stream_frees_its_slot_within_a_second(start_server, tiny
     assert value(scrape(tiny_server), "webbot_replies_total", reason="cancelled") == 1
 
 
+@pytest.mark.slow
 def test_concurrent_api_streams_equal_sequential_ones(tiny_server):
     """Several clients at once through the real server: each gets exactly what it gets alone."""
     from concurrent.futures import ThreadPoolExecutor

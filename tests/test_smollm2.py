@@ -5,13 +5,14 @@ answers repeatable.
 """
 
 import openai
+import pytest
 
-from tests.conftest import read_sse
-from tests.server_process import PageSession
+from harness.server_process import PageSession, read_sse
 
 QUESTION = "What is the capital of France?"
 
 
+@pytest.mark.slow
 def test_page_stream_answers_paris(smollm2_server):
     session = PageSession()
     health = session.get(smollm2_server.url + "/healthz").json()

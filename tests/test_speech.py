@@ -8,14 +8,15 @@ transformers backend's mechanics (chunking, limits) quickly.
 
 import re
 import threading
-import time
 
 import numpy as np
 import pytest
 
-from speech import Admission, SpeechBusy, SpeechUnavailable, Transcriber, chunks_of
-from tests.conftest import SENTENCES, convert, generate_audio, speak
+from harness.audio import SENTENCES, convert, generate_audio, speak
+from speech import Admission, SpeechBusy, SpeechUnavailable, Transcriber
+from tests.helpers import until
 from webbot.voice import uploads
+from webbot.voice.activity import chunks_of
 from webbot.voice.uploads import SAMPLE_RATE, AudioError
 
 QUESTION = "What is the capital of France?"
@@ -132,6 +133,7 @@ def test_real_whisper_hears_the_question_in_every_format(request, backend, args,
     assert len(transcript.segments) == 1 and transcript.segments[0].tokens
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", REAL)
 def test_real_whisper_transcribes_a_long_clip_whole(request, backend):
     clip = long_speech()
@@ -216,11 +218,9 @@ def test_one_transcription_at_a_time_and_a_bounded_queue():
 
     threads = [threading.Thread(target=first), threading.Thread(target=second)]
     threads[0].start()
-    while not order:
-        time.sleep(0.01)
+    until(lambda: order, 30)
     threads[1].start()
-    while admission.waiting < 1:
-        time.sleep(0.01)
+    until(lambda: admission.waiting >= 1, 30)
     with pytest.raises(SpeechBusy):  # one running, one waiting: the third is turned away
         with admission.turn():
             pass

@@ -15,15 +15,15 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import CHROMIUM, requires, wait_for, watch_console
-from tests.server_process import Server
+from harness.server_process import Server
+from tests.helpers import CHROMIUM, requires, wait_for, watch_console
 from tests.tcp_proxy import Proxy
 from webbot.storage.conversations import Store
 from webbot.storage.database import connect
 
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 
-pytestmark = requires(CHROMIUM, "Debian's chromium is not installed (run_tests.sh installs it)")
+pytestmark = [requires(CHROMIUM, "Debian's chromium is not installed (run_tests.sh installs it)"), pytest.mark.browser]
 
 CODE_AND_MATH = ("Here is the function:\n\n```python\ndef add(a, b):\n    return a + b  # the sum\n```\n\n"
                  "Pythagoras: $a^2 + b^2 = c^2$, and on its own line:\n\n$$\\int_0^1 x\\,dx = \\frac{1}{2}$$\n")
@@ -58,8 +58,9 @@ def ask_and_wait(page, text, replies: int = 1):
 
 
 def call(page, method, path, body=None):
-    """A request from inside the page, with its cookie and CSRF token (chat.js's `api`)."""
-    return page.evaluate("([m, p, b]) => api(m, p, b === null ? undefined : b)", [method, path, body])
+    """A request from inside the page, with its cookie and CSRF token (the page's own `api`, from static/js/api.js)."""
+    script = "async ([m, p, b]) => (await import('/static/js/api.js')).api(m, p, b === null ? undefined : b)"
+    return page.evaluate(script, [method, path, body])
 
 
 def expect_refusals(page, status: int) -> None:

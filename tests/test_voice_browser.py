@@ -9,11 +9,12 @@ person speaking. A second browser without those flags checks the refusals.
 
 import pytest
 
-from tests.conftest import CHROMIUM, CHROMIUM_ARGS, convert, generate_audio, requires, speak, wait_for
+from harness.audio import convert, generate_audio, speak
+from tests.helpers import CHROMIUM, CHROMIUM_ARGS, requires, wait_for
 
 FAKE_MIC = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
 
-pytestmark = requires(CHROMIUM, "Debian's chromium is not installed (run_tests.sh installs it)")
+pytestmark = [requires(CHROMIUM, "Debian's chromium is not installed (run_tests.sh installs it)"), pytest.mark.browser]
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import threading
 
 import pytest
 
+from harness.audio import convert, generate_audio, speak
 from speech import Transcriber
-from tests.conftest import convert, generate_audio, speak
 
 QUESTION = "What is the capital of France?"
 ROUTES = ["/api/transcriptions", "/v1/audio/transcriptions"]

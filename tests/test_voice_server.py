@@ -9,8 +9,8 @@ import time
 import pytest
 import requests
 
-from tests.conftest import convert, generate_audio, speak
-from tests.server_process import PageSession
+from harness.audio import convert, generate_audio, speak
+from harness.server_process import PageSession
 
 QUESTION = "What is the capital of France?"
 
@@ -29,6 +29,7 @@ def question_file(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_openai_client_transcribes_in_each_format(client, question_file):
     with open(question_file, "rb") as f:
         result = client.audio.transcriptions.create(model="whisper-1", file=f)
@@ -81,6 +82,7 @@ def test_an_oversized_upload_gets_a_clean_413(smollm2_server):
     assert requests.get(smollm2_server.url + "/healthz", timeout=10).status_code == 200
 
 
+@pytest.mark.slow
 def test_speech_model_loads_at_startup_when_asked(start_server, tiny_model_dir, whisper_ct2_dir):
     server = start_server(tiny_model_dir, WEBBOT_SPEECH_LOAD="startup", WEBBOT_SPEECH_BACKEND="faster-whisper",
                           WEBBOT_WHISPER_MODEL=str(whisper_ct2_dir))
@@ -91,6 +93,7 @@ def test_speech_model_loads_at_startup_when_asked(start_server, tiny_model_dir, 
     assert "speech model ready" in server.log_path.read_text()
 
 
+@pytest.mark.slow
 def test_a_missing_speech_model_is_reported_not_fatal(start_server, tiny_model_dir, tmp_path):
     server = start_server(tiny_model_dir, WEBBOT_SPEECH_LOAD="startup",
                           WEBBOT_WHISPER_MODEL=str(tmp_path / "no-whisper-here"))

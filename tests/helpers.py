@@ -1,0 +1,103 @@
+"""Helpers the tests share (the fixtures are in conftest.py): tools a test drives, a client that behaves like
+the chat page, watching a browser page for console errors, polling with a deadline, reading /metrics."""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from harness.server_process import CSRF_META, METRICS_AUTH, ROOT, WRITES
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-sync"]
+
+
+def requires(path, reason: str):
+    """Skip tests when a tool they drive is missing, but never under run_tests.sh
+    (WEBBOT_TESTS_STRICT=1): it installs the tool, so there a missing one must fail, not hide."""
+    strict = os.environ.get("WEBBOT_TESTS_STRICT") == "1"
+    return pytest.mark.skipif(not strict and not Path(path).exists(), reason=reason)
+
+
+def page_client_class():
+    """A Flask test client that, like the chat page, loads the page for its CSRF token before writing."""
+    from flask.testing import FlaskClient
+
+    class PageClient(FlaskClient):
+        def open(self, *args, **kwargs):
+            method = kwargs.get("method", "GET").upper()
+            path = args[0] if args and isinstance(args[0], str) else ""
+            if method in WRITES and not path.startswith("/v1/") and "HTTP_X_CSRFTOKEN" not in self.environ_base:
+                page = super().open("/", method="GET")
+                self.environ_base["HTTP_X_CSRFTOKEN"] = CSRF_META.search(page.get_data(as_text=True)).group(1)
+            return super().open(*args, **kwargs)
+
+    return PageClient
+
+
+def watch_console(page) -> None:
+    """Collect console errors (a CSP violation is one) and uncaught exceptions in `page.problems`."""
+    page.problems = []
+    page.on("console", lambda m: m.type == "error" and page.problems.append(m.text))
+    page.on("pageerror", lambda e: page.problems.append(str(e)))
+
+
+def wait_for(page, expression: str, timeout: float = 30_000) -> None:
+    """Poll a JavaScript expression until it is true. Playwright's wait_for_function evaluates its
+    predicate with eval inside the page, which the app's Content-Security-Policy rightly blocks;
+    page.evaluate goes through the DevTools protocol instead."""
+    deadline = time.monotonic() + timeout / 1000
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"still false after {timeout / 1000:.0f} s: {expression}"
+        time.sleep(0.05)
+
+
+def scrape(server, **headers) -> dict:
+    """Every sample of a server's /metrics (read with the test servers' metrics key unless `headers` say
+    otherwise), parsed by prometheus_client's own parser: {(name, labels): value}."""
+    response = requests.get(server.url + "/metrics", headers=headers or METRICS_AUTH, timeout=10)
+    assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: dict, name: str, **labels) -> float:
+    """One sample of `scrape`'s result."""
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+def users_cli(data_dir, *args, password: str | None = None) -> subprocess.CompletedProcess:
+    """The real `flask --app app users ...` on a data dir."""
+    command = [sys.executable, "-m", "flask", "--app", "app", "users", *args]
+    if password is not None:
+        command.append("--password-stdin")
+    return subprocess.run(command, cwd=ROOT, input=(password or "") + "\n", capture_output=True, text=True,
+                          env={"WEBBOT_DATA_DIR": str(data_dir), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
+                          timeout=120)
+
+
+def until_line(lines, starts, count: int = 1, seconds: float = 60) -> None:
+    """Read a live iterator of a stream's lines until `count` of them start with `starts` (str or bytes);
+    fail after `seconds`."""
+    deadline, seen = time.monotonic() + seconds, 0
+    while seen < count:
+        assert time.monotonic() < deadline, f"no {count} lines starting with {starts!r} within {seconds} s"
+        seen += next(lines).startswith(starts)
+
+
+def until(condition, seconds: float, message: str = "timed out") -> None:
+    """Poll `condition()` every 20 ms until it is true; fail after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.02)
