@@ -10,6 +10,8 @@ The layers and one request's path through them are in docs/architecture.md.
 """
 
 import logging
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -50,7 +52,8 @@ def bot_from_config(config: dict):
                    max_waiting=config["WEBBOT_MAX_WAITING"], max_batch=config["WEBBOT_MAX_BATCH"],
                    kv_cache_mb=config["WEBBOT_KV_CACHE_MB"], kv_reuse=config["WEBBOT_KV_REUSE"],
                    max_seconds=config["WEBBOT_MAX_REPLY_SECONDS"],
-                   cpu_batch_matmul=config["WEBBOT_CPU_BATCH_MATMUL"])
+                   cpu_batch_matmul=config["WEBBOT_CPU_BATCH_MATMUL"],
+                   kv_disk_dir=Path(config["WEBBOT_DATA_DIR"]) / "kv-cache", kv_disk_mb=config["WEBBOT_KV_DISK_MB"])
 
 
 def transcriber_from_config(config: dict) -> Transcriber:
@@ -149,8 +152,23 @@ def main() -> None:
              chosen["WEBBOT_MODEL"])
     app = create_app()
     start_loading(app)
+    signal.signal(signal.SIGTERM, lambda sig, frame: stop_serving(app))
     app.run(host=app.config["WEBBOT_HOST"], port=app.config["WEBBOT_PORT"], threaded=True, use_reloader=False,
             ssl_context=tls)
+
+
+def stop_serving(app: Flask, grace_s: float = 10.0) -> None:
+    """On SIGTERM: end the replies in flight (each is stored as stopped), let their streams store them, stop the
+    model and write its kept KV caches to disk, then exit."""
+    bot = services(app).bot
+    ended = bot.cancel_all()
+    log.info("shutting down: ended %d replies in flight (stored as stopped)", ended)
+    deadline = time.monotonic() + 2
+    while bot.gauges()["active_streams"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    bot.close(seconds=grace_s)
+    logging.shutdown()
+    os._exit(0)  # everything is stored; skipping the interpreter's teardown of torch saves about 2 s
 
 
 if __name__ == "__main__":

@@ -44,10 +44,12 @@ class ChatBot(PlansReplies):
                  max_tokens: int = DEFAULT_MAX_TOKENS, reply_share: float = DEFAULT_REPLY_SHARE,
                  system_prompt: str = DEFAULT_SYSTEM_PROMPT, max_waiting: int = MAX_WAITING,
                  max_batch: int | None = None, kv_cache_mb: float | None = None, kv_reuse: bool = True,
-                 max_seconds: float = MAX_REPLY_SECONDS, cpu_batch_matmul: bool = True, metrics=None):
+                 max_seconds: float = MAX_REPLY_SECONDS, cpu_batch_matmul: bool = True, metrics=None,
+                 kv_disk_dir: Path | None = None, kv_disk_mb: float | None = None):
         self.model_id = model
         self.max_waiting, self.max_batch, self.max_seconds = max_waiting, max_batch, max_seconds
         self.kv_cache_mb, self.kv_reuse = kv_cache_mb, kv_reuse
+        self.kv_disk_dir, self.kv_disk_mb = kv_disk_dir, kv_disk_mb  # no directory or 0 MB: no disk tier
         self.cpu_batch_matmul = cpu_batch_matmul
         self.metrics = metrics or Metrics()  # counters of this bot's engine, served at /metrics
         self.metrics.watch(self)
@@ -99,9 +101,12 @@ class ChatBot(PlansReplies):
 
         from webbot.model.cpu_linear import SMALL_BATCH_DTYPES, use_weight_major_linear
         from webbot.model.engine import Engine
+        from webbot.model.kv_disk import DiskTier, fingerprint
         from webbot.model.loading import (
             default_kv_cache_mb,
+            default_kv_disk_mb,
             end_of_turn_ids,
+            kv_layout,
             load_tokenizer,
             model_source,
             resolve_device_dtype,
@@ -115,7 +120,8 @@ class ChatBot(PlansReplies):
         model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, self.dtype),
                                                      device_map=self.device, **extra)
         model.eval()
-        if self.cpu_batch_matmul and self.device == "cpu" and self.dtype in SMALL_BATCH_DTYPES:
+        weight_major = self.cpu_batch_matmul and self.device == "cpu" and self.dtype in SMALL_BATCH_DTYPES
+        if weight_major:
             log.info("linear layers computed weight-major for batched decoding on CPU (%d layers)",
                      use_weight_major_linear(model))
 
@@ -127,19 +133,38 @@ class ChatBot(PlansReplies):
         self.memory = Memory(tokenizer, self.max_tokens, self.reply_share)
         kind = "cuda" if self.device.startswith("cuda") else "cpu"
         budget_mb = self.kv_cache_mb if self.kv_cache_mb is not None else default_kv_cache_mb(self.device)
+        disk = None
+        if self.kv_disk_dir is not None and self.kv_reuse and self.kv_disk_mb != 0:
+            disk_mb = self.kv_disk_mb if self.kv_disk_mb is not None else default_kv_disk_mb(self.kv_disk_dir)
+            key = fingerprint(kv_layout(model, tokenizer, self.model_id, self.dtype, self.device, weight_major))
+            disk = DiskTier(self.kv_disk_dir, key, int(disk_mb * 1024 * 1024),
+                            on_evict=lambda record: self.metrics.disk_evictions.inc())
         self.cache = PrefixCache(self.memory.decode, int(budget_mb * 1024 * 1024), self.kv_reuse,
-                                 on_evict=lambda entry: self.metrics.evictions.inc())
+                                 on_evict=lambda entry: self.metrics.evictions.inc(), disk=disk, device=self.device)
+        restored = self.cache.restore()
         self.engine = Engine(model, tokenizer, end_of_turn_ids(model, tokenizer), self.cache, self.max_waiting,
                              self.max_batch or MAX_BATCH[kind], PREFILL_CHUNK[kind], self.max_seconds,
                              self.metrics).start()
-        log.info("KV cache reuse %s, budget %d MB; up to %d replies decoded together",
-                 "on" if self.kv_reuse else "off", budget_mb, self.engine.max_batch)
+        log.info("KV cache reuse %s, budget %d MB, %s; up to %d replies decoded together",
+                 "on" if self.kv_reuse else "off", budget_mb,
+                 f"disk tier {disk.budget // 2**20} MB in {self.kv_disk_dir} ({restored} kept from before)" if disk
+                 else "no disk tier", self.engine.max_batch)
         self._loaded.set()
 
-    def close(self) -> None:
-        """End every reply (as cancelled) and stop the engine's worker thread."""
+    def close(self, seconds: float = 30.0) -> None:
+        """End every reply (as cancelled), stop the engine's worker thread, and write the kept KV caches to the
+        disk tier (so the next start goes on from them), taking at most about `seconds`."""
         if self.engine is not None:
-            self.engine.close()
+            started = time.monotonic()
+            self.engine.close(timeout=min(5.0, seconds / 2))
+            written = self.cache.spill_all(timeout=max(1.0, seconds - (time.monotonic() - started)))
+            if written:
+                log.info("wrote %d kept KV caches to disk", written)
+
+    def forget(self, conversations: set[str]) -> None:
+        """Drop the kept KV caches of conversations deleted for good (in memory and on disk)."""
+        if self.cache is not None and conversations:
+            self.cache.forget(conversations)
 
     def prompt_ids(self, plan: MemoryPlan, owner: str = "") -> list[int]:
         """The planned prompt's ids, continuing the exact ids of an earlier sequence of the owner's it extends."""
@@ -150,13 +175,14 @@ class ChatBot(PlansReplies):
         ids, matched = earlier
         return ids + self.memory.encode(text[matched:])
 
-    def generate(self, plan: MemoryPlan, params: SamplingParams, owner: str = "") -> Stream:
-        """Start a reply to a planned prompt for `owner` (whose cached prompts it may reuse); the returned stream
-        yields text pieces."""
+    def generate(self, plan: MemoryPlan, params: SamplingParams, owner: str = "",
+                 conversation: str | None = None) -> Stream:
+        """Start a reply to a planned prompt for `owner` (whose cached prompts it may reuse), in `conversation`
+        when it has one; the returned stream yields text pieces."""
         ids = self.prompt_ids(plan, owner)
         params.max_new_tokens = self.reply_tokens(len(ids), params.max_new_tokens)
         public = plan.public_tokens if ids[:plan.public_tokens] == plan.prompt_ids[:plan.public_tokens] else 0
-        return self.engine.submit(ids, params, owner, public)
+        return self.engine.submit(ids, params, owner, public, conversation)
 
     def queue_position(self, stream: Stream) -> tuple[int, int]:
         """(place in the queue, 1 for next and 0 once started; replies being written now)."""
@@ -174,6 +200,8 @@ class ChatBot(PlansReplies):
         """Queue depth, replies being written and KV cache bytes (all zero until the model is loaded)."""
         engine = self.engine
         if engine is None:
-            return {"queue_depth": 0, "active_streams": 0, "kv_cache_bytes": 0, "kv_cache_budget": 0}
+            return {"queue_depth": 0, "active_streams": 0, "kv_cache_bytes": 0, "kv_cache_budget": 0,
+                    "kv_disk_bytes": 0}
+        disk = engine.cache.disk
         return {"queue_depth": engine.waiting, "active_streams": engine.running, "kv_cache_bytes": engine.kv_bytes,
-                "kv_cache_budget": engine.cache.budget}
+                "kv_cache_budget": engine.cache.budget, "kv_disk_bytes": disk.nbytes if disk else 0}

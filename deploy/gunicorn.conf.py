@@ -59,3 +59,10 @@ def post_worker_init(worker):
         graceful_exit(sig, frame)
 
     signal.signal(signal.SIGTERM, handle_exit)
+
+
+def worker_exit(server, worker):
+    """The worker is leaving: stop the model and write its kept KV caches to disk, within the grace time."""
+    app = getattr(worker, "wsgi", None)
+    if app is not None and "webbot" in app.extensions:
+        app.extensions["webbot"].bot.close(seconds=max(1, graceful_timeout - 5))

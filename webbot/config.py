@@ -38,6 +38,7 @@ PREFILL_CHUNK = {"cpu": 256, "cuda": 2048}  # prompt tokens per step, so running
 MAX_REPLY_SECONDS = 600.0  # the longest one reply may generate (WEBBOT_MAX_REPLY_SECONDS)
 KV_CACHE_MB_CPU = 2048  # kept KV caches when WEBBOT_KV_CACHE_MB is auto, on CPU
 KV_CACHE_GPU_SHARE = 0.25  # ... and on CUDA, this share of the GPU's memory
+KV_DISK_SHARE, KV_DISK_MB_MOST = 0.10, 8192  # WEBBOT_KV_DISK_MB=auto: this share of the free disk, at most this
 REMOTE_MAX_STREAMS = 64  # replies one replica streams from a model server at once; more get 503
 STREAM_HEARTBEAT_S = 10  # an SSE comment while a request waits, so proxies keep it open
 PARTIAL_SAVE_S = 2.0  # how often a streaming reply is written to the database
@@ -133,6 +134,8 @@ def from_env(environ: dict | None = None) -> dict:
         "WEBBOT_MAX_REPLY_SECONDS": float(env.get("WEBBOT_MAX_REPLY_SECONDS", MAX_REPLY_SECONDS)),
         "WEBBOT_KV_CACHE_MB": _auto_int(env, "WEBBOT_KV_CACHE_MB"),
         "WEBBOT_KV_REUSE": _choice(env, "WEBBOT_KV_REUSE", ("on", "off")) == "on",
+        # the disk tier of kept KV caches (files under the data dir); 0 turns it off
+        "WEBBOT_KV_DISK_MB": _auto_int(env, "WEBBOT_KV_DISK_MB"),
         "WEBBOT_MAX_CONVERSATIONS": int(env.get("WEBBOT_MAX_CONVERSATIONS", MAX_CONVERSATIONS)),
         # a page that lost its connection mid-reply keeps it going while it polls; unwatched this long, it stops
         "WEBBOT_RECONNECT_GRACE_S": float(env.get("WEBBOT_RECONNECT_GRACE_S", RECONNECT_GRACE_S)),

@@ -30,15 +30,19 @@ class Bot(Protocol):
     def load(self) -> "Bot":
         """Load what answering needs; raises (and sets `error`) on failure."""
 
-    def close(self) -> None:
-        """End every reply and free what load() started."""
+    def close(self, seconds: float = 30.0) -> None:
+        """End every reply and free what load() started (keeping what outlives the process), within `seconds`."""
 
     def plan(self, history: list[dict], message: str, system_prompt: str | None = None,
              partial_reply: str | None = None, owner: str = "") -> MemoryPlan:
         """What the model would see for `message`; raises MessageTooLong."""
 
-    def generate(self, plan: MemoryPlan, params: SamplingParams, owner: str = "") -> Stream:
+    def generate(self, plan: MemoryPlan, params: SamplingParams, owner: str = "",
+                 conversation: str | None = None) -> Stream:
         """Start a reply; raises EngineBusy when the queue is full (or UpstreamError for a model server)."""
+
+    def forget(self, conversations: set[str]) -> None:
+        """Drop what is kept of conversations deleted for good (their KV caches)."""
 
     def queue_position(self, stream: Stream) -> tuple[int, int]:
         """(place in the queue, 1 for next and 0 once started; replies being written now)."""

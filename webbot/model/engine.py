@@ -14,6 +14,8 @@ prefix cache (`kv_cache.py`), so the next turn of a conversation prefills only i
 tokens; a finished reply's cache goes back there.
 
 The worker thread runs from `start()` until `close()`; constructing an engine starts nothing.
+The helper at the bottom stacks rows of different lengths into one left-padded batch, for
+when streams join or leave it.
 """
 
 import logging
@@ -26,7 +28,7 @@ from transformers import DynamicCache
 
 from webbot.config import MAX_REPLY_SECONDS, MAX_WAITING
 from webbot.model.decoding import TextDecoder, sample_tokens
-from webbot.model.kv_cache import PrefixCache, stack_left_padded
+from webbot.model.kv_cache import PrefixCache
 from webbot.model.metrics import Metrics
 from webbot.model.stream import EngineBusy, SamplingParams, Stream
 
@@ -116,12 +118,14 @@ class Engine:
             waiting = list(self.requests.queue)
         return waiting.index(stream) + 1 if stream in waiting else 0
 
-    def submit(self, prompt_ids: list[int], params: SamplingParams, owner: str = "", public_tokens: int = 0) -> Stream:
-        """Queue a reply for `owner`, who may reuse only their own cached prompts beyond the first `public_tokens`;
-        raises EngineBusy when too many are already waiting."""
+    def submit(self, prompt_ids: list[int], params: SamplingParams, owner: str = "", public_tokens: int = 0,
+               conversation: str | None = None) -> Stream:
+        """Queue a reply for `owner`, who may reuse only their own cached prompts beyond the first `public_tokens`
+        (its cache is kept under `conversation`, so deleting that removes it); raises EngineBusy when too many are
+        already waiting."""
         if not prompt_ids:
             raise ValueError("the prompt has no tokens")
-        stream = Stream(prompt_ids, params, owner, public_tokens)
+        stream = Stream(prompt_ids, params, owner, public_tokens, conversation)
         try:
             self.requests.put_nowait(stream)
         except queue.Full:
@@ -188,18 +192,23 @@ class Engine:
             self._finish(row, "cancelled")
             return
         if row.cache is None:
-            reused, kv, source = self.cache.lookup(row.ids, stream.owner, stream.public_tokens)
-            if source is not None and source.owner == stream.owner and reused >= source.prompt_len - 1:
+            found = self.cache.lookup(row.ids, stream.owner, stream.public_tokens)
+            source = found.entry
+            if source is not None and source.owner == stream.owner and found.tokens >= source.prompt_len - 1:
                 row.source = source
-            row.cache = DynamicCache(ddp_cache_data=kv) if kv else DynamicCache()
-            row.pos = stream.reused_tokens = reused
-            self.metrics.prompt_tokens.labels("reused").inc(reused)
-            self.metrics.prompt_tokens.labels("computed").inc(len(row.ids) - reused)
+            row.cache = DynamicCache(ddp_cache_data=found.kv) if found.kv else DynamicCache()
+            row.pos = stream.reused_tokens = found.tokens
+            self.metrics.prompt_tokens.labels("reused").inc(found.tokens)
+            self.metrics.prompt_tokens.labels("computed").inc(len(row.ids) - found.tokens)
+            if found.tier:
+                self.metrics.reused_by_tier.labels(found.tier).inc(found.tokens)
         end = min(row.pos + self.prefill_chunk, len(row.ids))
         device = self.model.device
+        started = time.monotonic()
         out = self.model(input_ids=torch.tensor([row.ids[row.pos:end]], device=device),
                          position_ids=torch.arange(row.pos, end, device=device).unsqueeze(0),
                          past_key_values=row.cache, use_cache=True, logits_to_keep=1)
+        self.cache.rates.prefilled(end - row.pos, time.monotonic() - started)
         row.pos = end
         if end < len(row.ids):
             return
@@ -294,7 +303,8 @@ class Engine:
         if reason != "error" and len(row.ids) > len(stream.prompt_ids):
             kv = [(_compact(k), _compact(v)) for k, v in row.kv] if row.kv and self.cache.reuse else None
             # kv covers all ids but the last
-            self.cache.add(row.ids, kv, len(stream.prompt_ids), row.source, stream.owner, stream.public_tokens)
+            self.cache.add(row.ids, kv, len(stream.prompt_ids), row.source, stream.owner, stream.public_tokens,
+                           stream.conversation)
         row.kv = row.cache = None
         self.metrics.replies.labels(reason).inc()
         stream.end(reason, error)
@@ -305,3 +315,25 @@ def _compact(tensor):
     if tensor.untyped_storage().nbytes() > tensor.numel() * tensor.element_size():
         return tensor.clone()
     return tensor
+
+
+def stack_left_padded(rows: list[list[tuple]]) -> tuple[list[tuple], list[int]]:
+    """Per-layer (keys, values) of several rows as one batch, shorter rows padded on the left.
+
+    Returns the batch and each row's padding; padded positions must be masked out.
+    """
+
+    lengths = [row[0][0].shape[2] for row in rows]
+    longest = max(lengths)
+    pads = [longest - n for n in lengths]
+    layers = []
+    for layer in range(len(rows[0])):
+        stacked = []
+        for part in (0, 1):
+            first = rows[0][layer][part]
+            batch = first.new_zeros((len(rows), first.shape[1], longest, first.shape[3]))
+            for i, row in enumerate(rows):
+                batch[i, :, pads[i]:] = row[layer][part][0]
+            stacked.append(batch)
+        layers.append(tuple(stacked))
+    return layers, pads

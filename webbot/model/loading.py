@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from webbot.config import KV_CACHE_GPU_SHARE, KV_CACHE_MB_CPU
+from webbot.config import KV_CACHE_GPU_SHARE, KV_CACHE_MB_CPU, KV_DISK_MB_MOST, KV_DISK_SHARE
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,30 @@ def default_kv_cache_mb(device: str) -> int:
         total = torch.cuda.get_device_properties(torch.device(device)).total_memory
         return int(total * KV_CACHE_GPU_SHARE / (1024 * 1024))
     return KV_CACHE_MB_CPU
+
+
+def default_kv_disk_mb(directory: Path) -> int:
+    """The disk tier's budget when none is set: KV_DISK_SHARE of the free space where it lives, at most
+    KV_DISK_MB_MOST."""
+    import shutil
+
+    directory.mkdir(parents=True, exist_ok=True)
+    return int(min(KV_DISK_MB_MOST, shutil.disk_usage(directory).free * KV_DISK_SHARE / 2**20))
+
+
+def kv_layout(model, tokenizer, model_id: str, dtype: str, device: str, weight_major: bool) -> dict:
+    """What a kept KV cache depends on: the model (id and config), its dtype and device kind, the tokenizer and
+    chat template, the library that laid the cache out, and how the linear layers were computed."""
+    import hashlib
+
+    import transformers
+
+    template = getattr(tokenizer, "chat_template", "") or ""
+    return {"model": model_id, "config": hashlib.sha256(model.config.to_json_string().encode()).hexdigest(),
+            "dtype": dtype, "device": "cuda" if device.startswith("cuda") else "cpu",
+            "tokenizer": hashlib.sha256((template + str(len(tokenizer)) + str(tokenizer.all_special_ids)).encode()
+                                        ).hexdigest(),
+            "transformers": transformers.__version__, "weight_major_linear": weight_major}
 
 
 def end_of_turn_ids(model, tokenizer) -> list[int]:

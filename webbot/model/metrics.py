@@ -37,8 +37,14 @@ class Metrics:
                                ["reason"], registry=r)
         self.rejected = Counter("webbot_rejected_requests", "Requests refused with 503 because the queue was full.",
                                 registry=r)
-        self.evictions = Counter("webbot_kv_cache_evictions", "Cached conversations whose KV cache was dropped "
-                                 "to stay within the memory budget.", registry=r)
+        self.evictions = Counter("webbot_kv_cache_evictions", "Cached conversations whose KV cache left memory "
+                                 "to stay within its budget (to the disk tier, when there is one).", registry=r)
+        self.reused_by_tier = Counter("webbot_reused_prompt_tokens", "Prompt tokens whose KV cache was reused, by "
+                                      "where it was kept: ram, or disk (read back from a file).", ["tier"],
+                                      registry=r)
+        self.disk_evictions = Counter("webbot_kv_disk_evictions", "KV cache files removed to stay within the "
+                                      "disk budget.", registry=r)
+        self.kv_disk_bytes = Gauge("webbot_kv_disk_bytes", "Bytes of KV cache files on disk.", registry=r)
         self.queue_depth = Gauge("webbot_queue_depth", "Requests waiting for a free slot.", registry=r)
         self.active_streams = Gauge("webbot_active_streams", "Replies being generated.", registry=r)
         self.kv_cache_bytes = Gauge("webbot_kv_cache_bytes", "KV cache memory in use, cached and in flight.",
@@ -48,6 +54,8 @@ class Metrics:
             self.replies.labels(reason)
         for source in ("reused", "computed"):
             self.prompt_tokens.labels(source)
+        for tier in ("ram", "disk"):
+            self.reused_by_tier.labels(tier)
 
     def watch(self, bot) -> None:
         """Read the gauges from the bot (`Bot.gauges()`) at scrape time."""
@@ -55,6 +63,7 @@ class Metrics:
         self.active_streams.set_function(lambda: bot.gauges()["active_streams"])
         self.kv_cache_bytes.set_function(lambda: bot.gauges()["kv_cache_bytes"])
         self.kv_cache_budget.set_function(lambda: bot.gauges()["kv_cache_budget"])
+        self.kv_disk_bytes.set_function(lambda: bot.gauges().get("kv_disk_bytes", 0))
 
     def exposition(self) -> bytes:
         """The registry in Prometheus' text format."""

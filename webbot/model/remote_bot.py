@@ -124,7 +124,8 @@ class RemoteBot(PlansReplies):
         self._loaded.set()
         return self
 
-    def generate(self, plan: MemoryPlan, params: SamplingParams, owner: str = "") -> RemoteStream:
+    def generate(self, plan: MemoryPlan, params: SamplingParams, owner: str = "",
+                 conversation: str | None = None) -> RemoteStream:
         """Send the planned messages upstream for `owner`; returns once the server has accepted the request.
 
         Raises EngineBusy when this replica already streams `max_streams` replies, and
@@ -220,9 +221,12 @@ class RemoteBot(PlansReplies):
             stream.cancel()
         return len(streams)
 
-    def close(self) -> None:
+    def close(self, seconds: float = 30.0) -> None:
         """End every reply streaming now; nothing else runs here."""
         self.cancel_all()
+
+    def forget(self, conversations: set[str]) -> None:
+        """Nothing is kept here: the model server keeps its own cache."""
 
     def gauges(self) -> dict[str, float]:
         """The server queues on its own side; here only the replies streaming through this replica count."""

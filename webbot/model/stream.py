@@ -30,11 +30,13 @@ class SamplingParams:
 class Stream:
     """One reply in progress: iterate for text pieces; `cancel()` stops it on the server."""
 
-    def __init__(self, prompt_ids: list[int], params: SamplingParams, owner: str = "", public_tokens: int = 0):
+    def __init__(self, prompt_ids: list[int], params: SamplingParams, owner: str = "", public_tokens: int = 0,
+                 conversation: str | None = None):
         self.prompt_ids = prompt_ids
         self.params = params
         self.owner = owner  # whose cached prompts this one may reuse (see kv_cache.py)
         self.public_tokens = public_tokens  # leading prompt tokens anyone's cache may supply
+        self.conversation = conversation  # the page's conversation this reply belongs to, if any
         self.cancelled = threading.Event()
         self.events: queue.Queue = queue.Queue()
         self.generated_ids: list[int] = []

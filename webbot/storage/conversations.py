@@ -144,14 +144,14 @@ class Store:
         """Give a conversation a new title; False when it is not this owner's."""
         return self.update_conversation(owner, conversation_id, title=title)
 
-    def delete(self, owner: str, conversation_id: str) -> bool:
-        """Hide a conversation at once (restorable for UNDO_S) and purge ones deleted longer ago."""
+    def delete(self, owner: str, conversation_id: str) -> tuple[bool, list[str]]:
+        """Hide a conversation at once (restorable for UNDO_S) and purge ones deleted longer ago; returns whether
+        it was hidden, and the ids of the conversations purged for good."""
         now = time.time()
         with self.engine.begin() as db:
             hidden = db.execute(update(conversations).where(self._mine(owner, conversation_id))
                                 .values(deleted_at=now)).rowcount == 1
-        self.purge_deleted(now - UNDO_S)
-        return hidden
+        return hidden, self.purge_deleted(now - UNDO_S)
 
     def restorable(self, owner: str, conversation_id: str) -> bool:
         """Whether this owner deleted this conversation less than UNDO_S ago."""
@@ -168,12 +168,14 @@ class Store:
                 conversations.c.deleted_at > time.time() - UNDO_S).values(deleted_at=None))
         return self.get_conversation(owner, conversation_id)
 
-    def purge_deleted(self, before: float) -> int:
-        """Remove conversations (and their messages) deleted before `before`; returns how many."""
+    def purge_deleted(self, before: float) -> list[str]:
+        """Remove conversations (and their messages) deleted before `before`; returns their ids."""
         with self.engine.begin() as db:
-            gone = select(conversations.c.id).where(conversations.c.deleted_at < before)
-            db.execute(delete(messages).where(messages.c.conversation_id.in_(gone)))
-            return db.execute(delete(conversations).where(conversations.c.deleted_at < before)).rowcount
+            ids = list(db.execute(select(conversations.c.id).where(conversations.c.deleted_at < before)).scalars())
+            if ids:
+                db.execute(delete(messages).where(messages.c.conversation_id.in_(ids)))
+                db.execute(delete(conversations).where(conversations.c.id.in_(ids)))
+            return ids
 
     def messages(self, conversation_id: str) -> list[dict]:
         """All stored messages of a conversation (every branch), oldest first."""

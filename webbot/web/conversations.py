@@ -146,7 +146,8 @@ def delete_conversation(conversation_id):
     running = app_services.replies.get(conversation_id)
     if running is not None:
         running.cancel()
-    app_services.store.delete(current_owner(), conversation_id)
+    _, purged = app_services.store.delete(current_owner(), conversation_id)
+    app_services.bot.forget(set(purged))  # deleted for good: their kept KV caches go too
     return "", 204
 
 

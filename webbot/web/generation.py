@@ -21,8 +21,9 @@ def require_ready(bot) -> None:
 
 
 def start_reply(bot, history: list[dict], message: str, params: SamplingParams, system_prompt: str | None,
-                too_long: tuple[str, str], owner: str, partial_reply: str | None = None) -> tuple:
-    """Plan the prompt and queue the reply for `owner`; returns (plan, stream).
+                too_long: tuple[str, str], owner: str, partial_reply: str | None = None,
+                conversation: str | None = None) -> tuple:
+    """Plan the prompt and queue the reply for `owner` (in `conversation`, for the page); returns (plan, stream).
 
     A message that alone overflows the context is a 413 whose sentence ends with
     `too_long`'s advice (and carries its code).
@@ -34,7 +35,7 @@ def start_reply(bot, history: list[dict], message: str, params: SamplingParams, 
         advice, code = too_long
         raise ApiError(413, f"{exc.sentence()}. {advice}", code) from None
     try:
-        return plan, bot.generate(plan, params, owner)
+        return plan, bot.generate(plan, params, owner, conversation)
     except EngineBusy:
         raise ApiError(503, "The server is busy with other replies; try again in a few seconds.", "busy",
                        {"Retry-After": "10"}) from None

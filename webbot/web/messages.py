@@ -68,7 +68,7 @@ def _write(conversation: dict, history: list[dict], message: str, body: dict, st
     params, system_prompt = _params(conversation, body)
     plan, stream = start_reply(app_services.bot, history_of(history), message, params, system_prompt,
                                ("Shorten it or split it into several messages.", "message_too_long"),
-                               owner, partial)
+                               owner, partial, cid)
     try:
         claimed = app_services.replies.claim(cid, stream)
     except Exception:  # Redis is down: a 503, and the reply never starts
