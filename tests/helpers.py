@@ -1,5 +1,6 @@
 """Helpers the tests share (the fixtures are in conftest.py): tools a test drives, a client that behaves like
-the chat page, watching a browser page for console errors, polling with a deadline, reading /metrics."""
+the chat page, watching a browser page for console errors, polling with a deadline, reading /metrics, a
+conversation to put through a bot."""
 
 import os
 import shutil
@@ -10,9 +11,12 @@ from pathlib import Path
 
 import pytest
 import requests
+import torch
 from prometheus_client.parser import text_string_to_metric_families
 
+from chat_bot import ChatBot
 from harness.server_process import CSRF_META, METRICS_AUTH, ROOT, WRITES
+from webbot.model.stream import SamplingParams
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -101,3 +105,47 @@ def until(condition, seconds: float, message: str = "timed out") -> None:
     while not condition():
         assert time.monotonic() < deadline, message
         time.sleep(0.02)
+
+
+# A conversation for the KV cache tests: questions of different lengths, asked in turn.
+QUESTIONS = [
+    "Tell me about the tides.",
+    "Why is the sea salty? Explain it step by step, with examples from three different oceans.",
+    "And the moon?",
+    "Write a short list of five sea birds.",
+    "Which of them flies farthest?",
+    "Thanks. Summarise everything so far in one paragraph.",
+]
+
+
+def greedy(max_new_tokens: int = 24, **kw) -> SamplingParams:
+    return SamplingParams(max_new_tokens=max_new_tokens, temperature=0, **kw)
+
+
+def converse(bot: ChatBot, questions: list[str], max_new_tokens: int = 24, system: str | None = None) -> list:
+    """Ask the questions in one conversation, storing replies as the app does; (plan, stream) per turn."""
+    history, turns = [], []
+    for question in questions:
+        plan = bot.plan(history, question, system)
+        stream = bot.generate(plan, greedy(max_new_tokens))
+        reply = "".join(stream)
+        history += [{"role": "user", "content": question}, {"role": "assistant", "content": reply}]
+        turns.append((plan, stream))
+    return turns
+
+
+def plain_greedy(bot: ChatBot, prompt_ids: list[int], new_tokens: int) -> list[int]:
+    """Greedy ids from a fresh full prefill with `model.generate`: no cache from anywhere."""
+    engine = bot.engine
+    with torch.inference_mode():
+        out = engine.model.generate(torch.tensor([prompt_ids]), max_new_tokens=new_tokens, do_sample=False,
+                                    eos_token_id=engine.eos_ids, pad_token_id=engine.pad_id)
+    return out[0, len(prompt_ids):].tolist()
+
+
+@pytest.mark.slow
+
+
+def fake_kv(tokens: int) -> list[tuple]:
+    """Tensors shaped like one layer's keys and values for `tokens` tokens (100 bytes a token)."""
+    return [(torch.zeros(1, 1, tokens, 50, dtype=torch.uint8), torch.zeros(1, 1, tokens, 50, dtype=torch.uint8))]

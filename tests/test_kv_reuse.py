@@ -9,48 +9,13 @@ import threading
 import time
 
 import pytest
-import torch
 
 from chat_bot import ChatBot
+from tests.helpers import QUESTIONS, converse, fake_kv, greedy, plain_greedy
 from webbot.model.kv_cache import common_prefix
 from webbot.model.stream import SamplingParams
 
-QUESTIONS = [
-    "Tell me about the tides.",
-    "Why is the sea salty? Explain it step by step, with examples from three different oceans.",
-    "And the moon?",
-    "Write a short list of five sea birds.",
-    "Which of them flies farthest?",
-    "Thanks. Summarise everything so far in one paragraph.",
-]
 
-
-def greedy(max_new_tokens: int = 24, **kw) -> SamplingParams:
-    return SamplingParams(max_new_tokens=max_new_tokens, temperature=0, **kw)
-
-
-def converse(bot: ChatBot, questions: list[str], max_new_tokens: int = 24, system: str | None = None) -> list:
-    """Ask the questions in one conversation, storing replies as the app does; (plan, stream) per turn."""
-    history, turns = [], []
-    for question in questions:
-        plan = bot.plan(history, question, system)
-        stream = bot.generate(plan, greedy(max_new_tokens))
-        reply = "".join(stream)
-        history += [{"role": "user", "content": question}, {"role": "assistant", "content": reply}]
-        turns.append((plan, stream))
-    return turns
-
-
-def plain_greedy(bot: ChatBot, prompt_ids: list[int], new_tokens: int) -> list[int]:
-    """Greedy ids from a fresh full prefill with `model.generate`: no cache from anywhere."""
-    engine = bot.engine
-    with torch.inference_mode():
-        out = engine.model.generate(torch.tensor([prompt_ids]), max_new_tokens=new_tokens, do_sample=False,
-                                    eos_token_id=engine.eos_ids, pad_token_id=engine.pad_id)
-    return out[0, len(prompt_ids):].tolist()
-
-
-@pytest.mark.slow
 def test_reusing_the_cache_gives_the_same_tokens_as_not_reusing_it(tiny_model_dir):
     on = ChatBot(str(tiny_model_dir), max_tokens=2048).load()
     off = ChatBot(str(tiny_model_dir), max_tokens=2048, kv_reuse=False).load()
@@ -246,11 +211,6 @@ def test_a_failing_prompt_fails_only_its_own_stream(tiny_model_dir):
     after = bot.generate(bot.plan([], QUESTIONS[1]), greedy(5))  # the worker is still alive
     list(after)
     assert after.finish_reason == "length"
-
-
-def fake_kv(tokens: int) -> list[tuple]:
-    """Tensors shaped like one layer's keys and values for `tokens` tokens (100 bytes a token)."""
-    return [(torch.zeros(1, 1, tokens, 50, dtype=torch.uint8), torch.zeros(1, 1, tokens, 50, dtype=torch.uint8))]
 
 
 def test_each_owner_reuses_only_its_own_entries_and_a_public_head_whole():
