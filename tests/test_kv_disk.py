@@ -185,14 +185,17 @@ def test_deleting_a_conversation_for_good_removes_its_files(make_app, tiny_model
         for text in ("hello there", "and again"):
             page.post(f"/api/conversations/{cid}/messages", json={"content": text, "max_tokens": 3}).get_data()
     bot.cache.spill_all()
-    assert len(files(folder)) == 2
-    tags = {r.conversation for r in bot.cache.disk.records.values()}
-    assert tags == {kept, gone}
+    # One file per kept sequence: usually one per conversation, two when a sampled reply's text does not
+    # re-tokenise to its own ids (the random model writes odd tokens), so count by conversation.
+    records = bot.cache.disk.records.values()
+    assert {r.conversation for r in records} == {kept, gone} and len(files(folder)) == len(records)
+    written = len(files(folder))
     assert page.delete(f"/api/conversations/{gone}").status_code == 204  # hidden; Undo could still bring it back
-    assert len(files(folder)) == 2
+    assert len(files(folder)) == written
     other = page.post("/api/conversations", json={}).json["id"]
     assert page.delete(f"/api/conversations/{other}").status_code == 204  # this purge takes `gone` for good
-    assert {r.conversation for r in bot.cache.disk.records.values()} == {kept} and len(files(folder)) == 1
+    records = bot.cache.disk.records.values()
+    assert {r.conversation for r in records} == {kept} and len(files(folder)) == len(records) < written
     assert all(e.conversation != gone for e in bot.cache._entries)
     bot.close()
 
