@@ -59,6 +59,8 @@ messages = Table(
     Column("status", String(16), nullable=False, default="complete"),
     Column("created_at", Float, nullable=False),
     Column("parent_id", Integer, index=True),  # the message this one follows; None for a first message
+    Column("pinned", Boolean, nullable=False, default=False, server_default=false()),  # kept ahead of the window
+    Column("recalled", Text),  # JSON: for a reply, the ids of the messages recalled from outside memory for it
 )
 
 preferences = Table(
@@ -75,6 +77,13 @@ def title_from(text: str) -> str:
     line = " ".join(text.split())
     most = TITLE_FROM_MESSAGE_CHARS
     return line if len(line) <= most else line[:most - 1].rstrip() + "…"
+
+
+def _message(row) -> dict:
+    message = dict(row)
+    message["pinned"] = bool(message["pinned"])
+    message["recalled"] = json.loads(message["recalled"]) if message["recalled"] else []
+    return message
 
 
 def _conversation(row) -> dict:
@@ -182,22 +191,23 @@ class Store:
         with self.engine.connect() as db:
             rows = db.execute(select(messages).where(messages.c.conversation_id == conversation_id)
                               .order_by(messages.c.id)).mappings().all()
-        return [dict(r) for r in rows]
+        return [_message(r) for r in rows]
 
     def message(self, conversation_id: str, message_id) -> dict | None:
         """One message of a conversation, or None."""
         with self.engine.connect() as db:
             row = db.execute(select(messages).where(messages.c.conversation_id == conversation_id,
                                                     messages.c.id == message_id)).mappings().first()
-        return dict(row) if row else None
+        return _message(row) if row else None
 
     def add_message(self, conversation_id: str, role: str, content: str, status: str = "complete",
-                    parent_id: int | None | object = AFTER_LEAF) -> dict:
+                    parent_id: int | None | object = AFTER_LEAF, recalled: list[int] = ()) -> dict:
         """Add a message after `parent_id` (by default at the end of the shown branch), show its branch and mark
-        the conversation as just used."""
+        the conversation as just used. `recalled`: for a reply, the messages recalled for it."""
         now = time.time()
         row = {"conversation_id": conversation_id, "role": role, "content": content, "status": status,
-               "created_at": now, "parent_id": parent_id}
+               "created_at": now, "parent_id": parent_id, "pinned": False,
+               "recalled": json.dumps(list(recalled)) if recalled else None}
         with self.engine.begin() as db:
             if parent_id is AFTER_LEAF:
                 row["parent_id"] = db.execute(select(conversations.c.leaf_id).where(
@@ -205,27 +215,45 @@ class Store:
             row["id"] = db.execute(messages.insert().values(**row)).inserted_primary_key[0]
             db.execute(update(conversations).where(conversations.c.id == conversation_id)
                        .values(updated_at=now, leaf_id=row["id"]))
-        return row
+        return _message(row)
 
-    def add_turn(self, conversation_id: str, content: str, title: str, parent_id: int | None = None
-                 ) -> tuple[dict, dict]:
-        """In one transaction: the user's message after `parent_id`, an empty reply marked streaming, the title,
-        and that branch shown; returns (user message, reply)."""
+    def add_turn(self, conversation_id: str, content: str, title: str, parent_id: int | None = None,
+                 recalled: list[int] = ()) -> tuple[dict, dict]:
+        """In one transaction: the user's message after `parent_id`, an empty reply marked streaming (with the
+        ids of the messages `recalled` for it), the title, and that branch shown; returns (user message, reply)."""
         now = time.time()
         rows = []
         with self.engine.begin() as db:
             for role, text, status in (("user", content, "complete"), ("assistant", "", "streaming")):
                 row = {"conversation_id": conversation_id, "role": role, "content": text, "status": status,
-                       "created_at": now, "parent_id": rows[-1]["id"] if rows else parent_id}
+                       "created_at": now, "parent_id": rows[-1]["id"] if rows else parent_id, "pinned": False,
+                       "recalled": json.dumps(list(recalled)) if recalled and role == "assistant" else None}
                 rows.append({"id": db.execute(messages.insert().values(**row)).inserted_primary_key[0], **row})
             db.execute(update(conversations).where(conversations.c.id == conversation_id)
                        .values(updated_at=now, title=title, leaf_id=rows[1]["id"]))
-        return rows[0], rows[1]
+        return _message(rows[0]), _message(rows[1])
 
     def show_branch(self, conversation_id: str, leaf_id: int) -> None:
         """Make the branch ending at `leaf_id` the one the page shows."""
         with self.engine.begin() as db:
             db.execute(update(conversations).where(conversations.c.id == conversation_id).values(leaf_id=leaf_id))
+
+    def pin_message(self, owner: str, conversation_id: str, message_id: int, pinned: bool) -> dict | None:
+        """Pin a message of this owner's conversation (or unpin it); the message, or None when there is no such
+        message for this owner."""
+        with self.engine.begin() as db:
+            mine = db.execute(select(conversations.c.id).where(self._mine(owner, conversation_id))).first()
+            if mine is None:
+                return None
+            changed = db.execute(update(messages).where(messages.c.conversation_id == conversation_id,
+                                                        messages.c.id == message_id).values(pinned=pinned)).rowcount
+        return self.message(conversation_id, message_id) if changed else None
+
+    def set_recalled(self, message_id: int, recalled: list[int]) -> None:
+        """Record which messages were recalled for a reply (a continued reply gets those of its last part)."""
+        with self.engine.begin() as db:
+            db.execute(update(messages).where(messages.c.id == message_id)
+                       .values(recalled=json.dumps(list(recalled)) if recalled else None))
 
     def finish_message(self, message_id: int, content: str, status: str) -> None:
         """Store the text and status of a reply (while it streams, and when it ends)."""
@@ -275,10 +303,12 @@ class Store:
                 db.execute(conversations.insert().values(**conversation))
                 new_ids, leaf = {}, None
                 for message in item["messages"]:
+                    recalled = [new_ids[old] for old in message["recalled"] if old in new_ids]
                     new_ids[message["id"]] = db.execute(messages.insert().values(
                         conversation_id=conversation["id"], role=message["role"], content=message["content"],
                         status=message["status"], created_at=message["created_at"] or now,
-                        parent_id=new_ids.get(message["parent"]))).inserted_primary_key[0]
+                        parent_id=new_ids.get(message["parent"]), pinned=message["pinned"],
+                        recalled=json.dumps(recalled) if recalled else None)).inserted_primary_key[0]
                     leaf = new_ids[message["id"]]
                 leaf = new_ids.get(item["leaf"], leaf)
                 db.execute(update(conversations).where(conversations.c.id == conversation["id"]).values(leaf_id=leaf))

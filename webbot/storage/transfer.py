@@ -2,7 +2,8 @@
 reading), and the checks an imported JSON file goes through before anything is stored.
 
 The JSON format: {"format": FORMAT, "conversations": [{"title", "created_at", "settings",
-"leaf", "messages": [{"id", "parent", "role", "content", "status", "created_at"}]}]}.
+"leaf", "messages": [{"id", "parent", "role", "content", "status", "created_at", "pinned",
+"recalled" (the ids of earlier messages recalled for a reply)}]}]}.
 Message ids are only meaningful inside the file; an import gets new ones. A file holding
 one conversation ({"title", "messages", ...} at the top) imports too.
 """
@@ -30,7 +31,8 @@ def as_json(items: list[tuple[dict, list[dict]]]) -> str:
             "title": conversation["title"], "created_at": conversation["created_at"],
             "settings": conversation["settings"], "leaf": conversation["leaf_id"],
             "messages": [{"id": m["id"], "parent": m["parent_id"], "role": m["role"], "content": m["content"],
-                          "status": m["status"], "created_at": m["created_at"]} for m in messages]})
+                          "status": m["status"], "created_at": m["created_at"], "pinned": m["pinned"],
+                          "recalled": m["recalled"]} for m in messages]})
     return json.dumps({"format": FORMAT, "conversations": conversations}, ensure_ascii=False, indent=2)
 
 
@@ -94,9 +96,14 @@ def _conversation(item, number: int, max_chars: int) -> dict:
             _fail(spot, "names a parent that does not come before it")
         ids.add(ident)
         status = message.get("status") or "complete"
+        recalled = message.get("recalled") or []
+        if not isinstance(recalled, list) or not all(isinstance(old, (int, str)) and not isinstance(old, bool)
+                                                     and old in ids for old in recalled):
+            _fail(spot, "has 'recalled' that is not a list of the ids of messages before it")
         messages.append({"id": ident, "parent": parent, "role": role, "content": content,
                          "status": status if status in REPLY_STATUSES else "complete",
-                         "created_at": _time(message.get("created_at"), spot)})
+                         "created_at": _time(message.get("created_at"), spot),
+                         "pinned": message.get("pinned") is True, "recalled": recalled})
     created, leaf = _time(item.get("created_at"), where), item.get("leaf")
     if leaf is not None and (isinstance(leaf, bool) or not isinstance(leaf, (int, str)) or leaf not in ids):
         leaf = None  # no shown branch named (or none of its messages): the newest is shown
