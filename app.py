@@ -46,14 +46,15 @@ def bot_from_config(config: dict):
         return RemoteBot(config["WEBBOT_BACKEND_URL"], config["WEBBOT_MODEL"], config["WEBBOT_BACKEND_KEY"],
                          config["WEBBOT_BACKEND_MODEL"], config["WEBBOT_MAX_TOKENS"], config["WEBBOT_MEMORY_RATIO"],
                          config["WEBBOT_SYSTEM_PROMPT"], config["WEBBOT_BACKEND_TIMEOUT"],
-                         cache_salt=config["WEBBOT_BACKEND_CACHE_SALT"])
+                         cache_salt=config["WEBBOT_BACKEND_CACHE_SALT"], recall_share=config["WEBBOT_RECALL_SHARE"])
     return ChatBot(config["WEBBOT_MODEL"], config["WEBBOT_DEVICE"], config["WEBBOT_DTYPE"],
                    config["WEBBOT_MAX_TOKENS"], config["WEBBOT_MEMORY_RATIO"], config["WEBBOT_SYSTEM_PROMPT"],
                    max_waiting=config["WEBBOT_MAX_WAITING"], max_batch=config["WEBBOT_MAX_BATCH"],
                    kv_cache_mb=config["WEBBOT_KV_CACHE_MB"], kv_reuse=config["WEBBOT_KV_REUSE"],
                    max_seconds=config["WEBBOT_MAX_REPLY_SECONDS"],
                    cpu_batch_matmul=config["WEBBOT_CPU_BATCH_MATMUL"],
-                   kv_disk_dir=Path(config["WEBBOT_DATA_DIR"]) / "kv-cache", kv_disk_mb=config["WEBBOT_KV_DISK_MB"])
+                   kv_disk_dir=Path(config["WEBBOT_DATA_DIR"]) / "kv-cache", kv_disk_mb=config["WEBBOT_KV_DISK_MB"],
+                   recall_share=config["WEBBOT_RECALL_SHARE"])
 
 
 def transcriber_from_config(config: dict) -> Transcriber:

@@ -21,6 +21,7 @@ from pathlib import Path
 from webbot.config import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_MODEL,
+    DEFAULT_RECALL_SHARE,
     DEFAULT_REPLY_SHARE,
     DEFAULT_SYSTEM_PROMPT,
     MAX_BATCH,
@@ -45,7 +46,8 @@ class ChatBot(PlansReplies):
                  system_prompt: str = DEFAULT_SYSTEM_PROMPT, max_waiting: int = MAX_WAITING,
                  max_batch: int | None = None, kv_cache_mb: float | None = None, kv_reuse: bool = True,
                  max_seconds: float = MAX_REPLY_SECONDS, cpu_batch_matmul: bool = True, metrics=None,
-                 kv_disk_dir: Path | None = None, kv_disk_mb: float | None = None):
+                 kv_disk_dir: Path | None = None, kv_disk_mb: float | None = None,
+                 recall_share: float = DEFAULT_RECALL_SHARE):
         self.model_id = model
         self.max_waiting, self.max_batch, self.max_seconds = max_waiting, max_batch, max_seconds
         self.kv_cache_mb, self.kv_reuse = kv_cache_mb, kv_reuse
@@ -55,7 +57,7 @@ class ChatBot(PlansReplies):
         self.metrics.watch(self)
         self.requested = (device, dtype)
         self.max_tokens = max_tokens
-        self.reply_share = reply_share
+        self.reply_share, self.recall_share = reply_share, recall_share
         self.system_prompt = system_prompt
         self.device = self.dtype = None
         self.memory: Memory | None = None
@@ -130,7 +132,7 @@ class ChatBot(PlansReplies):
             log.warning("%s handles %d tokens of context; using that instead of %d",
                         self.model_id, context, self.max_tokens)
             self.max_tokens = context
-        self.memory = Memory(tokenizer, self.max_tokens, self.reply_share)
+        self.memory = Memory(tokenizer, self.max_tokens, self.reply_share, recall_share=self.recall_share)
         kind = "cuda" if self.device.startswith("cuda") else "cpu"
         budget_mb = self.kv_cache_mb if self.kv_cache_mb is not None else default_kv_cache_mb(self.device)
         disk = None

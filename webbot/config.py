@@ -20,6 +20,9 @@ DEFAULT_MODEL = "unsloth/Llama-3.2-1B-Instruct"
 DEFAULT_SYSTEM_PROMPT = "You are a helpful, concise assistant. Answer in Markdown when it helps."
 DEFAULT_MAX_TOKENS = 8192  # the context cap (WEBBOT_MAX_TOKENS); a model with a shorter context lowers it
 DEFAULT_REPLY_SHARE = 0.25  # of the context, kept for the reply (WEBBOT_MEMORY_RATIO); the rest is prompt
+DEFAULT_RECALL_SHARE = 0.15  # of the prompt budget, for messages recalled from outside memory (WEBBOT_RECALL_SHARE)
+RECALL_MOST = 3  # messages recalled for one reply at most
+PIN_SHARE = 0.10  # of the prompt budget, for pinned messages
 MODEL_BACKENDS = ("local", "openai")  # the model in this process, or an OpenAI-compatible server
 
 # Sampling: the page's default, the API's (OpenAI's), and the ranges every request is checked against
@@ -114,6 +117,9 @@ def from_env(environ: dict | None = None) -> dict:
         "WEBBOT_MAX_TOKENS": int(env.get("WEBBOT_MAX_TOKENS", DEFAULT_MAX_TOKENS)),
         "WEBBOT_MEMORY_RATIO": float(env.get("WEBBOT_MEMORY_RATIO", DEFAULT_REPLY_SHARE)),  # the reply's share
         "WEBBOT_SYSTEM_PROMPT": env.get("WEBBOT_SYSTEM_PROMPT", DEFAULT_SYSTEM_PROMPT),
+        # recall of messages outside memory: the default for every conversation (each can turn it off) and its room
+        "WEBBOT_RECALL": _choice(env, "WEBBOT_RECALL", ("on", "off")) == "on",
+        "WEBBOT_RECALL_SHARE": float(env.get("WEBBOT_RECALL_SHARE", DEFAULT_RECALL_SHARE)),
         "WEBBOT_TEMPERATURE": float(env.get("WEBBOT_TEMPERATURE", PAGE_TEMPERATURE)),
         "WEBBOT_HOST": env.get("WEBBOT_HOST", "127.0.0.1"),
         "WEBBOT_PORT": int(env.get("WEBBOT_PORT", 5000)),

@@ -9,6 +9,15 @@ Turns are dropped in chunks so the kept prefix stays token-identical for many tu
 KV cache can reuse it): once the history overflows, the oldest whole turns covering a
 whole number of chunks (`chunk_ratio` of the budget) are left out, so the first kept
 turn moves only after the history has grown by another chunk.
+
+Two things reach back past the window. Pinned messages ride in the system message, ahead of
+the history, within their own budget (`pin_share`), so the prefix changes only when the
+pins do. Recall (see `recall.py`) ranks the messages outside memory against the new
+message and puts the best few into the new message's turn, right before its text, within
+`recall_share` of the budget (`recall_block` says in what words): the history before it,
+and so its cached keys and values, stays as it was. Once anything falls out of the
+window, `recall_share` more is left out, so recall has room without moving the window
+from turn to turn.
 """
 
 import hashlib
@@ -18,9 +27,11 @@ from bisect import bisect_left
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from webbot.config import DEFAULT_MAX_TOKENS, DEFAULT_REPLY_SHARE
+from webbot.config import DEFAULT_MAX_TOKENS, DEFAULT_RECALL_SHARE, DEFAULT_REPLY_SHARE, PIN_SHARE, RECALL_MOST
+from webbot.model import recall as recall_ranking
 
 TURN_COST_ENTRIES = 50_000  # turns whose token cost is remembered; each key is a 20-byte digest, never the text
+PINNED_INTRO = "Pinned in this conversation, to keep in mind:\n"
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
 
@@ -63,6 +74,8 @@ class MemoryPlan:
     prompt_text: str = field(repr=False, default="")  # the prompt as the template wrote it; ids are its tokens
     continuing: bool = False  # the prompt ends inside an assistant reply that the model goes on writing
     public_tokens: int = 0  # leading tokens that hold nothing private: the template and the server's system prompt
+    recalled: list[int] = field(default_factory=list)  # history indexes of the messages recalled for this reply
+    pinned: list[int] = field(default_factory=list)  # history indexes of the pinned messages in the prompt
 
     @property
     def prompt_tokens(self) -> int:
@@ -71,7 +84,25 @@ class MemoryPlan:
 
     def as_dict(self) -> dict:
         """The gauge the page shows."""
-        return {"used": self.prompt_tokens, "budget": self.budget, "dropped": self.dropped}
+        return {"used": self.prompt_tokens, "budget": self.budget, "dropped": self.dropped,
+                "recalled": len(self.recalled), "pinned": len(self.pinned)}
+
+
+def _one_line(message: dict) -> str:
+    return " ".join(message["content"].split())
+
+
+def pin_line(message: dict) -> str:
+    """A pinned message as a line of the system message."""
+    return f'{"The user" if message["role"] == "user" else "You"} said: "{_one_line(message)}"'
+
+
+def recall_block(messages: list[dict]) -> str:
+    """Recalled messages as the person's own words at the start of their new message. Of the forms tried with
+    SmolLM2-135M (a heading and "I said:" lines, "Me:"/"You:" lines, "Remember what I said earlier"), this one
+    answered most of the planted facts (4 of 5, against 2-3; bench/recall_forms.py)."""
+    return "\n".join(f'Earlier I told you: "{_one_line(m)}"' if m["role"] == "user"
+                     else f'Earlier you said: "{_one_line(m)}"' for m in messages)
 
 
 def group_turns(history: list[dict]) -> list[list[dict]]:
@@ -88,13 +119,18 @@ class Memory:
     """Builds prompts with the tokenizer's chat template and trims them to the budget."""
 
     def __init__(self, tokenizer, max_tokens: int = DEFAULT_MAX_TOKENS, reply_share: float = DEFAULT_REPLY_SHARE,
-                 chunk_ratio: float = 0.25, template_kwargs: dict | None = None):
+                 chunk_ratio: float = 0.25, template_kwargs: dict | None = None,
+                 recall_share: float = DEFAULT_RECALL_SHARE, pin_share: float = PIN_SHARE):
         if not 0 <= reply_share < 1:
             raise ValueError("the reply's share of the context (WEBBOT_MEMORY_RATIO) must be at least 0 and below 1")
+        if not 0 <= recall_share < 0.5:
+            raise ValueError("the recall share of the prompt (WEBBOT_RECALL_SHARE) must be at least 0 and below 0.5")
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
         self.budget = prompt_budget(max_tokens, reply_share)
         self.chunk = max(1, int(self.budget * chunk_ratio))
+        self.recall_budget = int(self.budget * recall_share)
+        self.pin_budget = int(self.budget * pin_share)
         self.template_kwargs = template_kwargs or {}
         self._turn_costs: OrderedDict[bytes, int] = OrderedDict()
         self._base_cost: int | None = None
@@ -148,19 +184,22 @@ class Memory:
         return cost
 
     def plan(self, history: list[dict], new_message: str, system_prompt: str | None = None,
-             partial_reply: str | None = None, public_head: bool = False, owner: str = "") -> MemoryPlan:
+             partial_reply: str | None = None, public_head: bool = False, owner: str = "",
+             pins: list[int] = (), recall: bool = False) -> MemoryPlan:
         """Choose the newest turns that fit beside the system prompt and the new message (and, to continue a
         reply that was cut off, the start of that reply).
 
         `public_head`: the system prompt is the server's own, so the prompt's head (template
         and system prompt) holds nothing private and any owner's cache may supply it.
+        `pins`: indexes of pinned history messages, kept ahead of the window within the pin budget.
+        `recall`: bring back the messages outside memory that best match the new message.
         """
         history = [{**m, "content": valid_text(m["content"])} for m in history]
         new_message = valid_text(new_message)
         system_prompt = valid_text(system_prompt) if system_prompt else system_prompt
         partial_reply = valid_text(partial_reply) if partial_reply is not None else None
-        plan = self._plan(history, new_message, system_prompt, partial_reply, owner)
-        if public_head and system_prompt:
+        plan = self._plan(history, new_message, system_prompt, partial_reply, owner, list(pins), recall)
+        if public_head and system_prompt and not plan.pinned:
             plan.public_tokens = self._public_tokens(system_prompt, plan)
         return plan
 
@@ -174,9 +213,24 @@ class Memory:
         head = self.encode(head_text)
         return len(head) if plan.prompt_ids[:len(head)] == head else 0
 
+    def _head(self, system_prompt: str | None, history: list[dict], pins: list[int]) -> tuple[list[dict], list[int]]:
+        """The system message (with the pinned messages that fit the pin budget, oldest first) and those pins."""
+        kept, spent = [], len(self.encode(PINNED_INTRO))
+        for index in sorted(set(pins)):
+            if 0 <= index < len(history):
+                cost = len(self.encode(pin_line(history[index]))) + 1
+                if spent + cost <= self.pin_budget:
+                    kept.append(index)
+                    spent += cost
+        if not kept:
+            return ([{"role": "system", "content": system_prompt}] if system_prompt else []), []
+        pinned = PINNED_INTRO + "\n".join(pin_line(history[index]) for index in kept)
+        content = f"{system_prompt}\n\n{pinned}" if system_prompt else pinned
+        return [{"role": "system", "content": content}], kept
+
     def _plan(self, history: list[dict], new_message: str, system_prompt: str | None,
-              partial_reply: str | None, owner: str) -> MemoryPlan:
-        head = [{"role": "system", "content": system_prompt}] if system_prompt else []
+              partial_reply: str | None, owner: str, pins: list[int], recall: bool) -> MemoryPlan:
+        head, pinned = self._head(system_prompt, history, pins)
         new = [{"role": "user", "content": new_message}]
         continuing = partial_reply is not None
         if continuing:
@@ -191,27 +245,66 @@ class Memory:
         cumulative = [0]
         for turn in turns:
             cumulative.append(cumulative[-1] + self._turn_cost(turn, owner))
-        stable = bisect_left(cumulative, self._tokens_to_drop(head, cumulative[-1]))
+        reserve = self.recall_budget if recall else 0
+        stable = bisect_left(cumulative, self._tokens_to_drop(head, cumulative[-1], reserve))
         # The new message may be long: drop more turns for this reply only. The turn costs say where the
         # kept turns first fit beside it; the loop checks that with the real tokens and goes on if not.
         room = self.budget - len(minimal)
         fits = bisect_left(cumulative, cumulative[-1] - room)
+        plan = None
         for start in range(min(max(stable, fits - 1), len(turns)), len(turns) + 1):
             kept = [m for turn in turns[start:] for m in turn]
             text = self.render_text(head + kept + new, continuing)
             ids = self.encode(text)
             if len(ids) <= self.budget:
                 first = sum(len(turn) for turn in turns[:start])
-                return MemoryPlan(ids, self.budget, first, first, head + kept + new, text, continuing)
-        return MemoryPlan(minimal, self.budget, len(history), len(history), head + new, minimal_text, continuing)
+                plan = MemoryPlan(ids, self.budget, first, first, head + kept + new, text, continuing, pinned=pinned)
+                break
+        if plan is None:
+            kept = []
+            plan = MemoryPlan(minimal, self.budget, len(history), len(history), head + new, minimal_text, continuing,
+                              pinned=pinned)
+        if recall and plan.first_kept:
+            return self._recall(plan, history, head, kept, new, pinned) or plan
+        return plan
 
-    def _tokens_to_drop(self, head: list[dict], history_tokens: int) -> int:
+    def _recall(self, plan: MemoryPlan, history: list[dict], head: list[dict], kept: list[dict], new: list[dict],
+                pinned: list[int]) -> MemoryPlan | None:
+        """`plan` with the messages outside memory that best match the new message put back into its turn (as
+        many of the best RECALL_MOST as fit the recall budget and the prompt budget); None when none does.
+        A pinned message is a candidate too: small models use a fact next to the question far better than one
+        in the system message (bench/recall_forms.py: SmolLM2-135M answered 1 of 5 from pins alone)."""
+        candidates = list(range(plan.first_kept))
+        order = recall_ranking.rank([history[index]["content"] for index in candidates], new[0]["content"],
+                                    RECALL_MOST)
+        allowance = min(self.recall_budget, self.budget - plan.prompt_tokens)
+        chosen, spent = [], 2  # the blank line between the block and the message
+        for rank in order:
+            index = candidates[rank]
+            cost = len(self.encode(recall_block([history[index]]))) + 1
+            if spent + cost <= allowance:
+                chosen.append(index)
+                spent += cost
+        while chosen:
+            chosen.sort()
+            block = recall_block([history[index] for index in chosen])
+            turn = [{"role": "user", "content": f"{block}\n\n{new[0]['content']}"}, *new[1:]]
+            text = self.render_text(head + kept + turn, plan.continuing)
+            ids = self.encode(text)
+            if len(ids) <= self.budget:
+                return MemoryPlan(ids, self.budget, plan.first_kept, plan.dropped, head + kept + turn, text,
+                                  plan.continuing, recalled=chosen, pinned=pinned)
+            chosen.remove(chosen[-1])
+        return None
+
+    def _tokens_to_drop(self, head: list[dict], history_tokens: int, reserve: int = 0) -> int:
         """How many of the oldest history tokens to leave out: a whole number of chunks.
 
         Depends only on the system prompt and the stored history (not on the new message),
         so the first kept turn stays put until the history has grown by another chunk.
-        Half a chunk is kept free for the new message.
+        Half a chunk is kept free for the new message, and once anything is left out,
+        `reserve` more (the recall budget).
         """
         fixed = len(self.render(head + [{"role": "user", "content": ""}]))
         overflow = fixed + history_tokens + self.chunk // 2 - self.budget
-        return 0 if overflow <= 0 else -(-overflow // self.chunk) * self.chunk
+        return 0 if overflow <= 0 else -(-(overflow + reserve) // self.chunk) * self.chunk

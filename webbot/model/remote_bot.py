@@ -20,7 +20,13 @@ import logging
 import threading
 import time
 
-from webbot.config import DEFAULT_MAX_TOKENS, DEFAULT_REPLY_SHARE, DEFAULT_SYSTEM_PROMPT, REMOTE_MAX_STREAMS
+from webbot.config import (
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_RECALL_SHARE,
+    DEFAULT_REPLY_SHARE,
+    DEFAULT_SYSTEM_PROMPT,
+    REMOTE_MAX_STREAMS,
+)
 from webbot.model.bot import PlansReplies
 from webbot.model.memory import Memory, MemoryPlan
 from webbot.model.metrics import Metrics
@@ -65,10 +71,11 @@ class RemoteBot(PlansReplies):
                  max_tokens: int = DEFAULT_MAX_TOKENS, reply_share: float = DEFAULT_REPLY_SHARE,
                  system_prompt: str = DEFAULT_SYSTEM_PROMPT, timeout: float = 120.0,
                  max_streams: int = REMOTE_MAX_STREAMS, metrics=None, client=None,
-                 cache_salt: bool = False):
+                 cache_salt: bool = False, recall_share: float = DEFAULT_RECALL_SHARE):
         self.url, self.model_id, self.key = url.rstrip("/"), model, key
         self.served_model = served_model or model
         self.max_tokens, self.reply_share, self.system_prompt = max_tokens, reply_share, system_prompt
+        self.recall_share = recall_share
         self.timeout = timeout
         self.cache_salt = cache_salt
         self.metrics = metrics or Metrics()
@@ -117,7 +124,7 @@ class RemoteBot(PlansReplies):
             self.error = f"{type(exc).__name__}: {exc}"
             log.exception("could not load the tokenizer of %s", self.model_id)
             raise
-        self.memory = Memory(tokenizer, self.max_tokens, self.reply_share)
+        self.memory = Memory(tokenizer, self.max_tokens, self.reply_share, recall_share=self.recall_share)
         log.info("tokenizer of %s ready in %.1f s; replies come from %s (model %s); context %d tokens, "
                  "prompt budget %d", self.model_id, time.monotonic() - started, self.url, self.served_model,
                  self.max_tokens, self.memory.budget)
