@@ -5,8 +5,8 @@ import { copyText } from "./rich.js";
 import { config, form, input, list, messagesBox, noticeIsAboutTheModel, showNotice, state, stopButton }
   from "./page.js";
 import { followStoredReply, streamReply } from "./reply.js";
-import { messageElement, setStatus, showConversation, showExportLinks, showGauge, showMessages, toolButton }
-  from "./render.js";
+import { messageElement, setStatus, showConversation, showExportLinks, showGauge, showMessages, showPinned,
+  toolButton } from "./render.js";
 
 export async function open(id, push = true) {
   state.current = id;
@@ -119,6 +119,28 @@ function startEditing(element) {
   });
 }
 
+async function pin(element, button) {
+  const pinned = button.getAttribute("aria-pressed") !== "true";
+  button.disabled = true;
+  try {
+    const data = await api("POST", `/api/conversations/${state.current}/messages/${element.dataset.id}/pin`,
+      { pinned });
+    showPinned(element, data.message.pinned);
+    showGauge(data.memory);
+  } catch (error) { showNotice(error.message); }
+  button.disabled = false;
+}
+
+function showRecalled(id) {
+  const target = messagesBox.querySelector(`.message[data-id="${id}"]`);
+  if (!target) return;
+  target.scrollIntoView({ block: "center" });
+  target.classList.add("highlight");
+  target.setAttribute("tabindex", "-1");
+  target.focus({ preventScroll: true });
+  setTimeout(() => target.classList.remove("highlight"), 2000);
+}
+
 async function showVersion(target) {
   if (state.streaming || !state.current || !target) return;
   try {
@@ -183,6 +205,8 @@ export function init() {
     else if (button.classList.contains("edit")) startEditing(element);
     else if (button.classList.contains("regenerate")) regenerate(element);
     else if (button.classList.contains("continue")) continueReply(element);
+    else if (button.classList.contains("pin")) pin(element, button);
+    else if (button.classList.contains("recalled-link")) showRecalled(button.dataset.target);
     else if (button.classList.contains("previous-version") || button.classList.contains("next-version")) {
       showVersion(button.dataset.target);
     }

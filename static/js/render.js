@@ -1,5 +1,5 @@
 // Showing a conversation: its messages (Markdown already rendered and sanitised by the server), the versions
-// switch and tools of each message, reply statuses, and the memory gauge.
+// switch and tools of each message, pins, what a reply recalled, reply statuses, and the memory gauge.
 // Text from users and titles is only ever set with textContent; assistant replies are
 // set as HTML only when the server has rendered and sanitised them.
 import { config, messagesBox, state } from "./page.js";
@@ -43,6 +43,42 @@ function versionSwitch(message) {
   return box;
 }
 
+const EXCERPT_CHARS = 60;
+
+function excerpt(text) {
+  const line = (text || "").split(/\s+/).join(" ").trim();
+  return line.length > EXCERPT_CHARS ? `${line.slice(0, EXCERPT_CHARS - 1)}…` : line;
+}
+
+// Under a reply: the earlier messages recalled from outside memory for it; each scrolls to its message.
+function recalledList(ids) {
+  const box = document.createElement("div");
+  box.className = "recalled";
+  const label = document.createElement("span");
+  label.className = "recalled-label";
+  label.textContent = `Recalled ${ids.length} earlier message${ids.length === 1 ? "" : "s"}:`;
+  box.appendChild(label);
+  for (const id of ids) {
+    const source = messagesBox.querySelector(`.message[data-id="${id}"]`);
+    const text = source ? excerpt(source.dataset.content) : "a message on another branch";
+    const link = toolButton("recalled-link", `“${text}”`, `Show the recalled message: ${text}`);
+    link.dataset.target = id;
+    link.disabled = !source;
+    box.appendChild(link);
+  }
+  return box;
+}
+
+export function showPinned(element, pinned) {
+  element.classList.toggle("pinned", pinned);
+  const button = element.querySelector(".pin");
+  if (!button) return;
+  button.textContent = pinned ? "Unpin" : "Pin";
+  button.setAttribute("aria-pressed", pinned ? "true" : "false");
+  button.title = pinned ? "The model keeps this message in mind however long the chat grows"
+    : "Pin: the model keeps this message in mind however long the chat grows";
+}
+
 export function messageElement(message) {
   const element = document.createElement("div");
   element.className = `message ${message.role}`;
@@ -66,7 +102,10 @@ export function messageElement(message) {
   if (message.role === "assistant" && config.continuable.includes(message.status) && message.content) {
     tools.appendChild(toolButton("continue", "Continue", "Continue this reply"));
   }
+  tools.appendChild(toolButton("pin", "Pin", `Pin this ${message.role === "user" ? "message" : "reply"}`));
   element.appendChild(tools);
+  showPinned(element, Boolean(message.pinned));
+  if (message.recalled && message.recalled.length) element.insertBefore(recalledList(message.recalled), tools);
   setStatus(element, message.status);
   return element;
 }
@@ -111,8 +150,10 @@ export function showGauge(memory) {
   gauge.title = "Tokens the model reads for the next reply, of the prompt budget. " +
     "When a conversation outgrows it, the oldest turns are left out of memory (they stay stored here).";
   const n = memory.dropped;
-  document.getElementById("gauge-dropped").textContent =
-    n ? `${n} earlier message${n === 1 ? " is" : "s are"} outside memory` : "";
+  const parts = n ? [`${n} earlier message${n === 1 ? " is" : "s are"} outside memory`] : [];
+  if (memory.recalled) parts.push(`${memory.recalled} recalled for this reply`);
+  if (memory.pinned) parts.push(`${memory.pinned} pinned`);
+  document.getElementById("gauge-dropped").textContent = parts.join("; ");
 }
 
 export function showExportLinks(id) {

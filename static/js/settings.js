@@ -1,4 +1,4 @@
-// The settings dialog: system prompt, temperature, top_p and the longest reply, for this chat or as the
+// The settings dialog: system prompt, temperature, top_p, the longest reply and recall, for this chat or as the
 // person's default, with the model's limits beside them.
 import { api } from "./api.js";
 import { open } from "./chat.js";
@@ -11,6 +11,7 @@ const fields = {
   temperature: document.getElementById("set-temperature"),
   top_p: document.getElementById("set-top-p"),
   max_tokens: document.getElementById("set-max-tokens"),
+  recall: document.getElementById("set-recall"),
 };
 
 function settingsFromForm() {
@@ -19,6 +20,7 @@ function settingsFromForm() {
     temperature: Number(fields.temperature.value),
     top_p: Number(fields.top_p.value),
     max_tokens: Number(fields.max_tokens.value),
+    recall: fields.recall.checked,
   };
 }
 
@@ -27,6 +29,7 @@ function fillForm(values) {
   fields.temperature.value = values.temperature;
   fields.top_p.value = values.top_p;
   fields.max_tokens.value = values.max_tokens;
+  fields.recall.checked = values.recall !== false;
 }
 
 async function openSettings() {

@@ -89,7 +89,8 @@ def chat_completions():
     include_usage = bool(options.get("include_usage"))
     bot = services().bot
     plan, stream = start_reply(bot, history, message, params, system,
-                               ("Shorten the last message.", "context_length_exceeded"), g.api_owner)
+                               ("Shorten the last message.", "context_length_exceeded"), g.api_owner,
+                               recall=current_app.config["WEBBOT_RECALL"])
     ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": ident, "created": created, "model": bot.name}
 

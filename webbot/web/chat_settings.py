@@ -1,7 +1,8 @@
-"""Reply settings a person can choose: system prompt, temperature, top_p and the longest reply.
+"""Reply settings a person can choose: system prompt, temperature, top_p, the longest reply, and whether
+messages outside memory are recalled.
 
 Three layers, the later winning: the server's defaults (WEBBOT_SYSTEM_PROMPT,
-WEBBOT_TEMPERATURE, the model's reply reserve), a person's saved defaults, and one
+WEBBOT_TEMPERATURE, the model's reply reserve, WEBBOT_RECALL), a person's saved defaults, and one
 conversation's own settings. Each saved layer holds only the fields it sets; a field that
 is left out (or null) falls through to the layer below. The limits come from the loaded
 model, so the page can show them beside the fields.
@@ -12,7 +13,7 @@ from webbot.model.memory import prompt_budget, valid_text
 from webbot.web.errors import ApiError
 from webbot.web.inputs import text_field
 
-FIELDS = ("system_prompt", "temperature", "top_p", "max_tokens")
+FIELDS = ("system_prompt", "temperature", "top_p", "max_tokens", "recall")
 RANGES = {"temperature": TEMPERATURE_RANGE, "top_p": TOP_P_RANGE}
 
 
@@ -31,7 +32,7 @@ def limits(bot, config: dict) -> dict:
 def server_defaults(bot, config: dict) -> dict:
     """The settings a reply gets when nobody chose otherwise."""
     return {"system_prompt": config["WEBBOT_SYSTEM_PROMPT"], "temperature": config["WEBBOT_TEMPERATURE"],
-            "top_p": 1.0, "max_tokens": limits(bot, config)["max_tokens"]}
+            "top_p": 1.0, "max_tokens": limits(bot, config)["max_tokens"], "recall": config["WEBBOT_RECALL"]}
 
 
 def check(values, allowed: dict) -> dict:
@@ -51,6 +52,9 @@ def check(values, allowed: dict) -> dict:
                 raise ApiError(400, f"'system_prompt' must be text of at most {allowed['system_prompt_chars']} "
                                     "characters.", "invalid_system_prompt")
             text_field(value, "The system prompt")
+        elif name == "recall":
+            if not isinstance(value, bool):
+                raise ApiError(400, "'recall' must be true or false.", "invalid_recall")
         elif name == "max_tokens":
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= allowed["max_tokens"]:
                 raise ApiError(400, f"'max_tokens' must be a whole number from 1 to {allowed['max_tokens']}, the "

@@ -40,12 +40,33 @@ def message_view(message: dict, versions: list[int] | None = None) -> dict:
     if message["role"] == "assistant":
         view["html"] = render_markdown(message["content"])
     view["versions"] = versions or [message["id"]]
+    view["pinned"] = bool(message.get("pinned"))
+    view["recalled"] = list(message.get("recalled") or [])
     return view
 
 
 def history_of(messages: list[dict]) -> list[dict]:
     """Stored messages as chat-template messages."""
     return [{"role": m["role"], "content": m["content"]} for m in messages if m["role"] in ("user", "assistant")]
+
+
+def memory_of(messages: list[dict]) -> tuple[list[dict], list[int], list[int]]:
+    """A branch of stored messages as the model's memory sees it: the chat-template messages, their ids (a plan's
+    history indexes map to message ids through it), and the indexes of the pinned ones."""
+    chat = [m for m in messages if m["role"] in ("user", "assistant")]
+    return history_of(chat), [m["id"] for m in chat], [i for i, m in enumerate(chat) if m.get("pinned")]
+
+
+def memory_gauge(bot, owner: str, shown: list[dict], system_prompt: str | None) -> dict | None:
+    """The memory gauge for a branch of `owner`'s (None while the model loads): what the next reply's prompt
+    holds, and how many messages were recalled for the branch's last reply. Needs no request (a reply's stream
+    counts it after the request has returned)."""
+    if not bot.ready:
+        return None
+    history, _, pins = memory_of(shown)
+    gauge = bot.plan(history, "", system_prompt, owner=owner, pins=pins).as_dict()
+    gauge["recalled"] = len(shown[-1].get("recalled") or []) if shown and shown[-1]["role"] == "assistant" else 0
+    return gauge
 
 
 def reply_settings(conversation: dict) -> dict:
@@ -72,10 +93,7 @@ def conversation_view(conversation: dict, keep_reply_going: bool = False) -> dic
     stored = app_services.store.messages(cid)
     shown = path_to(stored, conversation["leaf_id"])
     chosen = reply_settings(conversation)
-    memory = None
-    if app_services.bot.ready:
-        memory = app_services.bot.plan(history_of(shown), "", chosen["system_prompt"],
-                                       owner=current_owner()).as_dict()
+    memory = memory_gauge(app_services.bot, current_owner(), shown, chosen["system_prompt"])
     return {"conversation": conversation, "messages": [message_view(m, sibling_ids(stored, m)) for m in shown],
             "memory": memory, "generating": generating, "settings": chosen}
 
@@ -136,6 +154,32 @@ def update_conversation(conversation_id):
         raise ApiError(400, "Send at least one of 'title', 'pinned' or 'settings'.", "nothing_to_change")
     services().store.update_conversation(current_owner(), conversation_id, **changes)
     return jsonify(own(conversation_id))
+
+
+@bp.post("/conversations/<conversation_id>/messages/<int:message_id>/pin")
+def pin_message(conversation_id, message_id):
+    """Pin a message (`{"pinned": true}`) so the model keeps it in mind ahead of the window, or unpin it. A pin
+    that would not fit the pinned messages' share of the prompt is refused (413) and nothing changes."""
+    conversation = own(conversation_id)
+    pinned = json_body().get("pinned")
+    if not isinstance(pinned, bool):
+        raise ApiError(400, "'pinned' must be true or false.", "invalid_pinned")
+    store, owner = services().store, current_owner()
+    message = store.pin_message(owner, conversation_id, message_id, pinned)
+    if message is None:
+        raise ApiError(404, "This conversation has no such message; reload the page.", "message_not_found")
+    shown = path_to(store.messages(conversation_id), conversation["leaf_id"])
+    chosen = reply_settings(conversation)
+    if pinned and services().bot.ready:
+        history, ids, pins = memory_of(shown)
+        plan = services().bot.plan(history, "", chosen["system_prompt"], owner=owner, pins=pins)
+        if len(plan.pinned) < len(pins):
+            store.pin_message(owner, conversation_id, message_id, False)
+            raise ApiError(413, f"This message does not fit beside the other pinned ones: pinned messages share "
+                                f"{services().bot.memory.pin_budget} tokens of memory. Unpin another message or pin "
+                                "a shorter one.", "pins_full")
+    return jsonify(message=message_view(message),
+                   memory=memory_gauge(services().bot, owner, shown, chosen["system_prompt"]))
 
 
 @bp.delete("/conversations/<conversation_id>")

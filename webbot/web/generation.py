@@ -22,15 +22,16 @@ def require_ready(bot) -> None:
 
 def start_reply(bot, history: list[dict], message: str, params: SamplingParams, system_prompt: str | None,
                 too_long: tuple[str, str], owner: str, partial_reply: str | None = None,
-                conversation: str | None = None) -> tuple:
-    """Plan the prompt and queue the reply for `owner` (in `conversation`, for the page); returns (plan, stream).
+                conversation: str | None = None, pins: list[int] = (), recall: bool = False) -> tuple:
+    """Plan the prompt (with the pinned history messages `pins`, and recall when asked) and queue the reply for
+    `owner` (in `conversation`, for the page); returns (plan, stream).
 
     A message that alone overflows the context is a 413 whose sentence ends with
     `too_long`'s advice (and carries its code).
     """
     require_ready(bot)
     try:
-        plan = bot.plan(history, message, system_prompt, partial_reply, owner)
+        plan = bot.plan(history, message, system_prompt, partial_reply, owner, pins, recall)
     except MessageTooLong as exc:
         advice, code = too_long
         raise ApiError(413, f"{exc.sentence()}. {advice}", code) from None

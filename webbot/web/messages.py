@@ -16,7 +16,7 @@ from webbot.model import titles
 from webbot.storage.branches import path_to
 from webbot.storage.conversations import title_from
 from webbot.storage.errors import StorageUnavailable
-from webbot.web.conversations import conversation_view, history_of, message_view, own, reply_settings
+from webbot.web.conversations import conversation_view, memory_gauge, memory_of, message_view, own, reply_settings
 from webbot.web.errors import ApiError
 from webbot.web.generation import start_reply
 from webbot.web.inputs import json_body, message_text, sampling_params
@@ -49,26 +49,30 @@ def _question(messages: list[dict], reply: dict) -> dict:
 
 
 def _params(conversation: dict, body: dict):
-    """Sampling settings (the conversation's, the person's defaults, the server's, then the request's own) and
-    the system prompt."""
+    """Sampling settings (the conversation's, the person's defaults, the server's, then the request's own), the
+    system prompt, and whether to recall messages outside memory."""
     chosen = reply_settings(conversation)
     asked = {"temperature": chosen["temperature"], "top_p": chosen["top_p"], "max_tokens": chosen["max_tokens"]}
     asked.update({k: body[k] for k in ("temperature", "top_p", "max_tokens", "stop") if body.get(k) is not None})
-    return sampling_params(asked), chosen["system_prompt"]
+    return sampling_params(asked), chosen["system_prompt"], chosen["recall"]
 
 
 def _write(conversation: dict, history: list[dict], message: str, body: dict, store_turn, partial: str | None = None,
            title: str | None = None):
-    """Plan and queue a reply, claim the conversation, store what `store_turn()` stores, and stream the reply.
+    """Plan and queue a reply, claim the conversation, store what `store_turn(recalled)` stores, and stream the
+    reply.
 
-    `store_turn()` returns (the user's new message or None, the reply's stored row); it runs
-    only once the model has accepted the request, so a refused reply stores nothing.
+    `store_turn(recalled)` gets the ids of the messages recalled for the reply and returns (the
+    user's new message or None, the reply's stored row); it runs only once the model has
+    accepted the request, so a refused reply stores nothing.
     """
     cid, app_services, owner = conversation["id"], services(), current_owner()
-    params, system_prompt = _params(conversation, body)
-    plan, stream = start_reply(app_services.bot, history_of(history), message, params, system_prompt,
+    params, system_prompt, recall = _params(conversation, body)
+    chat, ids, pins = memory_of(history)
+    plan, stream = start_reply(app_services.bot, chat, message, params, system_prompt,
                                ("Shorten it or split it into several messages.", "message_too_long"),
-                               owner, partial, cid)
+                               owner, partial, cid, pins, recall)
+    recalled = [ids[index] for index in plan.recalled]
     try:
         claimed = app_services.replies.claim(cid, stream)
     except Exception:  # Redis is down: a 503, and the reply never starts
@@ -78,7 +82,7 @@ def _write(conversation: dict, history: list[dict], message: str, body: dict, st
         stream.cancel()
         raise ApiError(409, "A reply is still being written in this conversation; stop it or wait for it.", "busy")
     try:  # one transaction: the message, the empty reply and the title are all stored, or none of them
-        user, reply = store_turn()
+        user, reply = store_turn(recalled)
     except Exception:
         stream.cancel()
         app_services.replies.release(cid, stream)
@@ -88,8 +92,8 @@ def _write(conversation: dict, history: list[dict], message: str, body: dict, st
 
     def gauge():
         try:
-            shown = path_to(app_services.store.messages(cid), reply["id"])
-            return app_services.bot.plan(history_of(shown), "", system_prompt, owner=owner).as_dict()
+            return memory_gauge(app_services.bot, owner, path_to(app_services.store.messages(cid), reply["id"]),
+                                system_prompt)
         except StorageUnavailable:  # the database is down; the page hides the gauge until the next turn
             log.warning("could not count memory after reply %s", reply["id"], exc_info=True)
             return None
@@ -110,7 +114,8 @@ def send_message(conversation_id):
     parent_id = history[-1]["id"] if history else None
     title = title_from(content) if conversation["title"] == "New chat" else conversation["title"]
     return _write(conversation, history, content, body,
-                  lambda: services().store.add_turn(conversation_id, content, title, parent_id), title=title)
+                  lambda recalled: services().store.add_turn(conversation_id, content, title, parent_id, recalled),
+                  title=title)
 
 
 @bp.post("/conversations/<conversation_id>/messages/<int:message_id>/edit")
@@ -122,8 +127,8 @@ def edit_message(conversation_id, message_id):
     original, messages = _stored(conversation_id, message_id, "user")
     history = path_to(messages, original["parent_id"]) if original["parent_id"] else []
     return _write(conversation, history, content, body,
-                  lambda: services().store.add_turn(conversation_id, content, conversation["title"],
-                                                 original["parent_id"]))
+                  lambda recalled: services().store.add_turn(conversation_id, content, conversation["title"],
+                                                          original["parent_id"], recalled))
 
 
 @bp.post("/conversations/<conversation_id>/messages/<int:message_id>/regenerate")
@@ -135,8 +140,8 @@ def regenerate(conversation_id, message_id):
     question = _question(messages, old)
     history = path_to(messages, question["parent_id"]) if question["parent_id"] else []
     return _write(conversation, history, question["content"], body,
-                  lambda: (None, services().store.add_message(conversation_id, "assistant", "", "streaming",
-                                                           parent_id=question["id"])))
+                  lambda recalled: (None, services().store.add_message(conversation_id, "assistant", "", "streaming",
+                                                                    parent_id=question["id"], recalled=recalled)))
 
 
 @bp.post("/conversations/<conversation_id>/messages/<int:message_id>/continue")
@@ -151,11 +156,13 @@ def continue_reply(conversation_id, message_id):
     question = _question(messages, reply)
     history = path_to(messages, question["parent_id"]) if question["parent_id"] else []
 
-    def reopen():
+    def reopen(recalled):
         store = services().store
+        recalled = sorted(set(reply["recalled"]) | set(recalled))  # the first part's and this part's
         store.finish_message(reply["id"], reply["content"], "streaming")
+        store.set_recalled(reply["id"], recalled)
         store.show_branch(conversation_id, reply["id"])
-        return None, {**reply, "status": "streaming"}
+        return None, {**reply, "status": "streaming", "recalled": recalled}
 
     return _write(conversation, history, question["content"], body, reopen, partial=reply["content"])
 
