@@ -234,7 +234,7 @@ def test_a_generated_title_replaces_the_first_message_but_never_a_chosen_one(cli
     assert client.post(f"/api/conversations/{renamed}/title").json["conversation"]["title"] == "Mine"
 
 
-def test_migration_0003_makes_old_conversations_one_branch_and_searchable(tmp_path):
+def test_migrations_make_old_conversations_one_branch_searchable_and_unpinned(tmp_path):
     from alembic import command
 
     engine = database.connect(f"sqlite:///{tmp_path / 'old.db'}")
@@ -247,10 +247,11 @@ def test_migration_0003_makes_old_conversations_one_branch_and_searchable(tmp_pa
                                     "VALUES ('c1', :role, :content, 'complete', :at)"),
                                {"role": role, "content": content, "at": n})
     database.upgrade(engine)
-    assert database.current_revision(engine) == database.head_revision() == "0003"
+    assert database.current_revision(engine) == database.head_revision() == "0004"
     store = store_module.Store(engine)
     messages = store.messages("c1")
     assert [m["parent_id"] for m in messages] == [None] + [m["id"] for m in messages[:-1]]
+    assert all(m["pinned"] is False and m["recalled"] == [] for m in messages)  # 0004 on messages already there
     conversation = store.get_conversation("me", "c1")
     assert conversation["leaf_id"] == messages[-1]["id"] and conversation["pinned"] is False
     assert store.search("me", "comet")[0]["conversation_id"] == "c1"
