@@ -139,10 +139,15 @@ def test_the_disk_budget_removes_the_biggest_owners_oldest_files_first(tmp_path)
 
 
 WRITER = textwrap.dedent("""
-    import sys, torch
-    from webbot.model.kv_disk import DiskTier
-    tier = DiskTier(sys.argv[1], "key", 2**40)
-    big = [(torch.randn(1, 8, 4096, 64), torch.randn(1, 8, 4096, 64)) for _ in range(24)]  # ~400 MB a file
+    import sys, time, torch
+    from webbot.model import kv_disk
+    real_save = kv_disk.save_file
+    def slow_disk(*args, **kwargs):  # a slow disk: the written file waits 2 s under its temporary name
+        real_save(*args, **kwargs)
+        time.sleep(2)
+    kv_disk.save_file = slow_disk
+    tier = kv_disk.DiskTier(sys.argv[1], "key", 2**40)
+    big = [(torch.randn(1, 8, 4096, 64), torch.randn(1, 8, 4096, 64)) for _ in range(6)]  # ~100 MB a file
     print("writing", flush=True)
     for n in range(1000):
         tier.save([n] * 4097, big, 4097, "alice", 0, None)
@@ -152,24 +157,21 @@ WRITER = textwrap.dedent("""
 @pytest.mark.slow
 def test_a_writer_killed_mid_write_leaves_no_file_that_is_read(tmp_path):
     folder = tmp_path / "kv"
-    for _ in range(5):  # until the kill lands inside a write (the file only half there under its temporary name)
-        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(folder)], cwd=ROOT, stdout=subprocess.PIPE,
-                                  text=True)
-        assert writer.stdout.readline().strip() == "writing"
-        deadline = time.monotonic() + 60
-        while not list(folder.glob("*.partial")):
-            assert time.monotonic() < deadline and writer.poll() is None
-            time.sleep(0.005)
-        writer.send_signal(signal.SIGKILL)
-        writer.wait(10)
-        if list(folder.glob("*.partial")):
-            break
-    assert list(folder.glob("*.partial")), "no kill landed inside a write"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(folder)], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    assert writer.stdout.readline().strip() == "writing"
+    deadline = time.monotonic() + 120
+    # Kill it while its second file is still under the temporary name and the first is in place
+    while not (list(folder.glob("*.partial")) and list(folder.glob("*.safetensors"))):
+        assert time.monotonic() < deadline and writer.poll() is None
+        time.sleep(0.005)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait(10)
+    assert list(folder.glob("*.partial"))
     tier = DiskTier(folder, "key", 2**40)
     records = tier.open()
-    assert not list(folder.glob("*.partial"))
-    for record in records:  # whatever was renamed into place is whole
-        assert tier.load(record, "cpu") is not None
+    assert not list(folder.glob("*.partial"))  # the unfinished file is gone, never read
+    assert len(records) == 1 and tier.load(records[0], "cpu") is not None  # the finished one is whole
 
 
 def test_deleting_a_conversation_for_good_removes_its_files(make_app, tiny_model_dir, tmp_path, monkeypatch):
