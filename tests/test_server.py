@@ -78,7 +78,7 @@ def test_client_disconnect_mid_stream_stops_generation_once_nobody_looks_for_the
     session = PageSession()
     cid = session.post(tiny_server.url + "/api/conversations", json={}).json()["id"]
     response = session.post(f"{tiny_server.url}/api/conversations/{cid}/messages",
-                            json={"content": "go", "max_tokens": 100_000}, stream=True, timeout=30)
+                            json={"content": "go", "max_tokens": 100_000, "temperature": 0}, stream=True, timeout=30)
     lines = response.iter_lines()
     for _ in range(8):
         next(lines)
