@@ -42,9 +42,12 @@ def test_ranking_uses_stems_prefixes_and_skips_words_that_say_nothing():
     assert recall.rank([], "cat", 3) == [] and recall.rank(candidates, "cat", 0) == []
 
 
-def test_the_better_match_ranks_first():
-    candidates = ["My cat likes fish.", "My cat Pixel is grey and my cat sleeps all day.", "Dogs bark."]
-    assert recall.rank(candidates, "tell me about my grey cat", 3) == [1, 0]
+def test_the_better_matches_rank_first_and_a_weak_one_is_left_out():
+    unrelated = [f"Unrelated sentence number {i} about trains and rivers." for i in range(10)]
+    candidates = ["My cat Pixel is grey.", "The cat next door is grey and very loud at night.", "My cat likes fish.",
+                  "Dogs bark.", *unrelated]
+    # "My cat likes fish." shares only "cat" and scores under half the best match: not worth the prompt's room
+    assert recall.rank(candidates, "tell me about my grey cat", 4) == [0, 1]
 
 
 def test_nothing_outside_memory_is_todays_prompt_byte_for_byte(memory):
@@ -165,3 +168,4 @@ def test_pins_are_private_so_the_head_is_not_shared(memory):
     history = chat(ADA, 1)
     assert m.plan(history, "Hello", SYSTEM, public_head=True).public_tokens > 0
     assert m.plan(history, "Hello", SYSTEM, public_head=True, pins=[0]).public_tokens == 0
+

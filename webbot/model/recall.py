@@ -12,6 +12,7 @@ import re
 import sqlite3
 
 MAX_CANDIDATES = 5000  # the newest messages outside memory that are ranked; older ones are not searched
+SHARE_OF_BEST = 0.5  # a match scoring under this share of the best match's BM25 score is too weak to recall
 MAX_QUERY_WORDS = 32
 STOPWORDS = frozenset("""
 a about above after again against all am an and any are as at be because been before being below between both but
@@ -34,8 +35,9 @@ def query_words(text: str) -> list[str]:
 
 
 def rank(candidates: list[str], query: str, limit: int) -> list[int]:
-    """Indexes into `candidates` of those sharing a word (stem or prefix) with `query`: best first (BM25), the
-    newer first among equals; at most `limit`."""
+    """Indexes into `candidates` of those sharing a word (stem or prefix) with `query` and scoring at least
+    SHARE_OF_BEST of the best one: best first (BM25), the newer first among equals; at most `limit`. The floor
+    keeps a message that shares one common word ("name") from riding along with the one that answers."""
     words = query_words(query)
     offset = max(0, len(candidates) - MAX_CANDIDATES)
     if not words or limit <= 0 or len(candidates) == offset:
@@ -45,6 +47,9 @@ def rank(candidates: list[str], query: str, limit: int) -> list[int]:
         db.execute("CREATE VIRTUAL TABLE passages USING fts5(body, tokenize='porter unicode61 remove_diacritics 2')")
         db.executemany("INSERT INTO passages(rowid, body) VALUES (?, ?)",
                        ((index, candidates[index]) for index in range(offset, len(candidates))))
-        rows = db.execute("SELECT rowid FROM passages WHERE passages MATCH ? ORDER BY bm25(passages), rowid DESC "
-                          "LIMIT ?", (match, limit)).fetchall()
-    return [row[0] for row in rows]
+        rows = db.execute("SELECT rowid, bm25(passages) FROM passages WHERE passages MATCH ? "
+                          "ORDER BY bm25(passages), rowid DESC LIMIT ?", (match, limit)).fetchall()
+    if not rows:
+        return []
+    best = rows[0][1]  # FTS5's bm25() is negative: the lower, the better
+    return [index for index, score in rows if score <= best * SHARE_OF_BEST]
