@@ -24,8 +24,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from bench.bench_turns import prompt_tokens
-from bench.common import MODEL_HELP, save_report, setup, timed_stream
+from bench.bench_turns import one_turn
+from bench.common import MODEL_HELP, save_report, setup
 from harness.server_process import Server
 
 FACT = "Hi! My name is Ada and I live in Lisbon. My cat is called Pixel and she is grey."
@@ -64,16 +64,8 @@ def main() -> None:
             histories = {mode: [] for mode in modes}
             for turn in range(1, args.turns + 1):
                 for mode in modes:
-                    server, history = servers[mode], histories[mode]
-                    history.append({"role": "user", "content": FACT if turn == 1 else question(turn)})
-                    before = prompt_tokens(server.url)
-                    result = timed_stream(server.url, history, args.reply_tokens)
-                    after = prompt_tokens(server.url)
-                    history.append({"role": "assistant", "content": result["text"]})
-                    rows[mode].append({"turn": turn, "prompt_tokens": result["prompt_tokens"],
-                                       "reused": after["reused"] - before["reused"],
-                                       "computed": after["computed"] - before["computed"],
-                                       "ttft_s": result["ttft_s"]})
+                    rows[mode].append(one_turn(servers[mode].url, histories[mode],
+                                               FACT if turn == 1 else question(turn), args.reply_tokens, turn))
                 on, off = rows["on"][-1], rows["off"][-1]
                 print(f"turn {turn:>2}: recall on {on['prompt_tokens']:>5} prompt tokens, {on['reused']:>5.0f} "
                       f"reused, first token {on['ttft_s']:5.2f} s; off {off['prompt_tokens']:>5} tokens, "
@@ -91,6 +83,8 @@ def main() -> None:
         "worst_steady_over_turn2_on": max(r["ttft_s"] for r in kept_on) / on[1]["ttft_s"] if kept_on else None,
         "worst_steady_over_turn2_off": max(r["ttft_s"] for r in kept_off) / off[1]["ttft_s"] if kept_off else None,
         "mean_ttft_on_over_off": sum(r["ttft_s"] for r in on[1:]) / sum(r["ttft_s"] for r in off[1:]),
+        "mean_steady_ttft_on": sum(r["ttft_s"] for r in kept_on) / len(kept_on) if kept_on else None,
+        "mean_steady_ttft_off": sum(r["ttft_s"] for r in kept_off) / len(kept_off) if kept_off else None,
         "reused_share_steady_on": (sum(r["reused"] for r in kept_on) / sum(r["prompt_tokens"] for r in kept_on)
                                    if kept_on else None),
     }
@@ -107,6 +101,9 @@ def main() -> None:
               f"their prompts reused")
     if kept_off:
         print(f"recall off, the same: worst {report['worst_steady_over_turn2_off']:.2f}x turn 2's")
+    if kept_on and kept_off:
+        print(f"mean first token on those turns: {report['mean_steady_ttft_on']:.2f} s with recall, "
+              f"{report['mean_steady_ttft_off']:.2f} s without")
     print(f"mean first token over all turns, recall on / off: {report['mean_ttft_on_over_off']:.2f}")
     save_report(f"recall-{model_dir.name}-{where['device']}", report)
 

@@ -44,6 +44,20 @@ def prompt_tokens(url: str) -> dict:
     return counts
 
 
+def one_turn(url: str, history: list[dict], message: str, reply_tokens: int, turn: int) -> dict:
+    """Send `message` after `history` through the streaming /v1 and add it and the reply to `history`; the turn's
+    prompt tokens, reused (from RAM or disk), read from disk and computed, and its timings."""
+    history.append({"role": "user", "content": message})
+    before = prompt_tokens(url)
+    result = timed_stream(url, history, reply_tokens)
+    after = prompt_tokens(url)
+    history.append({"role": "assistant", "content": result["text"]})
+    return {"turn": turn, "prompt_tokens": result["prompt_tokens"], "reused": after["reused"] - before["reused"],
+            "from_disk": after.get("disk", 0) - before.get("disk", 0),
+            "computed": after["computed"] - before["computed"], "ttft_s": result["ttft_s"],
+            "decode_tok_s": result["decode_tok_s"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help=MODEL_HELP)
@@ -67,17 +81,8 @@ def main() -> None:
                     servers["restart"].stop()  # SIGTERM: the kept caches are written to disk
                     servers["restart"].start(timeout=1800)
                 for mode in modes:
-                    server, history = servers[mode], histories[mode]
-                    history.append({"role": "user", "content": question(turn)})
-                    before = prompt_tokens(server.url)
-                    result = timed_stream(server.url, history, args.reply_tokens)
-                    after = prompt_tokens(server.url)
-                    history.append({"role": "assistant", "content": result["text"]})
-                    rows[mode].append({"turn": turn, "prompt_tokens": result["prompt_tokens"],
-                                       "reused": after["reused"] - before["reused"],
-                                       "from_disk": after.get("disk", 0) - before.get("disk", 0),
-                                       "computed": after["computed"] - before["computed"],
-                                       "ttft_s": result["ttft_s"], "decode_tok_s": result["decode_tok_s"]})
+                    rows[mode].append(one_turn(servers[mode].url, histories[mode], question(turn), args.reply_tokens,
+                                               turn))
                 print(f"turn {turn:>2}: {rows['on'][-1]['prompt_tokens']:>5} prompt tokens; first token "
                       f"{rows['on'][-1]['ttft_s']:6.2f} s with reuse ({rows['on'][-1]['reused']:.0f} reused), "
                       f"{rows['off'][-1]['ttft_s']:6.2f} s without, {rows['restart'][-1]['ttft_s']:6.2f} s on the "
