@@ -185,7 +185,7 @@ def test_greedy_replies_are_the_same_with_kv_reuse_on_or_off_when_recall_is_acti
             history, outputs, previous, previous_history = [], [], None, []
             for text in [ADA, *FILLER, "What is my cat called?", "Which city do I live in?", "Name a colour."]:
                 plan = bot.plan(history, text, recall=True, owner="someone")
-                stream = bot.generate(plan, SamplingParams(temperature=0.0, max_new_tokens=REPLY_TOKENS), "someone")
+                stream = bot.generate(plan, SamplingParams(temperature=0.0, max_new_tokens=16), "someone")
                 reply = "".join(stream)
                 outputs.append((plan.recalled, reply))
                 cached = stream.usage()["prompt_tokens_details"]["cached_tokens"]
