@@ -215,6 +215,9 @@ class Memory:
 
     def _head(self, system_prompt: str | None, history: list[dict], pins: list[int]) -> tuple[list[dict], list[int]]:
         """The system message (with the pinned messages that fit the pin budget, oldest first) and those pins."""
+        plain = ([{"role": "system", "content": system_prompt}] if system_prompt else []), []
+        if not pins:
+            return plain
         kept, spent = [], len(self.encode(PINNED_INTRO))
         for index in sorted(set(pins)):
             if 0 <= index < len(history):
@@ -223,7 +226,7 @@ class Memory:
                     kept.append(index)
                     spent += cost
         if not kept:
-            return ([{"role": "system", "content": system_prompt}] if system_prompt else []), []
+            return plain
         pinned = PINNED_INTRO + "\n".join(pin_line(history[index]) for index in kept)
         content = f"{system_prompt}\n\n{pinned}" if system_prompt else pinned
         return [{"role": "system", "content": content}], kept
@@ -265,36 +268,34 @@ class Memory:
             plan = MemoryPlan(minimal, self.budget, len(history), len(history), head + new, minimal_text, continuing,
                               pinned=pinned)
         if recall and plan.first_kept:
-            return self._recall(plan, history, head, kept, new, pinned) or plan
+            return self._recall(plan, history, head, kept, new) or plan
         return plan
 
-    def _recall(self, plan: MemoryPlan, history: list[dict], head: list[dict], kept: list[dict], new: list[dict],
-                pinned: list[int]) -> MemoryPlan | None:
+    def _recall(self, plan: MemoryPlan, history: list[dict], head: list[dict], kept: list[dict],
+                new: list[dict]) -> MemoryPlan | None:
         """`plan` with the messages outside memory that best match the new message put back into its turn (as
         many of the best RECALL_MOST as fit the recall budget and the prompt budget); None when none does.
         A pinned message is a candidate too: small models use a fact next to the question far better than one
         in the system message (bench/recall_forms.py: SmolLM2-135M answered 1 of 5 from pins alone)."""
-        candidates = list(range(plan.first_kept))
-        order = recall_ranking.rank([history[index]["content"] for index in candidates], new[0]["content"],
+        order = recall_ranking.rank([m["content"] for m in history[:plan.first_kept]], new[0]["content"],
                                     RECALL_MOST)
         allowance = min(self.recall_budget, self.budget - plan.prompt_tokens)
         chosen, spent = [], 2  # the blank line between the block and the message
-        for rank in order:
-            index = candidates[rank]
+        for index in order:
             cost = len(self.encode(recall_block([history[index]]))) + 1
             if spent + cost <= allowance:
                 chosen.append(index)
                 spent += cost
+        chosen.sort()  # in the order they were said
         while chosen:
-            chosen.sort()
             block = recall_block([history[index] for index in chosen])
             turn = [{"role": "user", "content": f"{block}\n\n{new[0]['content']}"}, *new[1:]]
             text = self.render_text(head + kept + turn, plan.continuing)
             ids = self.encode(text)
             if len(ids) <= self.budget:
                 return MemoryPlan(ids, self.budget, plan.first_kept, plan.dropped, head + kept + turn, text,
-                                  plan.continuing, recalled=chosen, pinned=pinned)
-            chosen.remove(chosen[-1])
+                                  plan.continuing, recalled=chosen, pinned=plan.pinned)
+            chosen.pop()
         return None
 
     def _tokens_to_drop(self, head: list[dict], history_tokens: int, reserve: int = 0) -> int:

@@ -169,17 +169,14 @@ def pin_message(conversation_id, message_id):
     if message is None:
         raise ApiError(404, "This conversation has no such message; reload the page.", "message_not_found")
     shown = path_to(store.messages(conversation_id), conversation["leaf_id"])
-    chosen = reply_settings(conversation)
-    if pinned and services().bot.ready:
-        history, ids, pins = memory_of(shown)
-        plan = services().bot.plan(history, "", chosen["system_prompt"], owner=owner, pins=pins)
-        if len(plan.pinned) < len(pins):
-            store.pin_message(owner, conversation_id, message_id, False)
-            raise ApiError(413, f"This message does not fit beside the other pinned ones: pinned messages share "
-                                f"{services().bot.memory.pin_budget} tokens of memory. Unpin another message or pin "
-                                "a shorter one.", "pins_full")
-    return jsonify(message=message_view(message),
-                   memory=memory_gauge(services().bot, owner, shown, chosen["system_prompt"]))
+    bot = services().bot
+    gauge = memory_gauge(bot, owner, shown, reply_settings(conversation)["system_prompt"])
+    if pinned and gauge is not None and gauge["pinned"] < len(memory_of(shown)[2]):
+        store.pin_message(owner, conversation_id, message_id, False)
+        raise ApiError(413, f"This message does not fit beside the other pinned ones: pinned messages share "
+                            f"{bot.memory.pin_budget} tokens of memory. Unpin another message or pin a shorter one.",
+                       "pins_full")
+    return jsonify(message=message_view(message), memory=gauge)
 
 
 @bp.delete("/conversations/<conversation_id>")
