@@ -489,11 +489,14 @@ def test_after_a_dropped_connection_the_page_reconnects_and_shows_the_whole_repl
         shown = page.inner_text(".message.assistant .body")
         assert len(shown) > arrived and shown.split()[-1] in stored["content"]
         assert page.inner_text(".message.assistant .status") == "Cut off at the reply length limit."
+        page.goto("about:blank")  # nothing of the page is in flight when the proxy closes below
         dropped = [p for p in page.problems if "ERR_CONNECTION_RESET" in p]  # the drop this test made
         assert dropped and len(dropped) == len(page.problems), page.problems
-        page.problems.clear()
     finally:
         proxy.close()
+        # A reset may reach the console after the check above (its events arrive asynchronously); only
+        # resets are forgiven, any other problem still fails the test at teardown.
+        page.problems[:] = [p for p in page.problems if "ERR_CONNECTION_RESET" not in p]
 
 
 @pytest.mark.parametrize("scheme, viewport, name", [
