@@ -47,7 +47,7 @@ class ChatBot(PlansReplies):
                  max_batch: int | None = None, kv_cache_mb: float | None = None, kv_reuse: bool = True,
                  max_seconds: float = MAX_REPLY_SECONDS, cpu_batch_matmul: bool = True, metrics=None,
                  kv_disk_dir: Path | None = None, kv_disk_mb: float | None = None,
-                 recall_share: float = DEFAULT_RECALL_SHARE):
+                 recall_share: float = DEFAULT_RECALL_SHARE, quant: str = "auto"):
         self.model_id = model
         self.max_waiting, self.max_batch, self.max_seconds = max_waiting, max_batch, max_seconds
         self.kv_cache_mb, self.kv_reuse = kv_cache_mb, kv_reuse
@@ -55,11 +55,11 @@ class ChatBot(PlansReplies):
         self.cpu_batch_matmul = cpu_batch_matmul
         self.metrics = metrics or Metrics()  # counters of this bot's engine, served at /metrics
         self.metrics.watch(self)
-        self.requested = (device, dtype)
+        self.requested = (device, dtype, quant)
         self.max_tokens = max_tokens
         self.reply_share, self.recall_share = reply_share, recall_share
         self.system_prompt = system_prompt
-        self.device = self.dtype = None
+        self.device = self.dtype = self.quant = None
         self.memory: Memory | None = None
         self.cache: PrefixCache | None = None
         self.engine = None  # the generation engine, made by load()
@@ -92,8 +92,9 @@ class ChatBot(PlansReplies):
             self.error = f"{type(exc).__name__}: {exc}"
             log.exception("could not load model %s", self.model_id)
             raise
-        log.info("model %s ready on %s (%s) in %.1f s; context %d tokens, prompt budget %d",
-                 self.model_id, self.device, self.dtype, time.monotonic() - started,
+        log.info("model %s ready on %s (%s%s) in %.1f s; context %d tokens, prompt budget %d",
+                 self.model_id, self.device, self.dtype, ", int8 weights" if self.quant == "int8" else "",
+                 time.monotonic() - started,
                  self.max_tokens, self.memory.budget)
         return self
 
@@ -113,8 +114,11 @@ class ChatBot(PlansReplies):
             model_source,
             resolve_device_dtype,
         )
+        from webbot.model.quant import quantise_int8, resolve_quant
 
-        self.device, self.dtype = resolve_device_dtype(*self.requested)
+        device, dtype, quant = self.requested
+        self.device, self.dtype = resolve_device_dtype(device, dtype)
+        self.quant = resolve_quant(quant, self.device)
         log.info("loading %s on %s (%s)", self.model_id, self.device, self.dtype)
         tokenizer = load_tokenizer(self.model_id)
         source, extra = model_source(self.model_id)
@@ -122,6 +126,10 @@ class ChatBot(PlansReplies):
         model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, self.dtype),
                                                      device_map=self.device, **extra)
         model.eval()
+        if self.quant == "int8":
+            done = quantise_int8(model)
+            log.info("int8 weights for decoding: %d linear layers, embeddings %s, %.0f MB", done["linear"],
+                     done["embedding"], done["bytes"] / 2**20)
         weight_major = self.cpu_batch_matmul and self.device == "cpu" and self.dtype in SMALL_BATCH_DTYPES
         if weight_major:
             log.info("linear layers computed weight-major for batched decoding on CPU (%d layers)",
@@ -138,7 +146,8 @@ class ChatBot(PlansReplies):
         disk = None
         if self.kv_disk_dir is not None and self.kv_reuse and self.kv_disk_mb != 0:
             disk_mb = self.kv_disk_mb if self.kv_disk_mb is not None else default_kv_disk_mb(self.kv_disk_dir)
-            key = fingerprint(kv_layout(model, tokenizer, self.model_id, self.dtype, self.device, weight_major))
+            key = fingerprint(kv_layout(model, tokenizer, self.model_id, self.dtype, self.device, weight_major,
+                                        self.quant))
             disk = DiskTier(self.kv_disk_dir, key, int(disk_mb * 1024 * 1024),
                             on_evict=lambda record: self.metrics.disk_evictions.inc())
         self.cache = PrefixCache(self.memory.decode, int(budget_mb * 1024 * 1024), self.kv_reuse,

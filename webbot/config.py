@@ -24,6 +24,7 @@ DEFAULT_RECALL_SHARE = 0.15  # of the prompt budget, for messages recalled from 
 RECALL_MOST = 3  # messages recalled for one reply at most
 PIN_SHARE = 0.10  # of the prompt budget, for pinned messages
 MODEL_BACKENDS = ("local", "openai")  # the model in this process, or an OpenAI-compatible server
+QUANTS = ("auto", "none", "int8")  # WEBBOT_QUANT: auto is int8 on CPU, none (bf16) on CUDA
 
 # Sampling: the page's default, the API's (OpenAI's), and the ranges every request is checked against
 PAGE_TEMPERATURE = 0.7
@@ -114,6 +115,8 @@ def from_env(environ: dict | None = None) -> dict:
         "WEBBOT_SECRET_KEY": env.get("WEBBOT_SECRET_KEY") or None,
         "WEBBOT_DEVICE": env.get("WEBBOT_DEVICE", "auto"),
         "WEBBOT_DTYPE": env.get("WEBBOT_DTYPE", "auto"),
+        # int8 weights for decoding on CPU (webbot/model/quant.py)
+        "WEBBOT_QUANT": _choice(env, "WEBBOT_QUANT", QUANTS),
         "WEBBOT_MAX_TOKENS": int(env.get("WEBBOT_MAX_TOKENS", DEFAULT_MAX_TOKENS)),
         "WEBBOT_MEMORY_RATIO": float(env.get("WEBBOT_MEMORY_RATIO", DEFAULT_REPLY_SHARE)),  # the reply's share
         "WEBBOT_SYSTEM_PROMPT": env.get("WEBBOT_SYSTEM_PROMPT", DEFAULT_SYSTEM_PROMPT),

@@ -94,9 +94,9 @@ def default_kv_disk_mb(directory: Path) -> int:
     return int(min(KV_DISK_MB_MOST, shutil.disk_usage(directory).free * KV_DISK_SHARE / 2**20))
 
 
-def kv_layout(model, tokenizer, model_id: str, dtype: str, device: str, weight_major: bool) -> dict:
+def kv_layout(model, tokenizer, model_id: str, dtype: str, device: str, weight_major: bool, quant: str) -> dict:
     """What a kept KV cache depends on: the model (id and config), its dtype and device kind, the tokenizer and
-    chat template, the library that laid the cache out, and how the linear layers were computed."""
+    chat template, the library that laid the cache out, and how the linear layers were computed (and held)."""
     import hashlib
 
     import transformers
@@ -106,7 +106,7 @@ def kv_layout(model, tokenizer, model_id: str, dtype: str, device: str, weight_m
             "dtype": dtype, "device": "cuda" if device.startswith("cuda") else "cpu",
             "tokenizer": hashlib.sha256((template + str(len(tokenizer)) + str(tokenizer.all_special_ids)).encode()
                                         ).hexdigest(),
-            "transformers": transformers.__version__, "weight_major_linear": weight_major}
+            "transformers": transformers.__version__, "weight_major_linear": weight_major, "quant": quant}
 
 
 def end_of_turn_ids(model, tokenizer) -> list[int]:

@@ -1,0 +1,135 @@
+"""int8 weights on CPU (WEBBOT_QUANT): the products against their dequantised reference, the real SmolLM2 against
+its fp32 self, and the setting through a real server.
+
+The figures the issue sets (speed, memory, agreement over 20 prompts x 64 tokens, perplexity) are measured by
+`bench/bench_quant.py`, never timed here; these tests check that the int8 model computes what its weights say
+and stays close to fp32 on a real model.
+"""
+
+import math
+from pathlib import Path
+
+import pytest
+import requests
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from webbot.config import from_env
+from webbot.model import quant
+from webbot.model.quant import Int8Embedding, Int8Linear, quantise_int8, resolve_quant
+
+PROMPTS = ("What is the capital of France?", "Write a short poem about the sea.",
+           "How do I reverse a list in Python?", "Why is the sky blue?")
+
+
+def test_auto_is_int8_on_cpu_and_none_on_cuda_and_bad_values_say_what_to_use():
+    assert resolve_quant("auto", "cpu") == "int8" and resolve_quant("auto", "cuda:0") == "none"
+    assert resolve_quant("none", "cpu") == "none" and resolve_quant("int8", "cpu") == "int8"
+    with pytest.raises(ValueError, match="for CPU decoding; on a GPU use none"):
+        resolve_quant("int8", "cuda")
+    with pytest.raises(ValueError, match="WEBBOT_QUANT must be one of auto, none, int8, not 'int4'"):
+        from_env({"WEBBOT_QUANT": "int4"})
+    assert from_env({})["WEBBOT_QUANT"] == "auto"
+
+
+@pytest.mark.parametrize("rows", [1, 3, quant.DECODE_ROWS, quant.DECODE_ROWS + 1, 300])
+def test_both_products_compute_the_dequantised_weights(rows):
+    """Few rows go through the int8 kernel (bf16 activations), many through dequantised blocks (fp32): both
+    give the product of the dequantised weights, on an odd width that does not fill the last block."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(96, quant.DEQUANT_BLOCK + 37, bias=True)
+    layer = Int8Linear.from_linear(linear)
+    assert layer.qweight.dtype == torch.int8 and layer.qweight.abs().max() == 127
+    x = torch.randn(2, rows, 96)
+    reference = x @ (layer.qweight.float() * layer.scales[:, None]).t() + linear.bias
+    out = layer(x)
+    assert out.shape == (2, rows, quant.DEQUANT_BLOCK + 37) and out.dtype == torch.float32
+    tolerance = 0.02 if rows <= quant.DECODE_ROWS else 1e-4  # bf16 activations in the kernel, fp32 otherwise
+    assert torch.allclose(out, reference, atol=tolerance, rtol=tolerance), (out - reference).abs().max()
+    error = (out - linear(x)).abs().max() / linear(x).abs().max()  # and the weights' rounding is small
+    assert error < 0.03, error
+
+
+def test_one_row_of_a_batch_does_not_depend_on_the_others():
+    """Weights-only: activations are never quantised together, so a row's result is the same in any batch."""
+    torch.manual_seed(1)
+    layer = Int8Linear.from_linear(torch.nn.Linear(64, 128))
+    rows = torch.randn(4, 64)
+    alone = layer(rows[:1])
+    with_others = layer(torch.cat([rows[:1], rows[1:] * 1000]))
+    assert torch.equal(alone[0], with_others[0])
+
+
+@pytest.fixture(scope="module")
+def smollm2_pair(smollm2_dir):
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    reference = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
+    done = quantise_int8(model)
+    return tokenizer, reference, model, done
+
+
+def test_every_linear_layer_and_the_tied_embeddings_become_one_int8_copy(smollm2_pair):
+    _, reference, model, done = smollm2_pair
+    linears = sum(isinstance(m, torch.nn.Linear) for m in reference.modules())
+    assert done["linear"] == linears and not any(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert done["embedding"] == "shared"  # SmolLM2 ties its head to its embeddings: one int8 matrix for both
+    embeddings = model.get_input_embeddings()
+    assert isinstance(embeddings, Int8Embedding) and embeddings.qweight is model.lm_head.qweight
+    fp32_bytes = sum(p.numel() * 4 for p in reference.parameters())
+    int8_bytes = sum(b.numel() * b.element_size() for b in model.buffers() if b.dtype in (torch.int8,))
+    assert int8_bytes < fp32_bytes / 3.5  # the weights are held once, in int8 (norms stay fp32)
+    ids = torch.tensor([[1, 500, 49000]])
+    rounding = embeddings(ids) - reference.get_input_embeddings()(ids)  # at most half a step of each row's scale
+    assert (rounding.abs() <= embeddings.scales[ids].unsqueeze(-1) / 2 + 1e-7).all()
+
+
+@torch.inference_mode()
+def test_greedy_tokens_agree_with_fp32_on_the_real_model(smollm2_pair):
+    """Teacher-forced on fp32's own greedy reply, one token at a time through the KV cache (the decode path):
+    the int8 model picks the same next token almost everywhere. bench/bench_quant.py measures 20 prompts x 64
+    tokens (0.955 there); here 4 x 32, with room for a 135M model's near ties."""
+    tokenizer, reference, model, _ = smollm2_pair
+    hits = total = 0
+    for prompt in PROMPTS:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                            return_tensors="pt", return_dict=True)["input_ids"]
+        wanted = reference.generate(ids, max_new_tokens=32, min_new_tokens=32, do_sample=False)[0, ids.shape[1]:]
+        out = model(ids, use_cache=True)
+        for step, token in enumerate(wanted.tolist()):
+            hits += int(out.logits[0, -1].argmax()) == token
+            total += 1
+            out = model(wanted[step:step + 1][None], past_key_values=out.past_key_values, use_cache=True)
+    assert hits / total >= 0.9, f"{hits}/{total}"
+
+
+@torch.inference_mode()
+def test_perplexity_stays_within_two_percent_of_fp32(smollm2_pair):
+    """A whole passage at once (the prefill path, dequantised blocks) on a text the model has not seen."""
+    tokenizer, reference, model, _ = smollm2_pair
+    text = (Path(__file__).resolve().parents[1] / "docs" / "architecture.md").read_text()
+    ids = tokenizer(text, return_tensors="pt").input_ids[:, :512]
+    assert ids.shape[1] > 100
+
+    def perplexity(m):
+        return math.exp(m(ids, labels=ids).loss.item())
+
+    assert perplexity(model) <= perplexity(reference) * 1.02
+
+
+@pytest.mark.slow
+def test_a_server_says_its_weights_are_int8_and_answers_paris_with_either(start_server, smollm2_dir):
+    """The default on CPU is int8, `none` keeps fp32, and both give the same answer to the Paris question."""
+    answers = {}
+    for setting, expected in (("auto", "int8"), ("none", "none")):
+        server = start_server(smollm2_dir, WEBBOT_QUANT=setting, WEBBOT_MAX_TOKENS="1024")
+        health = requests.get(server.url + "/healthz", timeout=10).json()
+        assert health["checks"]["model"] == {"status": "ok", "model": "smollm2", "device": "cpu",
+                                             "dtype": "float32", "quant": expected}
+        reply = requests.post(server.url + "/v1/chat/completions", timeout=120, json={
+            "model": "smollm2", "messages": [{"role": "user", "content": PROMPTS[0]}], "temperature": 0,
+            "max_tokens": 24}).json()
+        answers[setting] = reply["choices"][0]["message"]["content"]
+        assert "Paris" in answers[setting], answers
+        assert "int8 weights for decoding: 211 linear layers, embeddings shared" in server.log_path.read_text() or expected == "none"
+        server.stop()

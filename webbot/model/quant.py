@@ -1,0 +1,141 @@
+"""int8 weights for decoding on CPU (WEBBOT_QUANT): every linear layer, the output head and the input embeddings.
+
+Decoding one token reads every weight once, so on a CPU its speed is the bytes per weight:
+fp32 reads 4.9 GB a token for Llama-3.2-1B, int8 1.2 GB. Each weight matrix is quantised
+per output channel, symmetrically (`q = round(w / s)`, `s = max|w| / 127` of its row), and
+only the weights change: activations stay in the model's dtype, so nothing of one row of a
+batch depends on another.
+
+Two products, picked by the number of rows:
+- a few rows (decoding several streams, or a short new message): PyTorch's int8 x bf16 kernel
+  (`aten._weight_int8pack_mm`, per-channel bf16 scales), which reads the int8 weights once;
+  the activations are rounded to bf16 for it (the one precision cost besides the weights);
+- many rows (a prefill chunk): the int8 weights of a block of output channels are turned back
+  into fp32 and multiplied weight-major (`cpu_linear`'s form), as fast as fp32 weights on
+  this CPU; the int8 kernel's cost grows with the rows, and keeping a second, fp32 copy of
+  the weights for prefill would cost more memory than fp32 alone.
+
+fbgemm's dynamic int8 (int8 activations too, one scale per batch) was measured and not
+used: 0.79 greedy agreement with fp32 and 3x the perplexity on SmolLM2, against 0.955 and
++0.5% for these weights-only products (docs/benchmarks.md).
+
+A tied output head and input embedding share one int8 matrix (the head's rows are the
+embedding's rows), so the 128k-row vocabulary is held once, in int8. Nothing here runs at
+import time beyond importing torch.
+"""
+
+import torch
+from torch import nn
+
+from webbot.config import QUANTS
+
+DECODE_ROWS = 16  # rows up to this go through the int8 kernel (measured crossover: 16-32); more are dequantised
+DEQUANT_BLOCK = 512  # output channels dequantised at once (fastest of 128-1024 for 256 rows, 4 MB of fp32 at 2,048 wide)
+
+
+def resolve_quant(quant: str, device: str) -> str:
+    """`auto` is int8 on CPU (faster to decode, docs/benchmarks.md) and none on CUDA (bf16 there)."""
+    if quant not in QUANTS:
+        raise ValueError(f"WEBBOT_QUANT must be one of {', '.join(QUANTS)}, not {quant!r}")
+    on_gpu = device.startswith("cuda")
+    if quant == "int8" and on_gpu:
+        raise ValueError("WEBBOT_QUANT=int8 is for CPU decoding; on a GPU use none (bf16 weights) or auto")
+    if quant == "auto":
+        return "none" if on_gpu else "int8"
+    return quant
+
+
+def quantise_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8: (int8 matrix, fp32 scale of each row)."""
+    w = weight.detach().float()
+    scales = w.abs().amax(dim=1).clamp(min=1e-12) / 127
+    q = torch.round(w / scales[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q.contiguous(), scales
+
+
+class Int8Linear(nn.Module):
+    """A linear layer holding int8 weights and per-output-channel scales."""
+
+    def __init__(self, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype):
+        super().__init__()
+        self.out_features, self.in_features = qweight.shape
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("scales", scales)  # fp32, for dequantising
+        self.register_buffer("scales_bf16", scales.to(torch.bfloat16))  # for the int8 kernel
+        self.bias = None if bias is None else nn.Parameter(bias.detach().to(dtype), requires_grad=False)
+        self.dtype = dtype  # the model's activations
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
+        qweight, scales = quantise_rows(linear.weight)
+        return cls(qweight, scales, linear.bias, linear.weight.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)
+        if rows.shape[0] <= DECODE_ROWS:
+            out = torch.ops.aten._weight_int8pack_mm(rows.to(torch.bfloat16), self.qweight, self.scales_bf16)
+            out = out.to(x.dtype)
+        else:
+            out = self._dequantised_product(rows.to(self.dtype))
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def _dequantised_product(self, rows: torch.Tensor) -> torch.Tensor:
+        """Many rows: blocks of output channels back in the activations' dtype, multiplied weight-major."""
+        out = torch.empty(rows.shape[0], self.out_features, dtype=rows.dtype)
+        columns = rows.t()
+        for start in range(0, self.out_features, DEQUANT_BLOCK):
+            stop = min(start + DEQUANT_BLOCK, self.out_features)
+            block = self.qweight[start:stop].to(rows.dtype).mul_(self.scales[start:stop, None].to(rows.dtype))
+            out[:, start:stop] = torch.matmul(block, columns).t()
+        return out
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per output channel"
+
+
+class Int8Embedding(nn.Module):
+    """Input embeddings read from an int8 matrix (shared with a tied output head)."""
+
+    def __init__(self, qweight: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = qweight.shape
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("scales", scales)
+        self.dtype = dtype
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.qweight[ids].to(self.dtype) * self.scales[ids].unsqueeze(-1).to(self.dtype)
+
+
+def quantise_int8(model) -> dict:
+    """Replace the model's linear layers (its output head too) and input embeddings by int8 ones, in place,
+    freeing the original weights as it goes. Returns what changed: {"linear": n, "embedding": shared|own|kept,
+    "bytes": bytes of int8 weights and scales}."""
+    embeddings = model.get_input_embeddings()
+    head = model.get_output_embeddings()
+    tied = (isinstance(embeddings, nn.Embedding) and isinstance(head, nn.Linear)
+            and embeddings.weight.data_ptr() == head.weight.data_ptr())
+    count, held = 0, 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                layer = Int8Linear.from_linear(child)
+                setattr(parent, name, layer)
+                count += 1
+                held += layer.qweight.numel() + layer.scales.numel() * 6
+                if child is head:
+                    head = layer
+    embedding = "kept"
+    if isinstance(embeddings, nn.Embedding):
+        dtype = embeddings.weight.dtype
+        if tied and isinstance(head, Int8Linear):
+            model.set_input_embeddings(Int8Embedding(head.qweight, head.scales, dtype))
+            embedding = "shared"
+        else:
+            qweight, scales = quantise_rows(embeddings.weight)
+            model.set_input_embeddings(Int8Embedding(qweight, scales, dtype))
+            held += qweight.numel() + scales.numel() * 4
+            embedding = "own"
+    return {"linear": count, "embedding": embedding, "bytes": held}
