@@ -6,10 +6,11 @@ counted over the window in which all n streams are decoding (from the last strea
 token to the first stream's last token), so prefills and stragglers do not blur it; the
 inter-token latency is the gap between consecutive chunks a client receives.
 
-Side by side, interleaved at each n: the default server, and one with
-WEBBOT_CPU_BATCH_MATMUL=off (on a CPU; see cpu_linear.py) so the default is justified by a
-ratio from the same run. Then 8 conversations of several turns each are held in the default
-server's cache and its resident memory (now and peak) is read from /proc.
+Side by side, interleaved at each n: the default server and, on a CPU, one with fp32 weights
+(WEBBOT_QUANT=none) and one with fp32 weights and WEBBOT_CPU_BATCH_MATMUL=off (see
+cpu_linear.py), so each default is justified by a ratio from the same run. Then 8
+conversations of several turns each are held in the default server's cache and its resident
+memory (now and peak) is read from /proc.
 
     .venv/bin/python -m bench.bench_concurrency              # Llama-3.2-1B shape, random weights
     .venv/bin/python -m bench.bench_concurrency --model ~/.cache/webbot-test-models/smollm2
@@ -79,8 +80,9 @@ def main() -> None:
 
     model_dir, where = setup(args.model)
     variants = {"default": {}}
-    if where["device"] == "cpu":
-        variants["batch_matmul_off"] = {"WEBBOT_CPU_BATCH_MATMUL": "off"}
+    if where["device"] == "cpu":  # the default is int8 there; the weight-major product is fp32's (cpu_linear.py)
+        variants["fp32"] = {"WEBBOT_QUANT": "none"}
+        variants["batch_matmul_off"] = {"WEBBOT_QUANT": "none", "WEBBOT_CPU_BATCH_MATMUL": "off"}
     results = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as tmp:
         servers = {name: Server(model_dir, Path(tmp) / name, Path(tmp) / f"{name}.log", WEBBOT_MAX_TOKENS="8192",

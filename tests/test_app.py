@@ -31,8 +31,9 @@ def test_healthz_reports_the_loaded_model(client):
     response = client.get("/healthz")
     assert response.status_code == 200 and response.json == {
         "status": "ok", "model": "tiny-llama",
-        "checks": {"model": {"status": "ok", "model": "tiny-llama"}, "database": {"status": "ok", "kind": "sqlite"},
-                   "redis": {"status": "not used"}},
+        "checks": {"model": {"status": "ok", "model": "tiny-llama", "device": "cpu", "dtype": "float32",
+                             "quant": "int8"},
+                   "database": {"status": "ok", "kind": "sqlite"}, "redis": {"status": "not used"}},
         "speech": {"model": "openai/whisper-base", "backend": "transformers", "status": "not loaded"}}
 
 

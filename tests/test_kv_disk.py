@@ -142,9 +142,11 @@ WRITER = textwrap.dedent("""
     import sys, time, torch
     from webbot.model import kv_disk
     real_save = kv_disk.save_file
-    def slow_disk(*args, **kwargs):  # a slow disk: the written file waits 2 s under its temporary name
-        real_save(*args, **kwargs)
-        time.sleep(2)
+    saved = []
+    def slow_disk(*args, **kwargs):  # a slow disk: the first file waits 2 s under its temporary name, the
+        real_save(*args, **kwargs)   # next ones a minute (the test kills the writer long before that ends)
+        saved.append(args)
+        time.sleep(2 if len(saved) == 1 else 60)
     kv_disk.save_file = slow_disk
     tier = kv_disk.DiskTier(sys.argv[1], "key", 2**40)
     big = [(torch.randn(1, 8, 4096, 64), torch.randn(1, 8, 4096, 64)) for _ in range(6)]  # ~100 MB a file

@@ -2,18 +2,20 @@
 
 Decoding one token reads every weight once, so on a CPU its speed is the bytes per weight:
 fp32 reads 4.9 GB a token for Llama-3.2-1B, int8 1.2 GB. Each weight matrix is quantised
-per output channel, symmetrically (`q = round(w / s)`, `s = max|w| / 127` of its row), and
-only the weights change: activations stay in the model's dtype, so nothing of one row of a
-batch depends on another.
+per output channel, symmetrically (`q = round(w / s)`, `s = max|w| / 127` of its row).
+Activations are never quantised (each row of a batch is computed on its own, nothing of one
+stream depends on another); they stay in the model's dtype between layers.
 
 Two products, picked by the number of rows:
 - a few rows (decoding several streams, or a short new message): PyTorch's int8 x bf16 kernel
   (`aten._weight_int8pack_mm`, per-channel bf16 scales), which reads the int8 weights once;
-  the activations are rounded to bf16 for it (the one precision cost besides the weights);
+  it takes and gives bf16 (with fp32 activations it is 6x slower), so activations are
+  rounded to bf16 at each linear layer: the one precision cost besides the weights;
 - many rows (a prefill chunk): the int8 weights of a block of output channels are turned back
-  into fp32 and multiplied weight-major (`cpu_linear`'s form), as fast as fp32 weights on
-  this CPU; the int8 kernel's cost grows with the rows, and keeping a second, fp32 copy of
-  the weights for prefill would cost more memory than fp32 alone.
+  into fp32 and multiplied weight-major (`cpu_linear`'s form) with the same bf16 rounding
+  of what goes in and out, so both products agree and a KV cache made by one serves the
+  other; as fast as fp32 weights on this CPU, where the int8 kernel's cost grows with the
+  rows, and a second, fp32 copy of the weights for prefill would cost more memory than fp32.
 
 fbgemm's dynamic int8 (int8 activations too, one scale per batch) was measured and not
 used: 0.79 greedy agreement with fp32 and 3x the perplexity on SmolLM2, against 0.955 and
@@ -30,7 +32,7 @@ from torch import nn
 from webbot.config import QUANTS
 
 DECODE_ROWS = 16  # rows up to this go through the int8 kernel (measured crossover: 16-32); more are dequantised
-DEQUANT_BLOCK = 512  # output channels dequantised at once (fastest of 128-1024 for 256 rows, 4 MB of fp32 at 2,048 wide)
+DEQUANT_BLOCK = 512  # output channels dequantised at once (the fastest of 128-1024 for 256 rows)
 
 
 def resolve_quant(quant: str, device: str) -> str:
@@ -48,7 +50,8 @@ def resolve_quant(quant: str, device: str) -> str:
 def quantise_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-row int8: (int8 matrix, fp32 scale of each row)."""
     w = weight.detach().float()
-    scales = w.abs().amax(dim=1).clamp(min=1e-12) / 127
+    # scales as the int8 kernel reads them (bf16), so both products and the embeddings use the same values
+    scales = (w.abs().amax(dim=1).clamp(min=1e-12) / 127).to(torch.bfloat16).float()
     q = torch.round(w / scales[:, None]).clamp_(-127, 127).to(torch.int8)
     return q.contiguous(), scales
 
@@ -71,12 +74,14 @@ class Int8Linear(nn.Module):
         return cls(qweight, scales, linear.bias, linear.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features)
+        # Both products read the activations in bf16 and give bf16 results, as the int8 kernel does, so a prompt
+        # read in one go and the same prompt read in pieces (a reused KV cache, then a few new tokens) agree.
+        rows = x.reshape(-1, self.in_features).to(torch.bfloat16)
         if rows.shape[0] <= DECODE_ROWS:
-            out = torch.ops.aten._weight_int8pack_mm(rows.to(torch.bfloat16), self.qweight, self.scales_bf16)
-            out = out.to(x.dtype)
+            out = torch.ops.aten._weight_int8pack_mm(rows, self.qweight, self.scales_bf16)
         else:
-            out = self._dequantised_product(rows.to(self.dtype))
+            out = self._dequantised_product(rows.to(self.dtype)).to(torch.bfloat16)
+        out = out.to(x.dtype)
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*x.shape[:-1], self.out_features)
