@@ -18,8 +18,7 @@ from webbot.config import from_env
 from webbot.model import quant
 from webbot.model.quant import Int8Embedding, Int8Linear, quantise_int8, resolve_quant
 
-PROMPTS = ("What is the capital of France?", "Write a short poem about the sea.",
-           "How do I reverse a list in Python?", "Why is the sky blue?")
+PROMPTS = ("What is the capital of France?", "Write a short poem about the sea.", "Why is the sky blue?")
 
 
 def test_auto_is_int8_on_cpu_and_none_on_cuda_and_bad_values_say_what_to_use():
@@ -102,13 +101,13 @@ def test_every_linear_layer_and_the_tied_embeddings_become_one_int8_copy(smollm2
 def test_greedy_tokens_agree_with_fp32_on_the_real_model(smollm2_pair):
     """Teacher-forced on fp32's own greedy reply, one token at a time through the KV cache (the decode path):
     the int8 model picks the same next token almost everywhere. bench/bench_quant.py measures 20 prompts x 64
-    tokens (0.955 there); here 4 x 32, with room for a 135M model's near ties."""
+    tokens; here 3 x 24, with room for a 135M model's near ties."""
     tokenizer, reference, model, _ = smollm2_pair
     hits = total = 0
     for prompt in PROMPTS:
         ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                             return_tensors="pt", return_dict=True)["input_ids"]
-        wanted = reference.generate(ids, max_new_tokens=32, min_new_tokens=32, do_sample=False)[0, ids.shape[1]:]
+        wanted = reference.generate(ids, max_new_tokens=24, min_new_tokens=24, do_sample=False)[0, ids.shape[1]:]
         out = model(ids, use_cache=True)
         for step, token in enumerate(wanted.tolist()):
             hits += int(out.logits[0, -1].argmax()) == token
@@ -132,19 +131,17 @@ def test_perplexity_stays_within_two_percent_of_fp32(smollm2_pair):
 
 
 @pytest.mark.slow
-def test_a_server_says_its_weights_are_int8_and_answers_paris_with_either(start_server, smollm2_dir):
-    """The default on CPU is int8, `none` keeps fp32, and both give the same answer to the Paris question."""
-    answers = {}
-    for setting, expected in (("auto", "int8"), ("none", "none")):
-        server = start_server(smollm2_dir, WEBBOT_QUANT=setting, WEBBOT_MAX_TOKENS="1024")
+def test_a_server_says_how_its_weights_are_held(start_server, tiny_model_dir):
+    """`none` keeps the model's dtype (the int8 default's server, on SmolLM2, answers Paris in test_smollm2.py and
+    reports int8 in test_app.py)."""
+    for setting, expected in (("none", "none"), ("int8", "int8")):
+        server = start_server(tiny_model_dir, WEBBOT_QUANT=setting)
         health = requests.get(server.url + "/healthz", timeout=10).json()
-        assert health["checks"]["model"] == {"status": "ok", "model": "smollm2", "device": "cpu",
+        assert health["checks"]["model"] == {"status": "ok", "model": "tiny-llama", "device": "cpu",
                                              "dtype": "float32", "quant": expected}
         reply = requests.post(server.url + "/v1/chat/completions", timeout=120, json={
-            "model": "smollm2", "messages": [{"role": "user", "content": PROMPTS[0]}], "temperature": 0,
-            "max_tokens": 24}).json()
-        answers[setting] = reply["choices"][0]["message"]["content"]
-        assert "Paris" in answers[setting], answers
-        said = "int8 weights for decoding: 211 linear layers, embeddings shared"
+            "model": "tiny-llama", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}).json()
+        assert reply["usage"]["completion_tokens"] == 4
+        said = "int8 weights for decoding: "
         assert (said in server.log_path.read_text()) == (expected == "int8")
         server.stop()
