@@ -28,6 +28,7 @@ from webbot.config import (
     MAX_REPLY_SECONDS,
     MAX_WAITING,
     PREFILL_CHUNK,
+    QUANTS,
 )
 from webbot.model.bot import PlansReplies
 from webbot.model.kv_cache import PrefixCache
@@ -47,7 +48,7 @@ class ChatBot(PlansReplies):
                  max_batch: int | None = None, kv_cache_mb: float | None = None, kv_reuse: bool = True,
                  max_seconds: float = MAX_REPLY_SECONDS, cpu_batch_matmul: bool = True, metrics=None,
                  kv_disk_dir: Path | None = None, kv_disk_mb: float | None = None,
-                 recall_share: float = DEFAULT_RECALL_SHARE, quant: str = "auto"):
+                 recall_share: float = DEFAULT_RECALL_SHARE, quant: str = QUANTS[0]):
         self.model_id = model
         self.max_waiting, self.max_batch, self.max_seconds = max_waiting, max_batch, max_seconds
         self.kv_cache_mb, self.kv_reuse = kv_cache_mb, kv_reuse
@@ -130,7 +131,8 @@ class ChatBot(PlansReplies):
             done = quantise_int8(model)
             log.info("int8 weights for decoding: %d linear layers, embeddings %s, %.0f MB", done["linear"],
                      done["embedding"], done["bytes"] / 2**20)
-        weight_major = self.cpu_batch_matmul and self.device == "cpu" and self.dtype in SMALL_BATCH_DTYPES
+        weight_major = (self.cpu_batch_matmul and self.device == "cpu" and self.dtype in SMALL_BATCH_DTYPES
+                        and self.quant == "none")  # int8 layers choose their own product
         if weight_major:
             log.info("linear layers computed weight-major for batched decoding on CPU (%d layers)",
                      use_weight_major_linear(model))
