@@ -1,9 +1,9 @@
-"""The composition root: `create_app(config=None, bot=None, transcriber=None)` builds the Flask app around its
-collaborators; `python app.py` builds the real ones and serves.
+"""The composition root: `create_app(config=None, bot=None, transcriber=None, speaker=None)` builds the Flask app
+around its collaborators; `python app.py` builds the real ones and serves.
 
 Everything the app uses is made here and injected (`webbot.web.services.Services`): the
 model (a ChatBot in this process, or a RemoteBot in front of a model server), Whisper,
-the database, users, reply claims and, when configured, Redis. `python app.py` starts
+Piper, the database, users, reply claims and, when configured, Redis. `python app.py` starts
 loading the model in the background (so /healthz answers 503 until it is ready) and
 serves on WEBBOT_HOST:WEBBOT_PORT; gunicorn (`run_webbot.sh`) calls `create_app()` itself.
 The layers and one request's path through them are in docs/architecture.md.
@@ -28,6 +28,7 @@ from webbot.storage import database
 from webbot.storage.conversations import Store
 from webbot.storage.replies import LocalReplies, RedisReplies
 from webbot.storage.users import Users
+from webbot.voice.speaker import Speaker
 from webbot.web import accounts, api, conversations, messages, pages
 from webbot.web.auth import init_auth
 from webbot.web.cli import db_command, users_command
@@ -64,8 +65,15 @@ def transcriber_from_config(config: dict) -> Transcriber:
                        config["WEBBOT_SPEECH_URL"], config["WEBBOT_SPEECH_KEY"], config["WEBBOT_BACKEND_TIMEOUT"])
 
 
-def create_app(config: dict | None = None, bot=None, transcriber: Transcriber | None = None) -> Flask:
-    """Build the app around a bot and a transcriber (loaded or not), its database and, when configured, Redis."""
+def speaker_from_config(config: dict) -> Speaker:
+    """A Speaker (its voices not yet loaded) from the WEBBOT_TTS* settings."""
+    return Speaker(config["WEBBOT_TTS_VOICE"], config["WEBBOT_TTS"], config["WEBBOT_TTS_MAX_WAITING"])
+
+
+def create_app(config: dict | None = None, bot=None, transcriber: Transcriber | None = None,
+               speaker: Speaker | None = None) -> Flask:
+    """Build the app around a bot, a transcriber and a speaker (loaded or not), its database and, when configured,
+    Redis."""
     app = Flask(__name__)
     app.config.update(settings.from_env())
     app.config.update(config or {})
@@ -90,7 +98,8 @@ def create_app(config: dict | None = None, bot=None, transcriber: Transcriber | 
         log.info("marked %d replies cut off by the last shutdown as interrupted", interrupted)
     app_services = install(app, Services(bot=bot or bot_from_config(app.config), store=store, users=Users(engine),
                                          replies=replies, redis=redis,
-                                         transcriber=transcriber or transcriber_from_config(app.config)))
+                                         transcriber=transcriber or transcriber_from_config(app.config),
+                                         speaker=speaker or speaker_from_config(app.config)))
 
     app.before_request(lambda: raise_body_limit(app))  # before the CSRF check, which reads the body
     init_auth(app, app_services.users)
@@ -122,7 +131,7 @@ def start_loading(app: Flask) -> threading.Thread:
     """Make this process a server: pin malloc's mmap threshold, then load the app's models in the
     background; /healthz is 503 until the chat model is ready.
 
-    The speech model loads after it when WEBBOT_SPEECH_LOAD is `startup`, else on the first clip.
+    The speech model and the default voice load after it when WEBBOT_SPEECH_LOAD is `startup`, else on first use.
     """
     app_services = services(app)
     fix_mmap_threshold()
@@ -137,6 +146,11 @@ def start_loading(app: Flask) -> threading.Thread:
                 app_services.transcriber.load()
             except Exception:
                 pass  # logged; /healthz and the microphone report it
+            if app.config["WEBBOT_TTS"]:
+                try:
+                    app_services.speaker.load()
+                except Exception:
+                    pass  # logged; /healthz and Read aloud report it
 
     thread = threading.Thread(target=load, name="model-load", daemon=True)
     thread.start()

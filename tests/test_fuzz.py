@@ -21,9 +21,11 @@ SCHEMATHESIS = [sys.executable, "-c", "from schemathesis.cli import schemathesis
 
 
 @pytest.mark.slow
-def test_schemathesis_finds_no_fault_in_the_api(start_server, tiny_model_dir, tiny_whisper_dir, tmp_path):
+def test_schemathesis_finds_no_fault_in_the_api(start_server, tiny_model_dir, tiny_whisper_dir, piper_voice,
+                                                tmp_path):
     server = start_server(tiny_model_dir, WEBBOT_API_KEY="fuzz-key", WEBBOT_MAX_TOKENS="512",
-                          WEBBOT_RATE_MESSAGES="off", WEBBOT_RATE_TRANSCRIPTIONS="off",
+                          WEBBOT_RATE_MESSAGES="off", WEBBOT_RATE_TRANSCRIPTIONS="off", WEBBOT_RATE_SPEECH="off",
+                          WEBBOT_TTS_VOICE=str(piper_voice),
                           WEBBOT_WHISPER_MODEL=str(tiny_whisper_dir), WEBBOT_SPEECH_BACKEND="transformers")
     report = tmp_path / "schemathesis.json"
     run = subprocess.run([*SCHEMATHESIS, "run", server.url + "/v1/openapi.json", "-H", "Authorization: Bearer fuzz-key",
@@ -32,7 +34,7 @@ def test_schemathesis_finds_no_fault_in_the_api(start_server, tiny_model_dir, ti
                           "--generation-database", "none", "--report", "json", "--report-json-path", str(report)],
                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-6000:]
-    assert "3 selected / 3 total" in run.stdout and " passed" in run.stdout
+    assert "4 selected / 4 total" in run.stdout and " passed" in run.stdout
     generated = int(run.stdout.rsplit("Test cases:", 1)[1].split("generated")[0].strip())
     assert generated >= 100, run.stdout[-2000:]
     assert json.loads(report.read_text())  # the report was written

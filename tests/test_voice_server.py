@@ -1,16 +1,21 @@
 """Voice against a real `python app.py` process: the official `openai` client's
-`audio.transcriptions.create` unchanged, and the whole path from a spoken question to
-the real SmolLM2 model's answer. Speech from espeak-ng, Whisper tiny.en via faster-whisper.
+`audio.transcriptions.create` and `audio.speech.create` unchanged, the whole path from a
+spoken question to the real SmolLM2 model's answer, and Piper's speech heard back word for
+word by the server's own Whisper in every format. Questions from espeak-ng, Whisper tiny.en
+via faster-whisper, answers in the real en_US-joe-medium Piper voice.
 """
 
+import io
 import re
 import time
+import wave
 
 import pytest
 import requests
 
-from harness.audio import convert, generate_audio, speak
+from harness.audio import SENTENCES, convert, generate_audio, speak
 from harness.server_process import PageSession
+from webbot.config import PCM_RATE, SPEECH_FORMATS
 
 QUESTION = "What is the capital of France?"
 
@@ -63,6 +68,61 @@ def test_spoken_question_to_answer_mentions_paris(client):
     assert "Paris" in answer, answer
 
 
+SPOKEN = "My brother bought a new bicycle last Tuesday. The weather today is sunny and warm in the garden."
+# (Piper adds noise to each synthesis; these two came back word for word from tiny.en 8 times in 8.)
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z]+", text.lower())
+
+
+def as_wav(pcm: bytes, rate: int = PCM_RATE) -> bytes:
+    """OpenAI's headerless pcm (16-bit mono) in a WAV file, so it can be sent back for transcription."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as clip:
+        clip.setnchannels(1)
+        clip.setsampwidth(2)
+        clip.setframerate(rate)
+        clip.writeframes(pcm)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("response_format", SPEECH_FORMATS)
+def test_openai_client_speaks_and_the_server_hears_it_back_word_for_word(client, response_format):
+    audio = client.audio.speech.create(model="tts-1", voice="alloy", input=SPOKEN,
+                                       response_format=response_format).content
+    if response_format == "pcm":
+        assert 4 < len(audio) / 2 / PCM_RATE < 8  # 24 kHz, as OpenAI's pcm is
+        audio = as_wav(audio)
+    heard = client.audio.transcriptions.create(model="whisper-1", file=(f"reply.{response_format}", audio)).text
+    assert words(heard) == words(SPOKEN), heard
+
+
+def test_long_speech_streams_as_each_sentence_is_made(client):
+    text = " ".join(sentence for sentence, _ in SENTENCES[:10])
+    arrived = []
+    with client.audio.speech.with_streaming_response.create(model="tts-1", voice="alloy", input=text,
+                                                            response_format="wav") as response:
+        assert response.headers["transfer-encoding"] == "chunked" and "content-length" not in response.headers
+        for chunk in response.iter_bytes():
+            arrived.append((time.monotonic(), len(chunk)))
+    # Ten sentences are synthesised one after another (about 0.1 s each here); sent whole at the end, every
+    # byte would arrive within a few milliseconds of the first.
+    assert arrived[-1][0] - arrived[0][0] > 0.2, arrived
+    assert sum(size for _, size in arrived) / 2 / 22050 > 15  # the whole text, about 25 s of speech
+
+
+def test_openai_client_sees_bad_speech_requests_as_4xx_with_the_sentence(client):
+    from openai import BadRequestError
+
+    with pytest.raises(BadRequestError) as caught:
+        client.audio.speech.create(model="tts-1", voice="alloy", input="")
+    assert "The text to speak is empty" in str(caught.value)
+    with pytest.raises(BadRequestError) as caught:
+        client.audio.speech.create(model="tts-1", voice="alloy", input="Hi.", speed=5)
+    assert "'speed' must be a number from 0.25 to 4" in str(caught.value)
+
+
 def test_page_route_on_the_real_server(smollm2_server, question_file):
     with PageSession() as browser:
         response = browser.post(smollm2_server.url + "/api/transcriptions",
@@ -83,19 +143,22 @@ def test_an_oversized_upload_gets_a_clean_413(smollm2_server):
 
 
 @pytest.mark.slow
-def test_speech_model_loads_at_startup_when_asked(start_server, tiny_model_dir, whisper_ct2_dir):
+def test_speech_model_and_voice_load_at_startup_when_asked(start_server, tiny_model_dir, whisper_ct2_dir,
+                                                           piper_voice):
     server = start_server(tiny_model_dir, WEBBOT_SPEECH_LOAD="startup", WEBBOT_SPEECH_BACKEND="faster-whisper",
-                          WEBBOT_WHISPER_MODEL=str(whisper_ct2_dir))
+                          WEBBOT_WHISPER_MODEL=str(whisper_ct2_dir), WEBBOT_TTS_VOICE=str(piper_voice))
     deadline = time.monotonic() + 60
-    while requests.get(server.url + "/healthz", timeout=10).json()["speech"]["status"] != "ok":
-        assert time.monotonic() < deadline, "the speech model did not load at start-up"
+    while (health := requests.get(server.url + "/healthz", timeout=10).json())["tts"]["status"] != "ok":
+        assert time.monotonic() < deadline, "the speech model and the voice did not load at start-up"
         time.sleep(0.2)
+    assert health["speech"]["status"] == "ok" and health["tts"]["voice"] == "en_US-joe-medium"
     assert "speech model ready" in server.log_path.read_text()
+    assert "Piper voice en_US-joe-medium ready" in server.log_path.read_text()
 
 
 @pytest.mark.slow
 def test_a_missing_speech_model_is_reported_not_fatal(start_server, tiny_model_dir, tmp_path):
-    server = start_server(tiny_model_dir, WEBBOT_SPEECH_LOAD="startup",
+    server = start_server(tiny_model_dir, WEBBOT_SPEECH_LOAD="startup", WEBBOT_TTS="off",
                           WEBBOT_WHISPER_MODEL=str(tmp_path / "no-whisper-here"))
     deadline = time.monotonic() + 60
     while (health := requests.get(server.url + "/healthz", timeout=10).json())["speech"]["status"] != "error":

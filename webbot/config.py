@@ -72,6 +72,16 @@ MAX_AUDIO_MB = 25
 MAX_AUDIO_SECONDS = 300.0
 SPEECH_MAX_WAITING = 4
 
+# Spoken replies (text to speech with Piper)
+DEFAULT_TTS_VOICE = "en_US-lessac-medium"  # a Piper voice name (fetched from TTS_VOICES_REPO on first use) or a path
+TTS_VOICES_REPO = "rhasspy/piper-voices"
+MAX_SPEECH_CHARS = 4096  # the longest text one request may have spoken (WEBBOT_TTS_MAX_CHARS); OpenAI's limit
+TTS_MAX_WAITING = 4  # texts that may wait while another is spoken (WEBBOT_TTS_MAX_WAITING); beyond that 503
+SPEECH_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")  # OpenAI's response_format values; mp3 the default
+SPEECH_SPEED_RANGE = (0.25, 4.0)
+PCM_RATE = 24_000  # OpenAI's pcm: 24 kHz, 16-bit signed little-endian, mono, no header
+SENTENCE_PAUSE_S = 0.25  # silence between spoken sentences
+
 # Who may use it
 AUTH_MODES = ("open", "password", "accounts")
 SIGNUPS = ("closed", "open")
@@ -138,6 +148,11 @@ def from_env(environ: dict | None = None) -> dict:
         "WEBBOT_MAX_AUDIO_BYTES": int(float(env.get("WEBBOT_MAX_AUDIO_MB", MAX_AUDIO_MB)) * 1_000_000),
         "WEBBOT_MAX_AUDIO_SECONDS": float(env.get("WEBBOT_MAX_AUDIO_SECONDS", MAX_AUDIO_SECONDS)),
         "WEBBOT_SPEECH_MAX_WAITING": int(env.get("WEBBOT_SPEECH_MAX_WAITING", SPEECH_MAX_WAITING)),
+        # spoken replies: Piper voices (comma-separated; the first is the default), their limits, on or off
+        "WEBBOT_TTS": _choice(env, "WEBBOT_TTS", ("on", "off")) == "on",
+        "WEBBOT_TTS_VOICE": env.get("WEBBOT_TTS_VOICE") or DEFAULT_TTS_VOICE,
+        "WEBBOT_TTS_MAX_CHARS": int(env.get("WEBBOT_TTS_MAX_CHARS", MAX_SPEECH_CHARS)),
+        "WEBBOT_TTS_MAX_WAITING": int(env.get("WEBBOT_TTS_MAX_WAITING", TTS_MAX_WAITING)),
         "WEBBOT_MAX_BATCH": _auto_int(env, "WEBBOT_MAX_BATCH"),
         "WEBBOT_MAX_WAITING": int(env.get("WEBBOT_MAX_WAITING", MAX_WAITING)),
         "WEBBOT_MAX_REPLY_SECONDS": float(env.get("WEBBOT_MAX_REPLY_SECONDS", MAX_REPLY_SECONDS)),
@@ -161,6 +176,8 @@ def from_env(environ: dict | None = None) -> dict:
         "WEBBOT_RATE_SIGNIN": env.get("WEBBOT_RATE_SIGNIN", "10/minute"),
         "WEBBOT_RATE_MESSAGES": env.get("WEBBOT_RATE_MESSAGES", "30/minute"),
         "WEBBOT_RATE_TRANSCRIPTIONS": env.get("WEBBOT_RATE_TRANSCRIPTIONS", "20/minute"),
+        # texts spoken (the page asks for one sentence at a time while it reads a reply aloud)
+        "WEBBOT_RATE_SPEECH": env.get("WEBBOT_RATE_SPEECH", "120/minute"),
         "WEBBOT_RATE_LIMIT_STORAGE": env.get("WEBBOT_RATE_LIMIT_STORAGE") or redis_url or "memory://",
         "WEBBOT_CPU_BATCH_MATMUL": _choice(env, "WEBBOT_CPU_BATCH_MATMUL", ("on", "off")) == "on",
     }

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible /v1 API: models, chat completions (JSON or SSE) and audio transcriptions.
+"""The OpenAI-compatible /v1 API: models, chat completions (JSON or SSE), audio transcriptions and speech.
 
 Usable by the official `openai` Python client unchanged (point `base_url` at
 `http://host:port/v1`). The prompt goes through the same memory trimming and the same
@@ -19,6 +19,7 @@ from webbot.web.errors import ApiError
 from webbot.web.generation import start_reply
 from webbot.web.inputs import json_body, message_text, sampling_params, text_field
 from webbot.web.services import services
+from webbot.web.speaking import speech_response
 from webbot.web.streaming import event_stream, pieces, sse
 from webbot.web.transcription import transcribe_upload
 
@@ -141,3 +142,9 @@ def audio_transcriptions():
     if response_format == "verbose_json":
         return jsonify(transcript.verbose())
     return jsonify(text=transcript.text, usage={"type": "duration", "seconds": math.ceil(transcript.duration)})
+
+
+@bp.post("/audio/speech")
+def audio_speech():
+    """OpenAI's speech call: JSON `input` (+ `model`, `voice`, `response_format`, `speed`); the audio, streamed."""
+    return speech_response(services().speaker)

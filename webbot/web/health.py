@@ -2,8 +2,8 @@
 
 A load balancer takes a replica out of rotation on 503. The body names what is wrong:
 the model (loading, failed) or the model server it streams from, the database, and
-Redis when one is configured; the speech model is reported but never fails the check
-(voice is optional, and loads on first use).
+Redis when one is configured; the speech model and the spoken replies' voice are reported
+but never fail the check (voice is optional, and loads on first use).
 """
 
 
@@ -30,6 +30,15 @@ def model_check(bot) -> dict:
     return {"status": "loading", "model": bot.name}
 
 
+def tts_check(speaker) -> dict:
+    """Spoken replies: off, or the default voice's state (reported, never failing the check)."""
+    if not speaker.enabled:
+        return {"status": "off"}
+    state = "ok" if speaker.ready else "error" if speaker.error else "not loaded"
+    return {"voice": speaker.name, "voices": list(speaker.sources), "status": state,
+            **({"error": speaker.error} if speaker.error else {})}
+
+
 def report(services) -> tuple[dict, int, dict]:
     """(body, status, headers) for /healthz, from the app's Services."""
     bot, speech = services.bot, services.transcriber
@@ -41,7 +50,8 @@ def report(services) -> tuple[dict, int, dict]:
     status = checks["model"]["status"] if checks["model"]["status"] != "ok" else "error" if failed else "ok"
     body = {"status": status, "model": bot.name, "checks": checks,
             "speech": {"model": speech.name, "backend": speech.backend_name,  # reported, never failing the check
-                       "status": "ok" if speech.ready else "error" if speech.error else "not loaded"}}
+                       "status": "ok" if speech.ready else "error" if speech.error else "not loaded"},
+            "tts": tts_check(services.speaker)}
     if bot.error:
         body["error"] = f"The model could not be loaded: {bot.error}"
     elif failed and "error" in checks[failed[0]]:

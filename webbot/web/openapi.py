@@ -7,6 +7,7 @@ tests check the server against it.
 """
 
 from webbot import config
+from webbot.voice.encoding import CONTENT_TYPES
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -19,11 +20,13 @@ def _range(kind: str, allowed: tuple) -> dict:
 def _errors(*statuses: int) -> dict:
     reasons = {400: "The request is malformed; the message says what to change.",
                401: "Missing or wrong API key.",
-               413: "The request, its messages' text (WEBBOT_MAX_REQUEST_CHARS) or the audio is too large.",
+               404: "The feature is turned off on this server (speech: WEBBOT_TTS=off).",
+               413: "The request, its messages' text (WEBBOT_MAX_REQUEST_CHARS), the audio or the text to speak "
+                    "(WEBBOT_TTS_MAX_CHARS) is too large.",
                415: "Wrong content type.",
                429: "Too many requests, or too many wrong keys from this address; see Retry-After.",
                502: "The model or speech server (WEBBOT_BACKEND=openai, WEBBOT_SPEECH_URL) failed or is unreachable.",
-               503: "The model is loading or the server is busy; see Retry-After.",
+               503: "The model is loading, the server is busy (see Retry-After), or a voice could not be loaded.",
                504: "The model or speech server did not answer in time."}
     return {str(s): {"description": reasons[s], "content": {"application/json": {"schema": ERROR}}} for s in statuses}
 
@@ -92,13 +95,28 @@ TRANSCRIPTION_REQUEST = {
 }
 
 
+SPEECH_REQUEST = {
+    "type": "object", "required": ["input"],
+    "properties": {
+        "input": {"type": "string", "minLength": 1, "description": "The text to speak (Markdown is read as speech "
+                                                                   "would read it; code is not spelled out)."},
+        "model": {"type": ["string", "null"], "description": "Any name; the server speaks with Piper."},
+        "voice": {"type": ["string", "null"],
+                  "description": "A voice of this server (/healthz lists them) or an OpenAI voice name, which means "
+                                 "the server's default voice."},
+        "response_format": {"enum": [*config.SPEECH_FORMATS, None], "default": config.SPEECH_FORMATS[0]},
+        "speed": {**_range("number", config.SPEECH_SPEED_RANGE), "default": 1.0},
+    },
+}
+
+
 def describe(version: str) -> dict:
     """The whole OpenAPI document."""
     return {
         "openapi": "3.1.0",
         "info": {"title": "Web chat robot API", "version": version,
                  "description": "An OpenAI-compatible subset: models, chat completions (JSON or server-sent "
-                                "events), audio transcriptions."},
+                                "events), audio transcriptions and speech."},
         "servers": [{"url": "/v1"}],
         "security": [{"bearer": []}],
         "paths": {
@@ -127,6 +145,14 @@ def describe(version: str) -> dict:
                                           "properties": {"text": {"type": "string"}}}},
                                           "text/plain": {"schema": {"type": "string"}}}},
                               **_errors(400, 401, 413, 415, 429, 502, 503, 504)}}},
+            "/audio/speech": {"post": {
+                "operationId": "createSpeech", "summary": "The text spoken aloud (Piper, on this server), streamed "
+                                                          "sentence by sentence.",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": SPEECH_REQUEST}}},
+                "responses": {"200": {"description": "The audio, in response_format.",
+                                      "content": {kind: {"schema": {"type": "string", "format": "binary"}}
+                                                  for kind in sorted(set(CONTENT_TYPES.values()))}},
+                              **_errors(400, 401, 404, 413, 415, 429, 503)}}},
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",

@@ -1,5 +1,5 @@
-"""The pages and the endpoints beside them: the chat page (new, or one conversation), the page's microphone,
-/healthz, /metrics and the API's OpenAPI description.
+"""The pages and the endpoints beside them: the chat page (new, or one conversation), the page's microphone and
+Read aloud, /healthz, /metrics and the API's OpenAPI description.
 """
 
 from flask import Blueprint, Response, abort, current_app, jsonify, render_template
@@ -9,6 +9,7 @@ from webbot.web import health, openapi
 from webbot.web.auth import check_metrics_key
 from webbot.web.owners import current_owner
 from webbot.web.services import services
+from webbot.web.speaking import speech_response
 from webbot.web.transcription import transcribe_upload
 
 bp = Blueprint("pages", __name__)
@@ -33,7 +34,8 @@ def page_config() -> dict:
     return {"maxMessageChars": settings["WEBBOT_MAX_MESSAGE_CHARS"],
             "maxAudioSeconds": int(settings["WEBBOT_MAX_AUDIO_SECONDS"]),
             "generateTitles": settings["WEBBOT_GENERATE_TITLES"],
-            "continuable": list(config.CONTINUABLE)}
+            "continuable": list(config.CONTINUABLE),
+            "speech": settings["WEBBOT_TTS"]}
 
 
 def chat_page(conversation_id: str | None):
@@ -50,6 +52,13 @@ def transcription():
     """The page's microphone: the same path as /v1/audio/transcriptions, plus whether speech was heard."""
     transcript, _ = transcribe_upload(services().transcriber, current_app.config["WEBBOT_MAX_AUDIO_BYTES"])
     return jsonify(text=transcript.text, speech=transcript.speech, duration=round(transcript.duration, 2))
+
+
+@bp.post("/api/speech")
+def speech():
+    """The page's Read aloud: the same path as /v1/audio/speech, WAV unless asked otherwise (every browser plays it
+    without a decoder of its own)."""
+    return speech_response(services().speaker, default_format="wav")
 
 
 @bp.get("/metrics")

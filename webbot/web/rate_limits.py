@@ -46,6 +46,8 @@ LIMITED = {
     "api.chat_completions": ("WEBBOT_RATE_MESSAGES", "messages", client_key),
     "pages.transcription": ("WEBBOT_RATE_TRANSCRIPTIONS", "recordings", client_key),
     "api.audio_transcriptions": ("WEBBOT_RATE_TRANSCRIPTIONS", "recordings", client_key),
+    "pages.speech": ("WEBBOT_RATE_SPEECH", "texts spoken", client_key),
+    "api.audio_speech": ("WEBBOT_RATE_SPEECH", "texts spoken", client_key),
     # Guessing passwords from many sessions is still one address; sign-up shares the budget.
     "auth.signin": ("WEBBOT_RATE_SIGNIN", "sign-in attempts", address_key),
     "auth.signup": ("WEBBOT_RATE_SIGNIN", "sign-in attempts", address_key),

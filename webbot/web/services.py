@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # the types only; importing them here would pull in SQLAlchem
     from webbot.storage.conversations import Store
     from webbot.storage.replies import LocalReplies
     from webbot.storage.users import Users
+    from webbot.voice.speaker import Speaker
 
 EXTENSION = "webbot"
 
@@ -27,6 +28,7 @@ class Services:
 
     bot: "Bot"  # the model: ChatBot in this process, or RemoteBot in front of a model server
     transcriber: "Transcriber"  # Whisper
+    speaker: "Speaker"  # Piper: spoken replies
     store: "Store"  # conversations and messages
     users: "Users"  # accounts and API keys
     replies: "LocalReplies"  # which conversation has a reply being written, here or (RedisReplies) on any replica
