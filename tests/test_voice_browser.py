@@ -1,4 +1,5 @@
-"""The microphone button in headless Chromium against a real server (SmolLM2 + Whisper tiny.en).
+"""The microphone button, Read aloud, Auto-read and Talk mode in headless Chromium against a real server (SmolLM2,
+Whisper tiny.en, the Piper voice en_US-joe-medium).
 
 Chromium's fake capture device plays a WAV file made by espeak-ng as the microphone
 (`--use-file-for-fake-audio-capture`), and `--use-fake-ui-for-media-stream` accepts the
@@ -6,6 +7,9 @@ permission prompt, so the page records, uploads and shows the transcript as with
 person speaking. A second browser without those flags checks the refusals.
 """
 
+import json
+import re
+import time
 
 import pytest
 
@@ -13,6 +17,7 @@ from harness.audio import convert, generate_audio, speak
 from tests.helpers import CHROMIUM, CHROMIUM_ARGS, requires, wait_for
 
 FAKE_MIC = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+QUESTION = "What is the capital of France?"
 
 pytestmark = [requires(CHROMIUM, "Debian's chromium is not installed (run_tests.sh installs it)"), pytest.mark.browser]
 
@@ -144,3 +149,118 @@ def test_hold_to_talk_on_a_touch_screen(speaking_browser, smollm2_server):
     wait_for(page, "document.getElementById('input').value.includes('capital of France')", timeout=60_000)
     assert page.get_attribute("#mic", "aria-pressed") == "false"
     context.close()
+
+
+# Spoken replies: the page's Read aloud, Auto-read and Talk mode, with the real Piper voice on the server.
+# Chromium plays the audio (headless, with no speakers); an init script notes each audio element's events.
+AUDIO_EVENTS = """
+window.audioEvents = [];
+const play = HTMLMediaElement.prototype.play;
+HTMLMediaElement.prototype.play = function () {
+  if (!this.watched) {
+    this.watched = true;
+    for (const name of ["playing", "pause", "ended"]) this.addEventListener(name, () => window.audioEvents.push(name));
+  }
+  return play.call(this);
+};
+"""
+
+
+def speech_page(browser, url):
+    page = open_page(browser, "about:blank")
+    page.add_init_script(AUDIO_EVENTS)
+    page.spoken = []  # the texts the page asked the server to speak, with when it asked
+    page.on("request", lambda r: r.url.endswith("/api/speech") and page.spoken.append(
+        (time.monotonic(), json.loads(r.post_data)["input"])))
+    page.goto(url)
+    return page
+
+
+def audio_events(page) -> list[str]:
+    return page.evaluate("window.audioEvents")
+
+
+def test_read_aloud_plays_a_reply_and_pauses_resumes_and_stops(speaking_browser, smollm2_server):
+    page = speech_page(speaking_browser, smollm2_server.url)
+    page.fill("#input", QUESTION)
+    page.press("#input", "Enter")
+    page.wait_for_selector(".message.assistant:not(.streaming)", timeout=120_000)
+    assert page.spoken == []  # Auto-read is off
+    read = page.locator(".message.assistant .read-aloud")
+    assert read.get_attribute("aria-label") == "Read this reply aloud"
+    read.click()
+    wait_for(page, "window.audioEvents.includes('playing')", timeout=30_000)
+    assert [text for _, text in page.spoken][0].startswith("The capital of France is Paris")
+    assert read.inner_text() == "Pause" and read.get_attribute("aria-pressed") == "true"
+    read.click()
+    assert read.inner_text() == "Resume" and audio_events(page)[-1] == "pause"
+    read.click()
+    wait_for(page, "window.audioEvents.at(-1) === 'playing'")
+    page.click(".message.assistant .stop-reading")
+    assert read.inner_text() == "Read aloud" and page.locator(".stop-reading").count() == 0
+    assert audio_events(page)[-1] == "pause"
+    assert page.problems == [], page.problems
+    page.context.close()
+
+
+def test_auto_read_speaks_a_streaming_reply_from_its_first_sentence(speaking_browser, smollm2_server):
+    page = speech_page(speaking_browser, smollm2_server.url)
+    page.check("#auto-read")
+    page.reload()
+    assert page.is_checked("#auto-read")  # remembered by this browser
+    page.evaluate("""fetch("/api/settings", {method: "PUT", headers: {"Content-Type": "application/json",
+        "X-CSRFToken": document.querySelector('meta[name="csrf-token"]').content},
+        body: JSON.stringify({max_tokens: 120})})""")  # a few sentences, written in a few seconds
+    page.fill("#input", "Tell me about the history of Paris.")
+    page.press("#input", "Enter")
+    page.wait_for_selector(".message.assistant.streaming")
+    wait_for(page, "window.audioEvents.includes('playing')", timeout=60_000)
+    first_sound = time.monotonic()
+    page.wait_for_selector(".message.assistant:not(.streaming)", timeout=120_000)
+    written = time.monotonic()
+    assert written - first_sound > 1, "the reply was spoken only once it was whole"
+    page.wait_for_timeout(500)  # the last sentences are asked for as the reply ends
+    texts = [text for _, text in page.spoken]
+    assert len(texts) >= 3
+    for text in texts:  # one sentence at a time
+        assert len(re.findall(r"[.!?](?:\s|$)", text.strip())) <= 1, text
+    reply = re.sub(r"\s+", " ", page.get_attribute(".message.assistant", "data-content")).strip()
+    assert reply.startswith(re.sub(r"\s+", " ", "".join(texts)).strip()[:200])
+    assert page.problems == [], page.problems
+    page.context.close()
+
+
+@pytest.fixture(scope="module")
+def storytelling_browser(playwright, tmp_path_factory):
+    """A microphone that asks for a story, then is quiet for 6 s, again and again (the fake device loops)."""
+    clip = tmp_path_factory.mktemp("mic") / "story.wav"
+    clip.write_bytes(convert(speak("Tell me a story about a dragon."), "-ar", "16000", "-ac", "1",
+                             "-af", "apad=pad_dur=6", fmt="wav"))
+    browser = launch(playwright, *FAKE_MIC, f"--use-file-for-fake-audio-capture={clip}")
+    yield browser
+    browser.close()
+
+
+def test_talk_mode_hears_sends_speaks_and_is_interrupted_by_new_words(storytelling_browser, smollm2_server):
+    page = speech_page(storytelling_browser, smollm2_server.url)
+    assert not page.is_checked("#auto-read")  # Talk speaks whatever the switch says
+    page.click("#talk")
+    page.wait_for_selector("#talk[aria-pressed=true]")
+    assert page.is_visible("#talk-panel")
+    states, deadline = [], time.monotonic() + 90
+    while time.monotonic() < deadline and states[-2:] != ["speaking", "hearing"]:
+        state = page.get_attribute("#talk-panel", "data-state")
+        if not states or states[-1] != state:
+            states.append(state)
+        time.sleep(0.03)
+    # It listened, heard words, sent them, spoke the reply, and the question said again cut it short.
+    assert states[:4] == ["listening", "hearing", "thinking", "speaking"] and states[-1] == "hearing", states
+    assert "dragon" in page.inner_text(".message.user").lower()
+    assert page.locator(".message.assistant").count() == 1
+    assert page.spoken and "dragon" in page.spoken[0][1].lower()
+    assert audio_events(page)[-1] == "pause" and "ended" not in audio_events(page)[-1:]
+    page.wait_for_selector(".message.user >> nth=1", timeout=60_000)  # the new words were sent
+    page.keyboard.press("Escape")
+    assert page.is_hidden("#talk-panel") and page.get_attribute("#talk", "aria-pressed") == "false"
+    assert page.problems == [], page.problems
+    page.context.close()

@@ -5,6 +5,7 @@ import { copyText } from "./rich.js";
 import { config, form, input, list, messagesBox, noticeIsAboutTheModel, showNotice, state, stopButton }
   from "./page.js";
 import { followStoredReply, streamReply } from "./reply.js";
+import { readingPressed } from "./speak.js";
 import { messageElement, setStatus, showConversation, showExportLinks, showGauge, showMessages, showPinned,
   toolButton } from "./render.js";
 
@@ -207,6 +208,9 @@ export function init() {
     else if (button.classList.contains("continue")) continueReply(element);
     else if (button.classList.contains("pin")) pin(element, button);
     else if (button.classList.contains("recalled-link")) showRecalled(button.dataset.target);
+    else if (button.classList.contains("read-aloud") || button.classList.contains("stop-reading")) {
+      readingPressed(element, button);
+    }
     else if (button.classList.contains("previous-version") || button.classList.contains("next-version")) {
       showVersion(button.dataset.target);
     }

@@ -4,6 +4,7 @@
 // set as HTML only when the server has rendered and sanitised them.
 import { config, messagesBox, state } from "./page.js";
 import { enrich } from "./rich.js";
+import { readingButtons } from "./speak.js";
 
 const HINT = "Ask anything. Enter sends, Shift+Enter makes a new line.";
 const STATUS_TEXT = {
@@ -103,6 +104,7 @@ export function messageElement(message) {
     tools.appendChild(toolButton("continue", "Continue", "Continue this reply"));
   }
   tools.appendChild(toolButton("pin", "Pin", `Pin this ${message.role === "user" ? "message" : "reply"}`));
+  if (message.role === "assistant") tools.append(...readingButtons(message.id));
   element.appendChild(tools);
   showPinned(element, Boolean(message.pinned));
   if (message.recalled && message.recalled.length) element.insertBefore(recalledList(message.recalled), tools);

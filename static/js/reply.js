@@ -26,7 +26,10 @@ export async function streamReply(conversation, path, body, place) {
   let markFinished;
   state.streaming = { controller, conversation, finished: new Promise((resolve) => { markFinished = resolve; }) };
   setBusy(true);
-  let reply = null, pending = null, prefix = "", started = false, dropped = false;
+  let reply = null, pending = null, prefix = "", started = false, dropped = false, text = "";
+  // Auto-read and Talk mode hear the reply's text as it grows (speak.js).
+  const told = (done) => reply && document.dispatchEvent(new CustomEvent("reply-text",
+    { detail: { element: reply, text, from: prefix.length, done } }));
   try {
     const response = await fetch(path, {
       method: "POST",
@@ -41,6 +44,7 @@ export async function streamReply(conversation, path, body, place) {
         const hint = messagesBox.querySelector(".hint");
         if (hint) hint.remove();
         ({ reply, prefix } = place(data));
+        text = prefix;
         pending = document.createElement("span");
         reply.querySelector(".body").appendChild(pending);
         setStatus(reply, "streaming");
@@ -51,6 +55,8 @@ export async function streamReply(conversation, path, body, place) {
         setWaiting(reply, queueText(data));
       } else if (event === "token") {
         setWaiting(reply, "");
+        text += data.text;
+        told(false);
         if (data.html !== undefined) {
           const replyBody = reply.querySelector(".body");
           replyBody.innerHTML = data.html;
@@ -60,6 +66,8 @@ export async function streamReply(conversation, path, body, place) {
           pending.textContent += data.text;
         }
       } else if (event === "done") {
+        text = data.message.content;
+        told(true);
         reply.querySelector(".body").innerHTML = data.message.html;
         setStatus(reply, data.message.status);
         showGauge(data.memory);
@@ -78,6 +86,7 @@ export async function streamReply(conversation, path, body, place) {
       showNotice(error.message);
     }
   } finally {
+    if (reply && !dropped) told(true); // stopped or failed: what is whole is spoken, then reading ends
     state.streaming = null;
     setBusy(false);
     markFinished();

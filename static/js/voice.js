@@ -5,6 +5,41 @@
 import { CSRF_TOKEN, errorText } from "./api.js";
 import { config, form, input, showNotice, state } from "./page.js";
 
+// Why the microphone cannot be used on this page, or null when it can.
+export function micUnavailableReason() {
+  if (!window.isSecureContext) {
+    return "Voice input needs a secure page: browsers only allow the microphone over HTTPS " +
+      "(or on localhost), so open this site with https:// to record.";
+  }
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia || !window.MediaRecorder) {
+    return "This browser cannot record audio here; use a current Chrome, Firefox, Edge or Safari.";
+  }
+  return null;
+}
+
+export function micErrorText(error) {
+  switch (error && error.name) {
+    case "NotAllowedError":
+    case "SecurityError":
+      return "The microphone is blocked for this page; allow it in the browser's site settings " +
+        "(the icon next to the address) and press the microphone again.";
+    case "NotFoundError":
+    case "OverconstrainedError":
+      return "No microphone was found; connect one and press the microphone again.";
+    case "NotReadableError":
+      return "The microphone is in use by another program or could not be started; close that program and try again.";
+    default:
+      return `The microphone could not be started (${error && error.message ? error.message : error}).`;
+  }
+}
+
+// What this browser records: webm/opus (Chrome, Firefox), mp4/aac (Safari), or ogg.
+export function recordingType() {
+  const types = ["audio/webm;codecs=opus", "audio/webm", "audio/mp4", "audio/ogg;codecs=opus", "audio/ogg"];
+  return types.find((t) => MediaRecorder.isTypeSupported && MediaRecorder.isTypeSupported(t)) || "";
+}
+
+
 export function init() {
   const mic = document.getElementById("mic");
   const timer = document.getElementById("mic-timer");
@@ -25,40 +60,6 @@ export function init() {
     status.hidden = !text;
   }
 
-  // Why the microphone cannot be used on this page, or null when it can.
-  function unavailableReason() {
-    if (!window.isSecureContext) {
-      return "Voice input needs a secure page: browsers only allow the microphone over HTTPS " +
-        "(or on localhost), so open this site with https:// to record.";
-    }
-    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia || !window.MediaRecorder) {
-      return "This browser cannot record audio here; use a current Chrome, Firefox, Edge or Safari.";
-    }
-    return null;
-  }
-
-  function micErrorText(error) {
-    switch (error && error.name) {
-      case "NotAllowedError":
-      case "SecurityError":
-        return "The microphone is blocked for this page; allow it in the browser's site settings " +
-          "(the icon next to the address) and press the microphone again.";
-      case "NotFoundError":
-      case "OverconstrainedError":
-        return "No microphone was found; connect one and press the microphone again.";
-      case "NotReadableError":
-        return "The microphone is in use by another program or could not be started; close that program and try again.";
-      default:
-        return `The microphone could not be started (${error && error.message ? error.message : error}).`;
-    }
-  }
-
-  // What this browser records: webm/opus (Chrome, Firefox), mp4/aac (Safari), or ogg.
-  function recordingType() {
-    const types = ["audio/webm;codecs=opus", "audio/webm", "audio/mp4", "audio/ogg;codecs=opus", "audio/ogg"];
-    return types.find((t) => MediaRecorder.isTypeSupported && MediaRecorder.isTypeSupported(t)) || "";
-  }
-
   function extensionOf(type) {
     if (type.includes("mp4")) return "m4a";
     if (type.includes("ogg")) return "ogg";
@@ -71,7 +72,7 @@ export function init() {
   }
 
   async function start() {
-    const reason = unavailableReason();
+    const reason = micUnavailableReason();
     if (reason) {
       showNotice(reason);
       return;
@@ -153,7 +154,7 @@ export function init() {
     }
   }
 
-  const reason = unavailableReason();
+  const reason = micUnavailableReason();
   if (reason) {
     mic.classList.add("unavailable");
     mic.title = reason;
