@@ -9,6 +9,7 @@ import { config, showNotice } from "./page.js";
 const AUTO_READ_KEY = "webbot.autoRead";
 const AHEAD = 2; // sentences whose audio is fetched while an earlier one plays
 const SENTENCE_END = /[.!?…]["')\]]*\s+/g;
+const LIST_MARKER = /^\s*(?:\d+[.)]|[-*+])\s+$/; // "1. " before a list item's words is not a sentence
 const ABBREVIATION = /(?:\b(?:Mr|Mrs|Ms|Dr|Prof|St|Sr|Jr|vs|etc|e\.g|i\.e|No|Fig|approx)|\b[A-Z])\.["')\]]*\s+$/;
 
 // Cut `text` (Markdown) from `from` into whole sentences; `final` when no more text will come. Returns the
@@ -33,7 +34,8 @@ export function sentencesOf(text, from = 0, final = false) {
     let cut = -1, match;
     while ((match = SENTENCE_END.exec(text)) && match.index < lineEnd) {
       const end = match.index + match[0].length;
-      if (!ABBREVIATION.test(text.slice(at, end))) { cut = end; break; }
+      const piece = text.slice(at, end);
+      if (!ABBREVIATION.test(piece) && !LIST_MARKER.test(piece)) { cut = end; break; }
     }
     if (cut < 0 && newline >= 0) cut = newline + 1;
     if (cut < 0) {
@@ -95,6 +97,7 @@ class SpeechQueue {
       headers: { "Content-Type": "application/json", "X-CSRFToken": CSRF_TOKEN },
       body: JSON.stringify({ input: text, response_format: "wav" }),
     });
+    if (response.status === 400 && (await response.clone().json()).error.code === "nothing_to_say") return null;
     if (!response.ok) throw new Error(await errorText(response));
     const blob = await response.blob();
     return run === this.run ? URL.createObjectURL(blob) : null;
@@ -122,7 +125,8 @@ class SpeechQueue {
       }
       return;
     }
-    if (run !== this.run || !url) return;
+    if (run !== this.run) return;
+    if (!url) { this.next(); return; } // a piece with nothing to say (a lone symbol): on to the next
     if (this.audio.src) URL.revokeObjectURL(this.audio.src);
     this.audio.src = url;
     this.changed();
