@@ -166,7 +166,7 @@ def plot(report: dict) -> Path:
     for key, label in parts:
         widths = [r["median"][key] for r in report["runs"]]
         axis.barh(names, widths, left=left, label=label)
-        left = [a + b for a, b in zip(left, widths)]
+        left = [a + b for a, b in zip(left, widths, strict=True)]
     axis.axvline(GOAL_S, color="black", linestyle="--", linewidth=1, label=f"goal ({GOAL_S:g} s, SmolLM2)")
     axis.set_xlabel("seconds from the end of speech to the reply's first sound (median)")
     axis.legend(fontsize=8, loc="lower right")

@@ -197,7 +197,8 @@ def test_the_page_says_when_messages_come_too_fast(page, start_server, tiny_mode
 
 def test_sign_in_chat_make_a_key_and_sign_out_in_accounts_mode(page, start_server, tiny_model_dir, tmp_path):
     assert users_cli(tmp_path / "data", "create", "alice", "--admin", password="alice-password").returncode == 0
-    server = start_server(tiny_model_dir, tmp_path / "data", WEBBOT_AUTH="accounts")
+    # a 512-token context keeps the tiny model's reply (at most a quarter of it) to a few seconds
+    server = start_server(tiny_model_dir, tmp_path / "data", WEBBOT_AUTH="accounts", WEBBOT_MAX_TOKENS="512")
     page.goto(server.url + "/c/nowhere")
     assert page.url.startswith(server.url + "/signin?next=")
     page.fill("#name", "alice")
