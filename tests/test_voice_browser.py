@@ -14,7 +14,7 @@ import time
 import pytest
 
 from harness.audio import convert, generate_audio, speak
-from tests.helpers import CHROMIUM, CHROMIUM_ARGS, requires, wait_for
+from tests.helpers import CHROMIUM, CHROMIUM_ARGS, requires, wait_for, watch_console
 
 FAKE_MIC = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
 QUESTION = "What is the capital of France?"
@@ -263,4 +263,32 @@ def test_talk_mode_hears_sends_speaks_and_is_interrupted_by_new_words(storytelli
     page.keyboard.press("Escape")
     assert page.is_hidden("#talk-panel") and page.get_attribute("#talk", "aria-pressed") == "false"
     assert page.problems == [], page.problems
+    page.context.close()
+
+
+def test_talk_on_a_phone_fits_has_touch_sized_controls_and_ends_with_a_tap(silent_browser, smollm2_server):
+    context = silent_browser.new_context(viewport={"width": 390, "height": 740}, has_touch=True, is_mobile=True)
+    page = context.new_page()
+    watch_console(page)
+    page.goto(smollm2_server.url)
+    page.tap("#talk")
+    page.wait_for_selector("#talk-panel[data-state=listening]")
+    assert page.inner_text("#talk-state") == "Listening…"
+    for control in ("#talk", "#talk-end"):
+        box = page.locator(control).bounding_box()
+        assert box["height"] >= 44 and box["width"] >= 44, (control, box)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing sticks out sideways
+    page.wait_for_timeout(1500)
+    assert page.get_attribute("#talk-panel", "data-state") == "listening"  # silence is not words
+    page.tap("#talk-end")
+    assert page.is_hidden("#talk-panel") and page.get_attribute("#talk", "aria-pressed") == "false"
+    assert page.locator(".message").count() == 0 and page.problems == [], page.problems
+    context.close()
+
+
+def test_talk_with_a_refused_microphone_says_why(plain_browser, smollm2_server):
+    page = open_page(plain_browser, smollm2_server.url)
+    page.click("#talk")
+    page.wait_for_selector("#notice:has-text('microphone is blocked')", timeout=10_000)
+    assert page.is_hidden("#talk-panel") and page.get_attribute("#talk", "aria-pressed") == "false"
     page.context.close()

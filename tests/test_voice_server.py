@@ -7,6 +7,7 @@ via faster-whisper, answers in the real en_US-joe-medium Piper voice.
 
 import io
 import re
+import subprocess
 import time
 import wave
 
@@ -96,6 +97,23 @@ def test_openai_client_speaks_and_the_server_hears_it_back_word_for_word(client,
         audio = as_wav(audio)
     heard = client.audio.transcriptions.create(model="whisper-1", file=(f"reply.{response_format}", audio)).text
     assert words(heard) == words(SPOKEN), heard
+
+
+@pytest.mark.parametrize("response_format", SPEECH_FORMATS)
+def test_openai_client_streams_speech_in_each_format(client, response_format):
+    with client.audio.speech.with_streaming_response.create(model="tts-1", voice="alloy", input=SPOKEN,
+                                                            response_format=response_format) as response:
+        assert response.headers["transfer-encoding"] == "chunked"
+        audio = b"".join(response.iter_bytes())
+    if response_format == "pcm":
+        audio = as_wav(audio)
+    probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", "-"],
+                           input=audio, capture_output=True, check=True).stdout.decode().strip()
+    # two sentences of speech and the pause between them (an MP3 stream's length is an estimate)
+    assert probe == "N/A" or 3.5 < float(probe) < 9, probe
+    decoded = subprocess.run(["ffmpeg", "-v", "error", "-i", "-", "-f", "s16le", "-ac", "1", "-ar", "16000", "-"],
+                             input=audio, capture_output=True, check=True).stdout
+    assert 3.5 < len(decoded) / 2 / 16000 < 9
 
 
 def test_long_speech_streams_as_each_sentence_is_made(client):

@@ -87,7 +87,9 @@ class SpeechQueue {
 
   fetchAhead() {
     for (const item of this.items.slice(0, AHEAD + 1)) {
-      if (!item.ready) item.ready = this.fetchAudio(item.text, this.run);
+      if (item.ready) continue;
+      item.ready = this.fetchAudio(item.text, this.run);
+      item.ready.catch(() => {}); // a failure is shown when its turn comes (not as an unhandled rejection now)
     }
   }
 
