@@ -11,9 +11,23 @@ export async function api(method, path, body) {
     options.headers["Content-Type"] = "application/json";
     options.body = typeof body === "string" ? body : JSON.stringify(body);
   }
-  const response = await fetch(path, options);
+  const response = await reach(path, options);
   if (!response.ok) throw new Error(await errorText(response));
   return response.status === 204 ? null : response.json();
+}
+
+export const UNREACHABLE = "The server could not be reached; check your connection (and that the server is running), " +
+  "then try again.";
+
+// fetch, with a sentence in the page's voice when the request never got an answer (the browser says only
+// "Failed to fetch"); a request stopped on purpose stays an AbortError.
+export async function reach(path, options) {
+  try {
+    return await fetch(path, options);
+  } catch (error) {
+    if (error.name === "AbortError") throw error;
+    throw new Error(UNREACHABLE);
+  }
 }
 
 // The sentence in an error answer ({"error": {"message"}}), or one that names the status.

@@ -15,6 +15,7 @@ export const state = {
   current: app.dataset.current || null, // the open conversation's id
   streaming: null, // {controller, conversation, finished} while a reply streams in
   shown: null, // the open conversation as GET /api/conversations/<id> returned it
+  shownId: undefined, // whose messages are on the page (a refresh of the same keeps the reader's scroll place)
 };
 
 export function showNotice(text) {

@@ -138,10 +138,37 @@ export function showMessages(messages) {
     messagesBox.appendChild(hint);
   }
   for (const message of messages) messagesBox.appendChild(messageElement(message));
-  scrollDown();
+  scrollDown(state.shownId !== state.current); // a refresh of the open conversation keeps the reader's place
+  state.shownId = state.current;
 }
 
-export function scrollDown() { messagesBox.scrollTop = messagesBox.scrollHeight; }
+// The view follows a growing reply only while the reader is at the bottom; scrolled up to read, it stays put and
+// "Jump to the newest" appears instead.
+const FOLLOW_PX = 48; // this close to the bottom counts as at the bottom
+let following = true;
+const jumpButton = document.getElementById("jump-newest");
+
+function atBottom() {
+  return messagesBox.scrollHeight - messagesBox.scrollTop - messagesBox.clientHeight <= FOLLOW_PX;
+}
+
+messagesBox.addEventListener("scroll", () => {
+  following = atBottom();
+  if (following) jumpButton.hidden = true;
+});
+jumpButton.addEventListener("click", () => scrollDown(true));
+
+// `force`: a conversation opened or a message sent (the view goes to the bottom and follows again).
+export function scrollDown(force = false) {
+  if (force || following) {
+    messagesBox.scrollTop = messagesBox.scrollHeight;
+    following = true;
+    jumpButton.hidden = true;
+  } else if (!atBottom()) {
+    jumpButton.style.top = `${messagesBox.offsetTop + messagesBox.clientHeight - 12}px`; // over the list's foot
+    jumpButton.hidden = false;
+  }
+}
 
 export function showGauge(memory) {
   const gauge = document.getElementById("gauge");

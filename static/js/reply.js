@@ -1,6 +1,6 @@
 // One reply streaming in: its events (start, queue, token, done, error), the busy state of the message box,
 // and, when the connection drops mid-reply, following the stored reply until it is whole.
-import { CSRF_TOKEN, api, errorText, readEvents } from "./api.js";
+import { CSRF_TOKEN, api, errorText, reach, readEvents } from "./api.js";
 import { input, list, messagesBox, sendButton, showNotice, state, stopButton } from "./page.js";
 import { scrollDown, setStatus, setWaiting, showConversation, showGauge } from "./render.js";
 
@@ -31,7 +31,7 @@ export async function streamReply(conversation, path, body, place) {
   const told = (done) => reply && document.dispatchEvent(new CustomEvent("reply-text",
     { detail: { element: reply, text, from: prefix.length, done } }));
   try {
-    const response = await fetch(path, {
+    const response = await reach(path, {
       method: "POST",
       headers: { "Content-Type": "application/json", "X-CSRFToken": CSRF_TOKEN },
       body: JSON.stringify(body),
@@ -45,6 +45,7 @@ export async function streamReply(conversation, path, body, place) {
         if (hint) hint.remove();
         ({ reply, prefix } = place(data));
         text = prefix;
+        scrollDown(true); // the person just sent this: show it, and follow the reply
         pending = document.createElement("span");
         reply.querySelector(".body").appendChild(pending);
         setStatus(reply, "streaming");

@@ -3,7 +3,7 @@
 // cuts the reply's Markdown into sentences (a code block stays whole: the server says there is code), asks for
 // each one's audio a little ahead of playback and plays them in turn. Talk mode (talk.js) speaks through the
 // same queue.
-import { CSRF_TOKEN, errorText } from "./api.js";
+import { CSRF_TOKEN, errorText, reach } from "./api.js";
 import { config, showNotice } from "./page.js";
 
 const AUTO_READ_KEY = "webbot.autoRead";
@@ -94,7 +94,7 @@ class SpeechQueue {
   }
 
   async fetchAudio(text, run) {
-    const response = await fetch("/api/speech", {
+    const response = await reach("/api/speech", {
       method: "POST",
       headers: { "Content-Type": "application/json", "X-CSRFToken": CSRF_TOKEN },
       body: JSON.stringify({ input: text, response_format: "wav" }),

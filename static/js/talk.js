@@ -3,7 +3,7 @@
 // /api/transcriptions and the words as a message, speaks the reply sentence by sentence as it streams
 // (speak.js), and listens again. Speaking while it talks or thinks stops the speech and the reply, and the new
 // words are taken (barge-in). End, the Talk button again, or Esc ends it.
-import { CSRF_TOKEN, errorText } from "./api.js";
+import { CSRF_TOKEN, errorText, reach } from "./api.js";
 import { form, input, showNotice, state, stopButton } from "./page.js";
 import { speech } from "./speak.js";
 import { micErrorText, micUnavailableReason, recordingType } from "./voice.js";
@@ -89,7 +89,7 @@ function heard() {
     const body = new FormData();
     body.append("file", clip, `talk.${clip.type.includes("mp4") ? "m4a" : clip.type.includes("ogg") ? "ogg" : "webm"}`);
     try {
-      const response = await fetch("/api/transcriptions", { method: "POST", body,
+      const response = await reach("/api/transcriptions", { method: "POST", body,
         headers: { "X-CSRFToken": CSRF_TOKEN } });
       if (!response.ok) throw new Error(await errorText(response));
       const result = await response.json();

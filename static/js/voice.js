@@ -2,7 +2,7 @@
 // /api/transcriptions (the same path as /v1/audio/transcriptions), and put the
 // transcript in the message box, or send it at once when "Auto-send" is on.
 // Click to start and again to stop; on a touch screen, hold to talk (or tap twice).
-import { CSRF_TOKEN, errorText } from "./api.js";
+import { CSRF_TOKEN, errorText, reach } from "./api.js";
 import { config, form, input, showNotice, state } from "./page.js";
 
 // Why the microphone cannot be used on this page, or null when it can.
@@ -132,7 +132,8 @@ export function init() {
     mic.disabled = true;
     say("Transcribing…");
     try {
-      const response = await fetch("/api/transcriptions", { method: "POST", body, headers: { "X-CSRFToken": CSRF_TOKEN } });
+      const response = await reach("/api/transcriptions", { method: "POST", body,
+        headers: { "X-CSRFToken": CSRF_TOKEN } });
       if (!response.ok) throw new Error(await errorText(response));
       const result = await response.json();
       if (!result.speech || !result.text.trim()) {
