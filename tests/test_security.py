@@ -114,6 +114,16 @@ def test_too_many_messages_get_429_with_retry_after_and_nothing_is_stored(make_a
     assert [api.post("/v1/chat/completions", json=body).status_code for _ in range(3)] == [200, 200, 429]
 
 
+def test_the_automatic_title_never_spends_the_persons_message_allowance(make_app):
+    page = make_app(WEBBOT_RATE_MESSAGES="2/minute").test_client()
+    cid = page.post("/api/conversations", json={}).json["id"]
+    first = page.post(f"/api/conversations/{cid}/messages", json={"content": "Hi!", "max_tokens": 8})
+    assert first.status_code == 200 and b"event: done" in first.get_data()  # the whole reply, stored
+    assert page.post(f"/api/conversations/{cid}/title").status_code == 200  # the page's request after the reply
+    second = page.post(f"/api/conversations/{cid}/messages", json={"content": "And then?", "max_tokens": 2})
+    assert second.status_code == 200, second.json  # it was a 429: the title had spent the second message
+
+
 def test_too_many_transcriptions_get_429(make_app):
     app = make_app(WEBBOT_RATE_TRANSCRIPTIONS="1/minute")
     page = app.test_client()

@@ -459,6 +459,42 @@ def test_controls_have_names_and_focus_is_visible(page, ui_server):
     assert page.get_attribute("#messages", "aria-live") == "polite"
 
 
+def test_scrolled_up_to_read_the_view_stays_put_while_a_reply_streams(start_server, tiny_model_dir, page):
+    server = start_server(tiny_model_dir, WEBBOT_MAX_TOKENS="65536")  # a reply long enough to read back in
+    page.goto(server.url)
+    ask(page, "Write at length.")
+    page.wait_for_selector(".message.assistant.streaming")
+    box = "document.getElementById('messages')"
+    wait_for(page, f"{box}.scrollHeight > {box}.clientHeight + 600")
+    gap = f"{box}.scrollHeight - {box}.scrollTop - {box}.clientHeight"
+    assert page.evaluate(gap) < 48  # following the stream while at the bottom
+    page.hover("#messages")
+    page.mouse.wheel(0, -5000)  # the reader scrolls up to read
+    wait_for(page, f"{box}.scrollTop < 10")
+    page.wait_for_timeout(1000)  # tokens keep coming
+    assert page.evaluate(f"{box}.scrollTop") < 10 and page.evaluate(gap) > 400
+    assert page.is_visible("#jump-newest") and page.inner_text("#jump-newest") == "↓ Jump to the newest"
+    assert page.locator(".message.assistant.streaming").count() == 1
+    page.click("#jump-newest")
+    assert page.evaluate(gap) < 48 and page.is_hidden("#jump-newest")
+    page.wait_for_timeout(500)
+    assert page.evaluate(gap) < 48  # following again
+    page.click("#stop")
+    page.wait_for_selector(".message.assistant:not(.streaming)")
+
+
+def test_a_message_sent_while_the_server_cannot_be_reached_says_so_in_a_sentence(page, ui_server):
+    start_chat(page, ui_server.url)
+    page.route("**/messages", lambda route: route.abort("connectionrefused"))  # as when the server is down
+    ask(page, "Are you there?")
+    page.wait_for_selector("#notice:not([hidden])")
+    assert page.inner_text("#notice") == ("The server could not be reached; check your connection (and that the "
+                                          "server is running), then try again.")
+    assert "Failed to fetch" not in page.content()
+    assert page.input_value("#input") == "Are you there?"  # nothing typed is lost
+    page.problems[:] = [p for p in page.problems if "ERR_CONNECTION_REFUSED" not in p]
+
+
 def test_a_waiting_reply_shows_its_place_in_the_queue(start_server, tiny_model_dir, page):
     server = start_server(tiny_model_dir, WEBBOT_MAX_TOKENS="65536", WEBBOT_MAX_BATCH="1")
     busy = requests.post(server.url + "/v1/chat/completions", stream=True, timeout=60, json={
