@@ -4,6 +4,7 @@ running the real SmolLM2 instruct model: typing, streaming, Stop, reload, sideba
 The README's screenshots come from tests/test_ui.py.
 """
 
+import re
 import time
 
 import pytest
@@ -192,6 +193,12 @@ def test_the_page_says_when_messages_come_too_fast(page, start_server, tiny_mode
     page.wait_for_selector("#notice:not([hidden])")
     assert page.inner_text("#notice").startswith("Too many messages: the limit is 1 per 1 minute. Try again in ")
     assert page.input_value("#input") == "second"  # the refused message is kept to send again
+    wait = int(re.search(r"Try again in (\d+) seconds", page.inner_text("#notice-text")).group(1))
+    page.wait_for_timeout(2200)
+    later = int(re.search(r"Try again in (\d+) seconds", page.inner_text("#notice-text")).group(1))
+    assert wait - 3 <= later <= wait - 2  # it counts down
+    page.click("#notice-close")  # and can be dismissed
+    assert page.is_hidden("#notice") and page.get_attribute("#notice-close", "aria-label") == "Dismiss this notice"
     page.problems.clear()  # the browser logs the refused request's 429 itself; that is the point here
 
 

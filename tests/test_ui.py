@@ -488,7 +488,7 @@ def test_a_message_sent_while_the_server_cannot_be_reached_says_so_in_a_sentence
     page.route("**/messages", lambda route: route.abort("connectionrefused"))  # as when the server is down
     ask(page, "Are you there?")
     page.wait_for_selector("#notice:not([hidden])")
-    assert page.inner_text("#notice") == ("The server could not be reached; check your connection (and that the "
+    assert page.inner_text("#notice-text") == ("The server could not be reached; check your connection (and that the "
                                           "server is running), then try again.")
     assert "Failed to fetch" not in page.content()
     assert page.input_value("#input") == "Are you there?"  # nothing typed is lost

@@ -10,6 +10,9 @@ export const form = document.getElementById("composer");
 export const sendButton = document.getElementById("send");
 export const stopButton = document.getElementById("stop");
 const notice = document.getElementById("notice");
+const noticeText = document.getElementById("notice-text");
+const WAIT = /Try again in (\d+) seconds?\./; // a rate limit's sentence; the page counts it down
+let countdown = null;
 
 export const state = {
   current: app.dataset.current || null, // the open conversation's id
@@ -19,8 +22,19 @@ export const state = {
 };
 
 export function showNotice(text) {
-  notice.textContent = text;
+  clearInterval(countdown);
+  noticeText.textContent = text;
   notice.hidden = !text;
+  const wait = WAIT.exec(text || "");
+  if (!wait) return;
+  const before = text.slice(0, wait.index), after = text.slice(wait.index + wait[0].length);
+  let left = Number(wait[1]);
+  countdown = setInterval(() => {
+    left -= 1;
+    const now = left > 0 ? `Try again in ${left} second${left === 1 ? "" : "s"}.` : "You can try again now.";
+    noticeText.textContent = before + now + after;
+    if (left <= 0) clearInterval(countdown);
+  }, 1000);
 }
 
 // Whether the notice says the model is not ready (so it can be cleared when it is).
@@ -30,3 +44,5 @@ export function noticeIsAboutTheModel(value) {
   else delete notice.dataset.model;
   return value;
 }
+
+document.getElementById("notice-close").addEventListener("click", () => showNotice(""));
