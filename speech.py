@@ -17,8 +17,7 @@ import numpy as np
 from webbot.config import DEFAULT_WHISPER_MODEL, MAX_AUDIO_SECONDS, SPEECH_BACKENDS, SPEECH_MAX_WAITING
 from webbot.voice import uploads
 from webbot.voice.activity import chunks_of, speech_regions
-from webbot.voice.admission import Admission as SharedAdmission
-from webbot.voice.admission import Busy
+from webbot.voice.admission import Admission, Busy
 from webbot.voice.uploads import SAMPLE_RATE, AudioError
 from webbot.voice.whisper import FasterWhisperBackend, OpenAIBackend, Transcript, language_name
 
@@ -34,11 +33,6 @@ class SpeechBusy(Busy):
 
 class SpeechUnavailable(RuntimeError):
     """The speech model could not be loaded; the message says why."""
-
-
-def Admission(max_waiting: int, slots: int = 1) -> SharedAdmission:  # noqa: N802 (the name tests and callers know)
-    """`slots` transcriptions at a time, at most `max_waiting` more queued; beyond that SpeechBusy."""
-    return SharedAdmission(max_waiting, slots, SpeechBusy, "transcriptions")
 
 
 class Transcriber:
@@ -57,7 +51,7 @@ class Transcriber:
         self.model_id, self.backend_name, self.requested_device = model, backend, device
         self.url, self.key, self.timeout = url, key, timeout
         self.max_seconds = max_seconds
-        self.admission = Admission(max_waiting, REMOTE_SLOTS if url else 1)
+        self.admission = Admission(max_waiting, REMOTE_SLOTS if url else 1, SpeechBusy, "transcriptions")
         self.error: str | None = None
         self._backend = None
         self._load_lock = threading.Lock()

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 from harness.audio import SENTENCES, convert, generate_audio, speak
-from speech import Admission, SpeechBusy, SpeechUnavailable, Transcriber
+from speech import SpeechBusy, SpeechUnavailable, Transcriber
 from tests.helpers import until
 from webbot.voice import uploads
 from webbot.voice.activity import chunks_of
+from webbot.voice.admission import Admission
 from webbot.voice.uploads import SAMPLE_RATE, AudioError
 
 QUESTION = "What is the capital of France?"
@@ -204,7 +205,7 @@ def test_a_too_short_clip_is_refused():
 
 
 def test_one_transcription_at_a_time_and_a_bounded_queue():
-    admission = Admission(max_waiting=1)
+    admission = Admission(max_waiting=1, busy=SpeechBusy)
     order, release = [], threading.Event()
 
     def first():

@@ -68,7 +68,6 @@ export async function streamReply(conversation, path, body, place) {
         }
       } else if (event === "done") {
         text = data.message.content;
-        told(true);
         reply.querySelector(".body").innerHTML = data.message.html;
         setStatus(reply, data.message.status);
         showGauge(data.memory);
@@ -87,7 +86,7 @@ export async function streamReply(conversation, path, body, place) {
       showNotice(error.message);
     }
   } finally {
-    if (reply && !dropped) told(true); // stopped or failed: what is whole is spoken, then reading ends
+    if (reply && !dropped) told(true); // done, stopped or failed: what is whole is spoken, then reading ends
     state.streaming = null;
     setBusy(false);
     markFinished();

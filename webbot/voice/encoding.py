@@ -11,7 +11,7 @@ import os
 import struct
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 from webbot.config import PCM_RATE
 
@@ -35,7 +35,7 @@ def wav_header(rate: int) -> bytes:
             + b"data" + struct.pack("<I", UNKNOWN_LENGTH))
 
 
-def encode(pcm: Iterator[bytes], rate: int, response_format: str) -> Iterator[bytes]:
+def encode(pcm: Generator[bytes, None, None], rate: int, response_format: str) -> Iterator[bytes]:
     """The encoded bytes of 16-bit mono PCM pieces at `rate`, as they come. Closing the iterator early (a client
     that went away) stops ffmpeg and stops asking `pcm` for more."""
     if response_format == "wav":
@@ -46,24 +46,19 @@ def encode(pcm: Iterator[bytes], rate: int, response_format: str) -> Iterator[by
         ["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "s16le", "-ar", str(rate), "-ac", "1", "-i", "pipe:0",
          *FFMPEG_OUTPUT[response_format], "-flush_packets", "1", "pipe:1"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    stop = threading.Event()
     failure: list[BaseException] = []
 
     def feed():
         try:
-            for piece in pcm:
-                if stop.is_set():
-                    break
+            for piece in pcm:  # once ffmpeg is stopped (the client went away), the next write is a broken pipe
                 ffmpeg.stdin.write(piece)
                 ffmpeg.stdin.flush()
         except BrokenPipeError:
-            pass  # ffmpeg was stopped: the client went away
+            pass
         except BaseException as exc:  # noqa: BLE001 (raised again in the reading thread)
             failure.append(exc)
         finally:
-            close = getattr(pcm, "close", None)
-            if close:
-                close()
+            pcm.close()
             try:
                 ffmpeg.stdin.close()
             except OSError:
@@ -80,7 +75,6 @@ def encode(pcm: Iterator[bytes], rate: int, response_format: str) -> Iterator[by
         if ffmpeg.wait() != 0:
             raise RuntimeError(f"ffmpeg could not encode {response_format}: {ffmpeg.stderr.read().decode()[-300:]}")
     finally:
-        stop.set()
         if ffmpeg.poll() is None:
             ffmpeg.kill()
         ffmpeg.wait()

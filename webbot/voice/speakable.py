@@ -19,7 +19,7 @@ SHORT_CODE = 24  # inline code up to this long is read as it is (a name, a comma
 _URL = re.compile(r"\b(?:https?|ftp)://[^\s<>()\]]+", re.IGNORECASE)
 _DISPLAY_MATH = re.compile(r"\$\$.+?\$\$|\\\[.+?\\\]", re.DOTALL)
 _INLINE_MATH = re.compile(r"(?<![\\$\w])\$(?!\s)([^$\n]{1,200}?)(?<!\s)\$(?![\w$])|\\\((.+?)\\\)")
-_SIMPLE_MATH = re.compile(r"^[A-Za-z]|[0-9]+(?:\.[0-9]+)?$")
+_SIMPLE_MATH = re.compile(r"[A-Za-z]|[0-9]+(?:\.[0-9]+)?")  # said as it is (fullmatch)
 _SENTENCE_END = re.compile(r"(?<=[.!?…])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
 _ABBREVIATION = re.compile(r"(?:\b(?:Mr|Mrs|Ms|Dr|Prof|St|Sr|Jr|vs|etc|e\.g|i\.e|No|Fig|approx)|\b[A-Z])\.$")
 _ENDS_SENTENCE = re.compile(r"[.!?…:;][\"')\]]*$")

@@ -35,7 +35,7 @@ def page_config() -> dict:
             "maxAudioSeconds": int(settings["WEBBOT_MAX_AUDIO_SECONDS"]),
             "generateTitles": settings["WEBBOT_GENERATE_TITLES"],
             "continuable": list(config.CONTINUABLE),
-            "speech": settings["WEBBOT_TTS"]}
+            "speech": services().speaker.enabled}
 
 
 def chat_page(conversation_id: str | None):

@@ -17,7 +17,7 @@ from webbot.web.inputs import json_body, number, text_field
 
 def speech_response(speaker, default_format: str = config.SPEECH_FORMATS[0]) -> Response:
     """The audio for the request's JSON body, streamed; or an ApiError that says what to change."""
-    if not current_app.config["WEBBOT_TTS"]:
+    if not speaker.enabled:
         raise ApiError(404, "Spoken replies are turned off on this server (WEBBOT_TTS=off).", "speech_off")
     body = json_body()
     text = body.get("input")
