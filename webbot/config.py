@@ -82,6 +82,17 @@ SPEECH_SPEED_RANGE = (0.25, 4.0)
 PCM_RATE = 24_000  # OpenAI's pcm: 24 kHz, 16-bit signed little-endian, mono, no header
 SENTENCE_PAUSE_S = 0.25  # silence between spoken sentences
 
+# Documents in the conversation (webbot/documents)
+MAX_DOCUMENT_MB = 20  # one attached file (WEBBOT_MAX_DOCUMENT_MB)
+MAX_DOCUMENT_PAGES = 1000  # pages of one PDF (WEBBOT_MAX_DOCUMENT_PAGES)
+DOCUMENT_QUOTA_MB = 200  # every file one person keeps, together (WEBBOT_DOCUMENT_QUOTA_MB)
+DOCUMENT_SHARE = 0.4  # of the prompt budget: a document this size or smaller goes in whole; larger ones send passages
+MAX_DOCUMENTS_PER_MESSAGE = 10
+PASSAGE_CHARS = 1200  # the longest passage a large document is cut into (about 300 tokens of English)
+EXTRACT_SECONDS = 60  # CPU time one extraction may take (in a child process)
+EXTRACT_MEMORY_MB = 1536  # address space of that child process
+UNZIPPED_MB = 200  # what a DOCX may unpack to (a zip bomb is refused before it is read)
+
 # Who may use it
 AUTH_MODES = ("open", "password", "accounts")
 SIGNUPS = ("closed", "open")
@@ -153,6 +164,9 @@ def from_env(environ: dict | None = None) -> dict:
         "WEBBOT_TTS_VOICE": env.get("WEBBOT_TTS_VOICE") or DEFAULT_TTS_VOICE,
         "WEBBOT_TTS_MAX_CHARS": int(env.get("WEBBOT_TTS_MAX_CHARS", MAX_SPEECH_CHARS)),
         "WEBBOT_TTS_MAX_WAITING": int(env.get("WEBBOT_TTS_MAX_WAITING", TTS_MAX_WAITING)),
+        "WEBBOT_MAX_DOCUMENT_BYTES": int(float(env.get("WEBBOT_MAX_DOCUMENT_MB", MAX_DOCUMENT_MB)) * 1_000_000),
+        "WEBBOT_MAX_DOCUMENT_PAGES": int(env.get("WEBBOT_MAX_DOCUMENT_PAGES", MAX_DOCUMENT_PAGES)),
+        "WEBBOT_DOCUMENT_QUOTA_BYTES": int(float(env.get("WEBBOT_DOCUMENT_QUOTA_MB", DOCUMENT_QUOTA_MB)) * 1_000_000),
         "WEBBOT_MAX_BATCH": _auto_int(env, "WEBBOT_MAX_BATCH"),
         "WEBBOT_MAX_WAITING": int(env.get("WEBBOT_MAX_WAITING", MAX_WAITING)),
         "WEBBOT_MAX_REPLY_SECONDS": float(env.get("WEBBOT_MAX_REPLY_SECONDS", MAX_REPLY_SECONDS)),
@@ -178,6 +192,7 @@ def from_env(environ: dict | None = None) -> dict:
         "WEBBOT_RATE_TRANSCRIPTIONS": env.get("WEBBOT_RATE_TRANSCRIPTIONS", "20/minute"),
         # texts spoken (the page asks for one sentence at a time while it reads a reply aloud)
         "WEBBOT_RATE_SPEECH": env.get("WEBBOT_RATE_SPEECH", "120/minute"),
+        "WEBBOT_RATE_DOCUMENTS": env.get("WEBBOT_RATE_DOCUMENTS", "30/minute"),  # files attached or uploaded
         "WEBBOT_RATE_LIMIT_STORAGE": env.get("WEBBOT_RATE_LIMIT_STORAGE") or redis_url or "memory://",
         "WEBBOT_CPU_BATCH_MATMUL": _choice(env, "WEBBOT_CPU_BATCH_MATMUL", ("on", "off")) == "on",
     }
