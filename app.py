@@ -26,10 +26,11 @@ from webbot.model.malloc_tuning import fix_mmap_threshold
 from webbot.model.remote_bot import RemoteBot
 from webbot.storage import database
 from webbot.storage.conversations import Store
+from webbot.storage.documents import DocumentStore
 from webbot.storage.replies import LocalReplies, RedisReplies
 from webbot.storage.users import Users
 from webbot.voice.speaker import Speaker
-from webbot.web import accounts, api, conversations, messages, pages
+from webbot.web import accounts, api, attachments, conversations, messages, pages
 from webbot.web.auth import init_auth
 from webbot.web.cli import db_command, users_command
 from webbot.web.errors import register_error_handlers
@@ -97,13 +98,13 @@ def create_app(config: dict | None = None, bot=None, transcriber: Transcriber | 
     if interrupted:
         log.info("marked %d replies cut off by the last shutdown as interrupted", interrupted)
     app_services = install(app, Services(bot=bot or bot_from_config(app.config), store=store, users=Users(engine),
-                                         replies=replies, redis=redis,
+                                         documents=DocumentStore(engine), replies=replies, redis=redis,
                                          transcriber=transcriber or transcriber_from_config(app.config),
                                          speaker=speaker or speaker_from_config(app.config)))
 
     app.before_request(lambda: raise_body_limit(app))  # before the CSRF check, which reads the body
     init_auth(app, app_services.users)
-    for blueprint in (pages.bp, accounts.bp, conversations.bp, messages.bp, api.bp):
+    for blueprint in (pages.bp, accounts.bp, conversations.bp, messages.bp, attachments.bp, api.bp):
         app.register_blueprint(blueprint)
     app.cli.add_command(users_command)
     app.cli.add_command(db_command)
@@ -115,11 +116,17 @@ def create_app(config: dict | None = None, bot=None, transcriber: Transcriber | 
 
 
 def raise_body_limit(app: Flask) -> None:
-    """Raise the body limit for the routes that take files (an import, a recording) before anything reads it."""
+    """Raise the body limit for the routes that take files (an import, a recording, a document) before anything
+    reads it."""
     if request.endpoint == "conversations.import_conversations":
         request.max_content_length = settings.IMPORT_MAX_BYTES
     elif request.endpoint in ("pages.transcription", "api.audio_transcriptions"):
         request.max_content_length = app.config["WEBBOT_MAX_AUDIO_BYTES"] + settings.FORM_OVERHEAD_BYTES
+    elif request.endpoint in ("documents.attach", "api.upload_file"):
+        request.max_content_length = app.config["WEBBOT_MAX_DOCUMENT_BYTES"] + settings.FORM_OVERHEAD_BYTES
+    elif request.endpoint == "api.chat_completions":  # files may come inline, base64 (4 characters per 3 bytes)
+        request.max_content_length = (app.config["WEBBOT_MAX_REQUEST_BYTES"]
+                                      + app.config["WEBBOT_MAX_DOCUMENT_BYTES"] * 4 // 3 * 2)
 
 
 def _datetime(timestamp: float) -> str:

@@ -247,7 +247,7 @@ def test_migrations_make_old_conversations_one_branch_searchable_and_unpinned(tm
                                     "VALUES ('c1', :role, :content, 'complete', :at)"),
                                {"role": role, "content": content, "at": n})
     database.upgrade(engine)
-    assert database.current_revision(engine) == database.head_revision() == "0004"
+    assert database.current_revision(engine) == database.head_revision() == "0005"
     store = store_module.Store(engine)
     messages = store.messages("c1")
     assert [m["parent_id"] for m in messages] == [None] + [m["id"] for m in messages[:-1]]

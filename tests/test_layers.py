@@ -48,9 +48,9 @@ def test_the_root_holds_only_the_entry_points():
     assert sorted(p.name for p in ROOT.glob("*.py")) == sorted(ENTRY_POINTS)
 
 
-@pytest.mark.parametrize("path", [p for p in PACKAGE_MODULES if layer(p) in ("model", "voice", "storage")],
-                         ids=module_name)
-def test_model_voice_and_storage_never_import_flask_or_the_web_layer(path):
+@pytest.mark.parametrize("path", [p for p in PACKAGE_MODULES
+                                  if layer(p) in ("model", "voice", "storage", "documents")], ids=module_name)
+def test_model_voice_storage_and_documents_never_import_flask_or_the_web_layer(path):
     bad = {name for name in imports(path) if top(name) in ("flask", "flask_login", "flask_wtf", "werkzeug")
            or name.startswith("webbot.web")}
     assert not bad, f"{module_name(path)} imports {sorted(bad)}"
@@ -63,6 +63,15 @@ def test_a_module_that_imports_flask_imports_no_torch_transformers_or_sqlalchemy
         return
     heavy = {name for name in names if top(name) in HEAVY}
     assert not heavy, f"{module_name(path)} imports flask and {sorted(heavy)}"
+
+
+@pytest.mark.parametrize("path", [p for p in PACKAGE_MODULES if layer(p) == "documents"], ids=module_name)
+def test_documents_import_only_config_and_never_the_model_stack(path):
+    """Reading files runs in a child process that must start fast and hold no model: config and itself only."""
+    names = imports(path)
+    assert not {n for n in names if n.startswith("webbot.") and not n.startswith(("webbot.config",
+                                                                                    "webbot.documents"))}
+    assert not {n for n in names if top(n) in HEAVY}
 
 
 def test_config_imports_nothing_of_the_product():

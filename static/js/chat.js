@@ -1,6 +1,7 @@
 // The open conversation and what a person does in it: open one, start one, send, edit and resend, regenerate,
 // continue, switch between versions, stop, and the notice while the model loads.
 import { api } from "./api.js";
+import { clearAttachments, pendingIds, showDrafts } from "./attach.js";
 import { copyText } from "./rich.js";
 import { config, form, input, list, messagesBox, noticeIsAboutTheModel, showNotice, state, stopButton }
   from "./page.js";
@@ -16,11 +17,12 @@ export async function open(id, push = true) {
   if (push) history.pushState({ id }, "", id ? `/c/${id}` : "/");
   showNotice("");
   showExportLinks(id);
-  if (!id) { showMessages([]); showGauge(null); return; }
+  if (!id) { showMessages([]); showGauge(null); clearAttachments(); return; }
   try {
     const data = await api("GET", `/api/conversations/${id}`);
     if (state.current !== id) return;
     showConversation(data);
+    showDrafts(data.drafts);
     if (data.generating && !state.streaming) followStoredReply(id); // written for a tab that lost its connection
   } catch (error) {
     showNotice(error.message);
@@ -36,11 +38,17 @@ export async function newConversation() {
 }
 
 async function send(text) {
+  const documents = pendingIds();
+  if (documents === null) {
+    showNotice("The attached files are still being uploaded and read; send once their chips show their tokens.");
+    return;
+  }
   const conversation = state.current || await newConversation();
   const firstExchange = !state.shown || state.shown.messages.length === 0;
   const started = await streamReply(conversation, `/api/conversations/${conversation}/messages`,
-    { content: text }, (data) => {
+    { content: text, documents }, (data) => {
       input.value = "";
+      clearAttachments();
       messagesBox.appendChild(messageElement(data.user));
       const reply = messageElement({ ...data.reply, html: "" });
       messagesBox.appendChild(reply);

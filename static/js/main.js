@@ -1,5 +1,6 @@
 // The chat page's one entry point: each feature's module sets itself up, in an order where a module that
 // listens to another (the list follows what the conversation opens) is ready first.
+import * as attach from "./attach.js";
 import * as chat from "./chat.js";
 import * as settings from "./settings.js";
 import * as shell from "./shell.js";
@@ -16,3 +17,4 @@ voice.init();
 speak.init();
 talk.init(config.speech);
 chat.init();
+attach.init(chat.newConversation);

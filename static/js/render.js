@@ -2,6 +2,7 @@
 // switch and tools of each message, pins, what a reply recalled, reply statuses, and the memory gauge.
 // Text from users and titles is only ever set with textContent; assistant replies are
 // set as HTML only when the server has rendered and sanitised them.
+import { documentChips } from "./attach.js";
 import { config, messagesBox, state } from "./page.js";
 import { enrich } from "./rich.js";
 import { readingButtons } from "./speak.js";
@@ -70,6 +71,14 @@ function recalledList(ids) {
   return box;
 }
 
+// Under a reply: the passages of attached documents it was given ("From report.pdf p. 7, p. 9").
+function sourcesLine(sources) {
+  const line = document.createElement("div");
+  line.className = "sources";
+  line.textContent = `From ${[...new Set(sources.map((s) => s.source))].join("; ")}`;
+  return line;
+}
+
 export function showPinned(element, pinned) {
   element.classList.toggle("pinned", pinned);
   const button = element.querySelector(".pin");
@@ -108,6 +117,10 @@ export function messageElement(message) {
   element.appendChild(tools);
   showPinned(element, Boolean(message.pinned));
   if (message.recalled && message.recalled.length) element.insertBefore(recalledList(message.recalled), tools);
+  if (message.documents && message.documents.length) {
+    element.insertBefore(documentChips(message.documents, state.current), tools);
+  }
+  if (message.sources && message.sources.length) element.insertBefore(sourcesLine(message.sources), tools);
   setStatus(element, message.status);
   return element;
 }
@@ -182,6 +195,7 @@ export function showGauge(memory) {
   const parts = n ? [`${n} earlier message${n === 1 ? " is" : "s are"} outside memory`] : [];
   if (memory.recalled) parts.push(`${memory.recalled} recalled for this reply`);
   if (memory.pinned) parts.push(`${memory.pinned} pinned`);
+  if (memory.passages) parts.push(`${memory.passages} document passage${memory.passages === 1 ? "" : "s"} read`);
   document.getElementById("gauge-dropped").textContent = parts.join("; ");
 }
 

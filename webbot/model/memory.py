@@ -18,6 +18,11 @@ message and puts the best few into the new message's turn, right before its text
 and so its cached keys and values, stays as it was. Once anything falls out of the
 window, `recall_share` more is left out, so recall has room without moving the window
 from turn to turn.
+
+Attached documents (see `attached.py`) come in the same way: a small one rides whole in its
+message; passages of a large one (or of a whole one outside the window) that match the
+question go into the new message's turn, ahead of any recalled messages, within the document
+budget, which is left free the same way in a conversation with documents.
 """
 
 import hashlib
@@ -28,6 +33,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from webbot.config import DEFAULT_MAX_TOKENS, DEFAULT_RECALL_SHARE, DEFAULT_REPLY_SHARE, PIN_SHARE, RECALL_MOST
+from webbot.model import attached
 from webbot.model import recall as recall_ranking
 
 TURN_COST_ENTRIES = 50_000  # turns whose token cost is remembered; each key is a 20-byte digest, never the text
@@ -76,6 +82,7 @@ class MemoryPlan:
     public_tokens: int = 0  # leading tokens that hold nothing private: the template and the server's system prompt
     recalled: list[int] = field(default_factory=list)  # history indexes of the messages recalled for this reply
     pinned: list[int] = field(default_factory=list)  # history indexes of the pinned messages in the prompt
+    sources: list[int] = field(default_factory=list)  # indexes into the candidate passages that are in the prompt
 
     @property
     def prompt_tokens(self) -> int:
@@ -85,7 +92,7 @@ class MemoryPlan:
     def as_dict(self) -> dict:
         """The gauge the page shows."""
         return {"used": self.prompt_tokens, "budget": self.budget, "dropped": self.dropped,
-                "recalled": len(self.recalled), "pinned": len(self.pinned)}
+                "recalled": len(self.recalled), "pinned": len(self.pinned), "passages": len(self.sources)}
 
 
 def _one_line(message: dict) -> str:
@@ -131,6 +138,7 @@ class Memory:
         self.chunk = max(1, int(self.budget * chunk_ratio))
         self.recall_budget = int(self.budget * recall_share)
         self.pin_budget = int(self.budget * pin_share)
+        self.document_budget = int(self.budget * attached.DOCUMENT_SHARE)
         self.template_kwargs = template_kwargs or {}
         self._turn_costs: OrderedDict[bytes, int] = OrderedDict()
         self._base_cost: int | None = None
@@ -185,7 +193,8 @@ class Memory:
 
     def plan(self, history: list[dict], new_message: str, system_prompt: str | None = None,
              partial_reply: str | None = None, public_head: bool = False, owner: str = "",
-             pins: list[int] = (), recall: bool = False) -> MemoryPlan:
+             pins: list[int] = (), recall: bool = False, passages: list = (),
+             question: str | None = None) -> MemoryPlan:
         """Choose the newest turns that fit beside the system prompt and the new message (and, to continue a
         reply that was cut off, the start of that reply).
 
@@ -193,12 +202,17 @@ class Memory:
         and system prompt) holds nothing private and any owner's cache may supply it.
         `pins`: indexes of pinned history messages, kept ahead of the window within the pin budget.
         `recall`: bring back the messages outside memory that best match the new message.
+        `passages`: `attached.Passage`s of the conversation's documents, ranked against `question` (the
+        person's own words; the new message when None).
         """
         history = [{**m, "content": valid_text(m["content"])} for m in history]
         new_message = valid_text(new_message)
         system_prompt = valid_text(system_prompt) if system_prompt else system_prompt
         partial_reply = valid_text(partial_reply) if partial_reply is not None else None
-        plan = self._plan(history, new_message, system_prompt, partial_reply, owner, list(pins), recall)
+        plan = self._plan(history, new_message, system_prompt, partial_reply, owner, list(pins), recall,
+                          bool(passages))
+        if passages:
+            plan = self._documents(plan, list(passages), valid_text(question or new_message)) or plan
         if public_head and system_prompt and not plan.pinned:
             plan.public_tokens = self._public_tokens(system_prompt, plan)
         return plan
@@ -232,7 +246,8 @@ class Memory:
         return [{"role": "system", "content": content}], kept
 
     def _plan(self, history: list[dict], new_message: str, system_prompt: str | None,
-              partial_reply: str | None, owner: str, pins: list[int], recall: bool) -> MemoryPlan:
+              partial_reply: str | None, owner: str, pins: list[int], recall: bool,
+              documents: bool = False) -> MemoryPlan:
         head, pinned = self._head(system_prompt, history, pins)
         new = [{"role": "user", "content": new_message}]
         continuing = partial_reply is not None
@@ -248,7 +263,7 @@ class Memory:
         cumulative = [0]
         for turn in turns:
             cumulative.append(cumulative[-1] + self._turn_cost(turn, owner))
-        reserve = self.recall_budget if recall else 0
+        reserve = (self.recall_budget if recall else 0) + (self.document_budget if documents else 0)
         stable = bisect_left(cumulative, self._tokens_to_drop(head, cumulative[-1], reserve))
         # The new message may be long: drop more turns for this reply only. The turn costs say where the
         # kept turns first fit beside it; the loop checks that with the real tokens and goes on if not.
@@ -295,6 +310,37 @@ class Memory:
             if len(ids) <= self.budget:
                 return MemoryPlan(ids, self.budget, plan.first_kept, plan.dropped, head + kept + turn, text,
                                   plan.continuing, recalled=chosen, pinned=plan.pinned)
+            chosen.pop()
+        return None
+
+    def _documents(self, plan: MemoryPlan, passages: list, question: str) -> MemoryPlan | None:
+        """`plan` with the passages that best match `question` put at the start of the new message's turn (as
+        many of the best PASSAGES_MOST as fit the document budget and the prompt budget); with no match, the
+        opening passages of a document that came with this message. None when none fits."""
+        usable = [i for i, p in enumerate(passages) if p.in_history is None or p.in_history < plan.first_kept]
+        order = [usable[i] for i in recall_ranking.rank([passages[i].text for i in usable], question,
+                                                        attached.PASSAGES_MOST, floor=0)]
+        if not order:
+            order = [i for i in usable if passages[i].fresh][:attached.PASSAGES_MOST]
+        allowance = min(self.document_budget, self.budget - plan.prompt_tokens)
+        chosen, spent = [], 2
+        for index in order:
+            cost = len(self.encode(attached.passage_block([passages[index]]))) + 2
+            if spent + cost <= allowance:
+                chosen.append(index)
+                spent += cost
+        chosen.sort()  # in the documents' own order
+        turns = plan.kept_messages
+        at = len(turns) - (2 if plan.continuing else 1)
+        while chosen:
+            block = attached.passage_block([passages[index] for index in chosen])
+            messages = [*turns[:at], {"role": "user", "content": f"{block}\n\n{turns[at]['content']}"},
+                        *turns[at + 1:]]
+            text = self.render_text(messages, plan.continuing)
+            ids = self.encode(text)
+            if len(ids) <= self.budget:
+                return MemoryPlan(ids, self.budget, plan.first_kept, plan.dropped, messages, text, plan.continuing,
+                                  recalled=plan.recalled, pinned=plan.pinned, sources=chosen)
             chosen.pop()
         return None
 

@@ -34,9 +34,9 @@ def query_words(text: str) -> list[str]:
     return words[:MAX_QUERY_WORDS]
 
 
-def rank(candidates: list[str], query: str, limit: int) -> list[int]:
+def rank(candidates: list[str], query: str, limit: int, floor: float = SHARE_OF_BEST) -> list[int]:
     """Indexes into `candidates` of those sharing a word (stem or prefix) with `query` and scoring at least
-    SHARE_OF_BEST of the best one: best first (BM25), the newer first among equals; at most `limit`. The floor
+    `floor` of the best one: best first (BM25), the newer first among equals; at most `limit`. The floor
     keeps a message that shares one common word ("name") from riding along with the one that answers."""
     words = query_words(query)
     offset = max(0, len(candidates) - MAX_CANDIDATES)
@@ -52,4 +52,4 @@ def rank(candidates: list[str], query: str, limit: int) -> list[int]:
     if not rows:
         return []
     best = rows[0][1]  # FTS5's bm25() is negative: the lower, the better
-    return [index for index, score in rows if score <= best * SHARE_OF_BEST]
+    return [index for index, score in rows if score <= best * floor]

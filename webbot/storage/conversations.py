@@ -19,6 +19,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -61,6 +62,27 @@ messages = Table(
     Column("parent_id", Integer, index=True),  # the message this one follows; None for a first message
     Column("pinned", Boolean, nullable=False, default=False, server_default=false()),  # kept ahead of the window
     Column("recalled", Text),  # JSON: for a reply, the ids of the messages recalled from outside memory for it
+    Column("documents", Text),  # JSON: for a user message, the ids of the documents attached to it
+    Column("sources", Text),  # JSON: for a reply, the document passages it was given ({"document", "source"})
+)
+
+documents = Table(
+    "documents", metadata,  # attached files (storage/documents.py reads and writes them)
+    Column("id", String(32), primary_key=True),
+    Column("owner", String(64), nullable=False, index=True),
+    # the conversation it was attached in; None for a file uploaded through /v1/files
+    Column("conversation_id", String(32), ForeignKey("conversations.id", ondelete="CASCADE"), index=True),
+    Column("name", String(255), nullable=False),
+    Column("kind", String(16), nullable=False),  # pdf | docx | html | markdown | text
+    Column("media_type", String(128), nullable=False),
+    Column("size", Integer, nullable=False),  # bytes of the file, counted against the owner's quota
+    Column("pages", Integer, nullable=False),
+    Column("tokens", Integer, nullable=False),  # of its text, counted with the model's tokenizer when attached
+    Column("data", LargeBinary, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("passages", Text, nullable=False),  # JSON: [{"source", "text"}]
+    Column("sent", Boolean, nullable=False, default=False, server_default=false()),  # on a message (not a draft)
+    Column("created_at", Float, nullable=False),
 )
 
 preferences = Table(
@@ -83,6 +105,8 @@ def _message(row) -> dict:
     message = dict(row)
     message["pinned"] = bool(message["pinned"])
     message["recalled"] = json.loads(message["recalled"]) if message["recalled"] else []
+    message["documents"] = json.loads(message["documents"]) if message.get("documents") else []
+    message["sources"] = json.loads(message["sources"]) if message.get("sources") else []
     return message
 
 
@@ -182,6 +206,7 @@ class Store:
         with self.engine.begin() as db:
             ids = list(db.execute(select(conversations.c.id).where(conversations.c.deleted_at < before)).scalars())
             if ids:
+                db.execute(delete(documents).where(documents.c.conversation_id.in_(ids)))
                 db.execute(delete(messages).where(messages.c.conversation_id.in_(ids)))
                 db.execute(delete(conversations).where(conversations.c.id.in_(ids)))
             return ids
@@ -201,13 +226,16 @@ class Store:
         return _message(row) if row else None
 
     def add_message(self, conversation_id: str, role: str, content: str, status: str = "complete",
-                    parent_id: int | None | object = AFTER_LEAF, recalled: list[int] = ()) -> dict:
+                    parent_id: int | None | object = AFTER_LEAF, recalled: list[int] = (),
+                    sources: list[dict] = ()) -> dict:
         """Add a message after `parent_id` (by default at the end of the shown branch), show its branch and mark
-        the conversation as just used. `recalled`: for a reply, the messages recalled for it."""
+        the conversation as just used. `recalled` and `sources`: for a reply, the messages recalled for it and
+        the document passages it was given."""
         now = time.time()
         row = {"conversation_id": conversation_id, "role": role, "content": content, "status": status,
                "created_at": now, "parent_id": parent_id, "pinned": False,
-               "recalled": json.dumps(list(recalled)) if recalled else None}
+               "recalled": json.dumps(list(recalled)) if recalled else None,
+               "sources": json.dumps(list(sources)) if sources else None}
         with self.engine.begin() as db:
             if parent_id is AFTER_LEAF:
                 row["parent_id"] = db.execute(select(conversations.c.leaf_id).where(
@@ -218,17 +246,24 @@ class Store:
         return _message(row)
 
     def add_turn(self, conversation_id: str, content: str, title: str, parent_id: int | None = None,
-                 recalled: list[int] = ()) -> tuple[dict, dict]:
-        """In one transaction: the user's message after `parent_id`, an empty reply marked streaming (with the
-        ids of the messages `recalled` for it), the title, and that branch shown; returns (user message, reply)."""
+                 recalled: list[int] = (), attached: list[str] = (), sources: list[dict] = ()) -> tuple[dict, dict]:
+        """In one transaction: the user's message after `parent_id` (with the documents `attached` to it, no
+        longer drafts), an empty reply marked streaming (with the ids of the messages `recalled` for it and the
+        document passages `sources` it was given), the title, and that branch shown; returns (user message,
+        reply)."""
         now = time.time()
         rows = []
         with self.engine.begin() as db:
             for role, text, status in (("user", content, "complete"), ("assistant", "", "streaming")):
                 row = {"conversation_id": conversation_id, "role": role, "content": text, "status": status,
                        "created_at": now, "parent_id": rows[-1]["id"] if rows else parent_id, "pinned": False,
-                       "recalled": json.dumps(list(recalled)) if recalled and role == "assistant" else None}
+                       "recalled": json.dumps(list(recalled)) if recalled and role == "assistant" else None,
+                       "documents": json.dumps(list(attached)) if attached and role == "user" else None,
+                       "sources": json.dumps(list(sources)) if sources and role == "assistant" else None}
                 rows.append({"id": db.execute(messages.insert().values(**row)).inserted_primary_key[0], **row})
+            if attached:
+                db.execute(update(documents).where(documents.c.conversation_id == conversation_id,
+                                                   documents.c.id.in_(list(attached))).values(sent=True))
             db.execute(update(conversations).where(conversations.c.id == conversation_id)
                        .values(updated_at=now, title=title, leaf_id=rows[1]["id"]))
         return _message(rows[0]), _message(rows[1])
@@ -249,11 +284,13 @@ class Store:
                                                         messages.c.id == message_id).values(pinned=pinned)).rowcount
         return self.message(conversation_id, message_id) if changed else None
 
-    def set_recalled(self, message_id: int, recalled: list[int]) -> None:
-        """Record which messages were recalled for a reply (a continued reply gets those of its last part)."""
+    def set_recalled(self, message_id: int, recalled: list[int], sources: list[dict] = ()) -> None:
+        """Record which messages were recalled for a reply and which document passages it was given (a
+        continued reply gets those of both its parts)."""
         with self.engine.begin() as db:
             db.execute(update(messages).where(messages.c.id == message_id)
-                       .values(recalled=json.dumps(list(recalled)) if recalled else None))
+                       .values(recalled=json.dumps(list(recalled)) if recalled else None,
+                               sources=json.dumps(list(sources)) if sources else None))
 
     def finish_message(self, message_id: int, content: str, status: str) -> None:
         """Store the text and status of a reply (while it streams, and when it ends)."""
@@ -292,7 +329,8 @@ class Store:
             db.execute(preferences.insert().values(owner=owner, settings=json.dumps(values)))
 
     def import_conversations(self, owner: str, items: list[dict]) -> list[dict]:
-        """Store checked conversations from an export (`transfer.parse`) as new ones, all in one transaction."""
+        """Store checked conversations from an export (`transfer.parse`) as new ones, all in one transaction; each
+        file of an item's "documents" carries its columns (read by the web layer) in "row"."""
         made = []
         with self.engine.begin() as db:
             for item in items:
@@ -301,14 +339,23 @@ class Store:
                                 "created_at": item["created_at"] or now, "updated_at": now, "pinned": False,
                                 "settings": json.dumps(item["settings"]) if item["settings"] else None}
                 db.execute(conversations.insert().values(**conversation))
-                new_ids, leaf = {}, None
+                new_ids, leaf, file_ids = {}, None, {}
+                for old_id, file in item.get("documents", {}).items():  # read already: see `stored_document`
+                    file_ids[old_id] = uuid.uuid4().hex
+                    db.execute(documents.insert().values(id=file_ids[old_id], owner=owner,
+                                                         conversation_id=conversation["id"], sent=True,
+                                                         created_at=now, **file["row"]))
                 for message in item["messages"]:
                     recalled = [new_ids[old] for old in message["recalled"] if old in new_ids]
+                    attached = [file_ids[old] for old in message.get("documents", []) if old in file_ids]
+                    sources = [{**s, "document": file_ids.get(s["document"])} for s in message.get("sources", [])]
                     new_ids[message["id"]] = db.execute(messages.insert().values(
                         conversation_id=conversation["id"], role=message["role"], content=message["content"],
                         status=message["status"], created_at=message["created_at"] or now,
                         parent_id=new_ids.get(message["parent"]), pinned=message["pinned"],
-                        recalled=json.dumps(recalled) if recalled else None)).inserted_primary_key[0]
+                        recalled=json.dumps(recalled) if recalled else None,
+                        documents=json.dumps(attached) if attached else None,
+                        sources=json.dumps(sources) if sources else None)).inserted_primary_key[0]
                     leaf = new_ids[message["id"]]
                 leaf = new_ids.get(item["leaf"], leaf)
                 db.execute(update(conversations).where(conversations.c.id == conversation["id"]).values(leaf_id=leaf))

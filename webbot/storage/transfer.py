@@ -3,11 +3,15 @@ reading), and the checks an imported JSON file goes through before anything is s
 
 The JSON format: {"format": FORMAT, "conversations": [{"title", "created_at", "settings",
 "leaf", "messages": [{"id", "parent", "role", "content", "status", "created_at", "pinned",
-"recalled" (the ids of earlier messages recalled for a reply)}]}]}.
+"recalled" (the ids of earlier messages recalled for a reply), "documents" (the ids of the files a message came
+with), "sources" (the document passages a reply was given)}], "documents": [{"id", "name", "data" (the file,
+base64)}]}]}.
 Message ids are only meaningful inside the file; an import gets new ones. A file holding
 one conversation ({"title", "messages", ...} at the top) imports too.
 """
 
+import base64
+import binascii
 import json
 import math
 
@@ -23,8 +27,9 @@ FORMAT = "webbot-conversations/1"
 ROLES = ("user", "assistant")
 
 
-def as_json(items: list[tuple[dict, list[dict]]]) -> str:
-    """(conversation, all its messages) pairs as the JSON export."""
+def as_json(items: list[tuple[dict, list[dict]]], files: dict[str, list[dict]] | None = None) -> str:
+    """(conversation, all its messages) pairs as the JSON export, with the files sent in each conversation
+    (`files`: by conversation id, each {"id", "name", "data": bytes})."""
     conversations = []
     for conversation, messages in items:
         conversations.append({
@@ -32,7 +37,10 @@ def as_json(items: list[tuple[dict, list[dict]]]) -> str:
             "settings": conversation["settings"], "leaf": conversation["leaf_id"],
             "messages": [{"id": m["id"], "parent": m["parent_id"], "role": m["role"], "content": m["content"],
                           "status": m["status"], "created_at": m["created_at"], "pinned": m["pinned"],
-                          "recalled": m["recalled"]} for m in messages]})
+                          "recalled": m["recalled"], "documents": m.get("documents") or [],
+                          "sources": m.get("sources") or []} for m in messages],
+            "documents": [{"id": d["id"], "name": d["name"], "data": base64.b64encode(d["data"]).decode()}
+                          for d in (files or {}).get(conversation["id"], [])]})
     return json.dumps({"format": FORMAT, "conversations": conversations}, ensure_ascii=False, indent=2)
 
 
@@ -42,7 +50,8 @@ def as_markdown(items: list[tuple[dict, list[dict]]]) -> str:
     for conversation, messages in items:
         parts.append(f"# {conversation['title']}\n")
         for message in path_to(messages, conversation["leaf_id"]):
-            parts.append(f"**{message['role'].capitalize()}:**\n\n{message['content']}\n")
+            attached = "".join(f"\n*Attached: {name}*\n" for name in message.get("document_names") or [])
+            parts.append(f"**{message['role'].capitalize()}:**\n{attached}\n{message['content']}\n")
     return "\n".join(parts)
 
 
@@ -76,6 +85,7 @@ def _conversation(item, number: int, max_chars: int) -> dict:
     settings = item.get("settings")
     if settings is not None and not isinstance(settings, dict):
         _fail(where, "has 'settings' that are not an object")
+    files = _files(item.get("documents"), where)
     messages, ids = [], set()
     for index, message in enumerate(item["messages"]):
         spot = f"message {index + 1} of {where}"
@@ -100,15 +110,46 @@ def _conversation(item, number: int, max_chars: int) -> dict:
         if not isinstance(recalled, list) or not all(isinstance(old, (int, str)) and not isinstance(old, bool)
                                                      and old in ids for old in recalled):
             _fail(spot, "has 'recalled' that is not a list of the ids of messages before it")
+        attached = message.get("documents") or []
+        if not isinstance(attached, list) or not all(isinstance(d, str) and d in files for d in attached):
+            _fail(spot, "has 'documents' that are not ids of the conversation's 'documents'")
+        sources = message.get("sources") or []
+        if not isinstance(sources, list) or not all(isinstance(s, dict) and isinstance(s.get("source"), str)
+                                                    and len(s["source"]) <= 300 for s in sources):
+            _fail(spot, "has 'sources' that are not a list of {\"document\", \"source\"}")
         messages.append({"id": ident, "parent": parent, "role": role, "content": content,
                          "status": status if status in REPLY_STATUSES else "complete",
                          "created_at": _time(message.get("created_at"), spot),
-                         "pinned": message.get("pinned") is True, "recalled": recalled})
+                         "pinned": message.get("pinned") is True, "recalled": recalled,
+                         "documents": attached if role == "user" else [],
+                         "sources": [{"document": s.get("document"), "source": s["source"]} for s in sources]})
     created, leaf = _time(item.get("created_at"), where), item.get("leaf")
     if leaf is not None and (isinstance(leaf, bool) or not isinstance(leaf, (int, str)) or leaf not in ids):
         leaf = None  # no shown branch named (or none of its messages): the newest is shown
     return {"title": " ".join(title.split())[:200] or "Imported chat", "settings": settings,
-            "created_at": created, "leaf": leaf, "messages": messages}
+            "created_at": created, "leaf": leaf, "messages": messages, "documents": files}
+
+
+def _files(value, where: str) -> dict[str, dict]:
+    """A conversation's exported files by their id in the file: {"name", "data": bytes}."""
+    if value is None:
+        return {}
+    if not isinstance(value, list):
+        _fail(where, "has 'documents' that are not a list")
+    files = {}
+    for number, entry in enumerate(value, 1):
+        spot = f"file {number} of {where}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("id"), str) or entry["id"] in files:
+            _fail(spot, "needs an 'id' (text) that no other file in it has")
+        name = entry.get("name")
+        if not isinstance(name, str) or not name.strip() or len(name) > 255 or UNSTORABLE.search(name):
+            _fail(spot, "needs a 'name' of at most 255 characters")
+        try:
+            data = base64.b64decode(entry.get("data") or "", validate=True)
+        except (binascii.Error, ValueError, TypeError):
+            _fail(spot, "has 'data' that is not base64")
+        files[entry["id"]] = {"name": name, "data": data}
+    return files
 
 
 def _time(value, where: str) -> float | None:

@@ -14,8 +14,10 @@ from flask import Blueprint, current_app, g, jsonify
 
 from webbot import config
 from webbot.model.upstream import UpstreamError
+from webbot.web import files_api
 from webbot.web.auth import check_api_key
 from webbot.web.errors import ApiError
+from webbot.web.files_api import request_documents
 from webbot.web.generation import start_reply
 from webbot.web.inputs import json_body, message_text, sampling_params, text_field
 from webbot.web.services import services
@@ -36,22 +38,31 @@ def models():
     return jsonify(object="list", data=[{"id": bot.name, "object": "model", "created": 0, "owned_by": "webbot"}])
 
 
-def _text(content, index: int) -> str:
-    """Message content as text: a string, or a list of OpenAI text parts."""
+def _content(content, index: int) -> tuple[str, list[dict]]:
+    """Message content as text and file parts: a string, or a list of OpenAI text and file parts."""
+    files = []
     if isinstance(content, list):
-        if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                   for p in content):
-            raise ApiError(400, f"messages[{index}].content may only hold text parts "
-                                "({\"type\": \"text\", \"text\": \"...\"}); images and audio are not supported.",
-                           "unsupported_content")
-        content = "".join(p["text"] for p in content)
+        texts = []
+        for part in content:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            elif kind == "file" and isinstance(part.get("file"), dict):
+                files.append(part["file"])
+            else:
+                raise ApiError(400, f"messages[{index}].content may hold text parts ({{\"type\": \"text\", "
+                                    "\"text\": \"...\"}) and file parts ({\"type\": \"file\", \"file\": {\"filename\", "
+                                    "\"file_data\"} or {\"file_id\"}}); images and audio are not supported.",
+                               "unsupported_content")
+        content = "".join(texts)
     if not isinstance(content, str):
         raise ApiError(400, f"messages[{index}].content must be a string.", "invalid_message")
-    return content
+    return content, files
 
 
 def parse_messages(body: dict) -> tuple[str, list[dict], str]:
-    """(system prompt, earlier turns, the new user message) from an OpenAI messages list."""
+    """(system prompt, earlier turns, the new user message) from an OpenAI messages list; each turn's file parts
+    are in its "files" (the new message's in the last turn's)."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "'messages' must be a non-empty list of {\"role\", \"content\"} objects.",
@@ -61,7 +72,8 @@ def parse_messages(body: dict) -> tuple[str, list[dict], str]:
     for index, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") not in ROLES:
             raise ApiError(400, f"messages[{index}] needs a 'role' of system, user or assistant.", "invalid_role")
-        text = text_field(_text(message.get("content"), index), f"messages[{index}].content")
+        text, files = _content(message.get("content"), index)
+        text = text_field(text, f"messages[{index}].content")
         total += len(text)
         if total > most:
             raise ApiError(413, f"The messages hold more than {most} characters in all, more than this server reads "
@@ -70,10 +82,13 @@ def parse_messages(body: dict) -> tuple[str, list[dict], str]:
         if message["role"] == "system":
             system.append(text)
         else:
-            turns.append({"role": message["role"], "content": text})
+            turns.append({"role": message["role"], "content": text, "files": files})
     if not turns or turns[-1]["role"] != "user":
         raise ApiError(400, "The last message must have the role 'user'.", "invalid_messages")
-    return "\n\n".join(system), turns[:-1], message_text(turns[-1]["content"], "messages[-1].content")
+    last = turns[-1]
+    new = last["content"] if last["files"] and not last["content"].strip() else message_text(
+        last["content"], "messages[-1].content")  # a file alone is a message too
+    return "\n\n".join(system), turns, new
 
 
 @bp.post("/chat/completions")
@@ -81,7 +96,7 @@ def chat_completions():
     body = json_body()
     if body.get("n", 1) != 1:
         raise ApiError(400, "Only n=1 is supported; ask once per reply.", "invalid_n")
-    system, history, message = parse_messages(body)
+    system, turns, question = parse_messages(body)
     params = sampling_params(body, default_temperature=config.API_TEMPERATURE)
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
@@ -89,9 +104,10 @@ def chat_completions():
                        "invalid_stream_options")
     include_usage = bool(options.get("include_usage"))
     bot = services().bot
+    history, message, passages = request_documents(turns, question, g.api_owner)
     plan, stream = start_reply(bot, history, message, params, system,
                                ("Shorten the last message.", "context_length_exceeded"), g.api_owner,
-                               recall=current_app.config["WEBBOT_RECALL"])
+                               recall=current_app.config["WEBBOT_RECALL"], passages=passages, question=question)
     ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": ident, "created": created, "model": bot.name}
 
@@ -148,3 +164,11 @@ def audio_transcriptions():
 def audio_speech():
     """OpenAI's speech call: JSON `input` (+ `model`, `voice`, `response_format`, `speed`); the audio, streamed."""
     return speech_response(services().speaker)
+
+
+# OpenAI's files: uploads that chat completions name by file_id (files_api.py)
+bp.add_url_rule("/files", view_func=files_api.upload_file, methods=["POST"])
+bp.add_url_rule("/files", view_func=files_api.list_files, methods=["GET"])
+bp.add_url_rule("/files/<file_id>", view_func=files_api.get_file, methods=["GET"])
+bp.add_url_rule("/files/<file_id>/content", view_func=files_api.file_content, methods=["GET"])
+bp.add_url_rule("/files/<file_id>", view_func=files_api.delete_file, methods=["DELETE"])

@@ -12,8 +12,11 @@ from werkzeug.utils import secure_filename
 from webbot import config
 from webbot.storage import transfer
 from webbot.storage.branches import newest_leaf, path_to, sibling_ids
+from webbot.storage.documents import columns
 from webbot.storage.transfer import ExportError
 from webbot.web import chat_settings
+from webbot.web.document_memory import with_documents
+from webbot.web.document_reading import read
 from webbot.web.errors import ApiError
 from webbot.web.inputs import INVALID_JSON, json_body, parse_json, text_field
 from webbot.web.owners import current_owner
@@ -32,9 +35,15 @@ def own(conversation_id: str) -> dict:
     return conversation
 
 
-def message_view(message: dict, versions: list[int] | None = None) -> dict:
-    """A stored message as the page shows it: assistant text rendered to safe HTML, and its versions (the
-    ids of the branches at this point, when there are several)."""
+def document_view(document: dict) -> dict:
+    """A stored document as the page and the API show it (no bytes, no text)."""
+    return {key: document[key] for key in ("id", "name", "kind", "size", "pages", "tokens", "created_at")}
+
+
+def message_view(message: dict, versions: list[int] | None = None, documents: dict | None = None) -> dict:
+    """A stored message as the page shows it: assistant text rendered to safe HTML, its versions (the
+    ids of the branches at this point, when there are several), the files attached to it (from `documents`,
+    the conversation's by id) and, for a reply, the document passages it was given."""
     view = {key: message[key] for key in ("id", "role", "content", "status", "created_at")}
     view["parent_id"] = message.get("parent_id")
     if message["role"] == "assistant":
@@ -42,6 +51,8 @@ def message_view(message: dict, versions: list[int] | None = None) -> dict:
     view["versions"] = versions or [message["id"]]
     view["pinned"] = bool(message.get("pinned"))
     view["recalled"] = list(message.get("recalled") or [])
+    view["documents"] = [document_view(documents[i]) for i in message.get("documents") or [] if i in (documents or {})]
+    view["sources"] = list(message.get("sources") or [])
     return view
 
 
@@ -57,15 +68,21 @@ def memory_of(messages: list[dict]) -> tuple[list[dict], list[int], list[int]]:
     return history_of(chat), [m["id"] for m in chat], [i for i, m in enumerate(chat) if m.get("pinned")]
 
 
-def memory_gauge(bot, owner: str, shown: list[dict], system_prompt: str | None) -> dict | None:
+def memory_gauge(bot, documents, owner: str, shown: list[dict], system_prompt: str | None) -> dict | None:
     """The memory gauge for a branch of `owner`'s (None while the model loads): what the next reply's prompt
     holds, and how many messages were recalled for the branch's last reply. Needs no request (a reply's stream
-    counts it after the request has returned)."""
+    counts it after the request has returned). `documents`: the DocumentStore (the branch's files count)."""
     if not bot.ready:
         return None
     history, _, pins = memory_of(shown)
-    gauge = bot.plan(history, "", system_prompt, owner=owner, pins=pins).as_dict()
-    gauge["recalled"] = len(shown[-1].get("recalled") or []) if shown and shown[-1]["role"] == "assistant" else 0
+    passages = []
+    if shown:
+        history, _, passages = with_documents(documents, bot, shown[0]["conversation_id"], shown, history, [], "",
+                                               owner)
+    gauge = bot.plan(history, "", system_prompt, owner=owner, pins=pins, passages=passages).as_dict()
+    last_reply = shown[-1] if shown and shown[-1]["role"] == "assistant" else {}
+    gauge["recalled"] = len(last_reply.get("recalled") or [])
+    gauge["passages"] = len(last_reply.get("sources") or [])
     return gauge
 
 
@@ -93,8 +110,11 @@ def conversation_view(conversation: dict, keep_reply_going: bool = False) -> dic
     stored = app_services.store.messages(cid)
     shown = path_to(stored, conversation["leaf_id"])
     chosen = reply_settings(conversation)
-    memory = memory_gauge(app_services.bot, current_owner(), shown, chosen["system_prompt"])
-    return {"conversation": conversation, "messages": [message_view(m, sibling_ids(stored, m)) for m in shown],
+    memory = memory_gauge(app_services.bot, app_services.documents, current_owner(), shown, chosen["system_prompt"])
+    documents = {d["id"]: d for d in app_services.documents.in_conversation(current_owner(), cid)}
+    return {"conversation": conversation,
+            "messages": [message_view(m, sibling_ids(stored, m), documents) for m in shown],
+            "drafts": [document_view(d) for d in documents.values() if not d["sent"]],
             "memory": memory, "generating": generating, "settings": chosen}
 
 
@@ -170,7 +190,7 @@ def pin_message(conversation_id, message_id):
         raise ApiError(404, "This conversation has no such message; reload the page.", "message_not_found")
     shown = path_to(store.messages(conversation_id), conversation["leaf_id"])
     bot = services().bot
-    gauge = memory_gauge(bot, owner, shown, reply_settings(conversation)["system_prompt"])
+    gauge = memory_gauge(bot, services().documents, owner, shown, reply_settings(conversation)["system_prompt"])
     if pinned and gauge is not None and gauge["pinned"] < len(memory_of(shown)[2]):
         store.pin_message(owner, conversation_id, message_id, False)
         raise ApiError(413, f"This message does not fit beside the other pinned ones: pinned messages share "
@@ -237,7 +257,14 @@ def _export_kind() -> tuple[str, str, str]:
 
 def _download(kind: tuple[str, str, str], items: list[tuple[dict, list[dict]]], name: str) -> Response:
     kind, mimetype, suffix = kind
-    body = transfer.as_json(items) if kind == "json" else transfer.as_markdown(items)
+    store, owner = services().documents, current_owner()
+    if kind == "json":
+        body = transfer.as_json(items, {c["id"]: store.sent_files(owner, c["id"]) for c, _ in items})
+    else:
+        names = {d["id"]: d["name"] for c, _ in items for d in store.in_conversation(owner, c["id"])}
+        body = transfer.as_markdown([(c, [{**m, "document_names": [names[i] for i in m.get("documents") or []
+                                                                    if i in names]} for m in messages])
+                                     for c, messages in items])
     return Response(body, mimetype=mimetype, headers={"Content-Disposition": f'attachment; filename="{name}.{suffix}"'})
 
 
@@ -285,8 +312,26 @@ def import_conversations():
         except ApiError:
             item["settings"] = None  # settings another server allowed may not fit this model: use the defaults
     _room_for(len(items))
+    _read_files(items)
     made = services().store.import_conversations(current_owner(), items)
     return jsonify(imported=len(made), conversations=made), 201
+
+
+def _read_files(items: list[dict]) -> None:
+    """Read every file of an import as an upload would be (each a 4xx naming it when it cannot be), within the
+    person's quota; each gets the columns it is stored with."""
+    files = [file for item in items for file in item["documents"].values()]
+    if not files:
+        return
+    quota, owner = current_app.config["WEBBOT_DOCUMENT_QUOTA_BYTES"], current_owner()
+    used = services().documents.used_bytes(owner) + sum(len(file["data"]) for file in files)
+    if used > quota:
+        raise ApiError(413, f"With the files in this import you would keep {used / 1_000_000:.1f} MB of files; each "
+                            f"person may keep {quota / 1_000_000:g} MB. Delete conversations with files you no longer "
+                            "need, or import fewer.", "quota_exceeded")
+    for file in files:
+        document, tokens = read(file["data"], file["name"], None)
+        file["row"] = columns(document, file["data"], tokens)
 
 
 @bp.get("/settings")

@@ -16,7 +16,9 @@ from webbot.model import titles
 from webbot.storage.branches import path_to
 from webbot.storage.conversations import title_from
 from webbot.storage.errors import StorageUnavailable
+from webbot.web.attachments import attached_ids
 from webbot.web.conversations import conversation_view, memory_gauge, memory_of, message_view, own, reply_settings
+from webbot.web.document_memory import sources_of, with_documents
 from webbot.web.errors import ApiError
 from webbot.web.generation import start_reply
 from webbot.web.inputs import json_body, message_text, sampling_params
@@ -58,21 +60,24 @@ def _params(conversation: dict, body: dict):
 
 
 def _write(conversation: dict, history: list[dict], message: str, body: dict, store_turn, partial: str | None = None,
-           title: str | None = None):
-    """Plan and queue a reply, claim the conversation, store what `store_turn(recalled)` stores, and stream the
-    reply.
+           title: str | None = None, attached: list[str] = ()):
+    """Plan and queue a reply, claim the conversation, store what `store_turn(recalled, sources)` stores, and
+    stream the reply.
 
-    `store_turn(recalled)` gets the ids of the messages recalled for the reply and returns (the
-    user's new message or None, the reply's stored row); it runs only once the model has
-    accepted the request, so a refused reply stores nothing.
+    `attached`: the ids of the documents the new message comes with. `store_turn(recalled,
+    sources)` gets the ids of the messages recalled for the reply and the document passages it
+    was given, and returns (the user's new message or None, the reply's stored row); it runs
+    only once the model has accepted the request, so a refused reply stores nothing.
     """
     cid, app_services, owner = conversation["id"], services(), current_owner()
     params, system_prompt, recall = _params(conversation, body)
     chat, ids, pins = memory_of(history)
-    plan, stream = start_reply(app_services.bot, chat, message, params, system_prompt,
+    chat, with_files, passages = with_documents(app_services.documents, app_services.bot, cid, history, chat,
+                                                list(attached), message, owner)
+    plan, stream = start_reply(app_services.bot, chat, with_files, params, system_prompt,
                                ("Shorten it or split it into several messages.", "message_too_long"),
-                               owner, partial, cid, pins, recall)
-    recalled = [ids[index] for index in plan.recalled]
+                               owner, partial, cid, pins, recall, passages, message)
+    recalled, sources = [ids[index] for index in plan.recalled], sources_of(plan, passages)
     try:
         claimed = app_services.replies.claim(cid, stream)
     except Exception:  # Redis is down: a 503, and the reply never starts
@@ -82,7 +87,7 @@ def _write(conversation: dict, history: list[dict], message: str, body: dict, st
         stream.cancel()
         raise ApiError(409, "A reply is still being written in this conversation; stop it or wait for it.", "busy")
     try:  # one transaction: the message, the empty reply and the title are all stored, or none of them
-        user, reply = store_turn(recalled)
+        user, reply = store_turn(recalled, sources)
     except Exception:
         stream.cancel()
         app_services.replies.release(cid, stream)
@@ -92,13 +97,16 @@ def _write(conversation: dict, history: list[dict], message: str, body: dict, st
 
     def gauge():
         try:
-            return memory_gauge(app_services.bot, owner, path_to(app_services.store.messages(cid), reply["id"]),
+            return memory_gauge(app_services.bot, app_services.documents, owner,
+                                path_to(app_services.store.messages(cid), reply["id"]),
                                 system_prompt)
         except StorageUnavailable:  # the database is down; the page hides the gauge until the next turn
             log.warning("could not count memory after reply %s", reply["id"], exc_info=True)
             return None
 
-    start = {"user": message_view(user) if user else None, "reply": message_view(reply), "reply_id": reply["id"],
+    documents = {d["id"]: d for d in app_services.documents.in_conversation(owner, cid)} if attached else {}
+    start = {"user": message_view(user, documents=documents) if user else None, "reply": message_view(reply),
+             "reply_id": reply["id"],
              "title": title or conversation["title"], "memory": plan.as_dict()}
     return event_stream(writer.events(start, message_view, gauge), writer.on_close)
 
@@ -113,9 +121,11 @@ def send_message(conversation_id):
     history = path_to(messages, conversation["leaf_id"])
     parent_id = history[-1]["id"] if history else None
     title = title_from(content) if conversation["title"] == "New chat" else conversation["title"]
+    attached = attached_ids(body)
     return _write(conversation, history, content, body,
-                  lambda recalled: services().store.add_turn(conversation_id, content, title, parent_id, recalled),
-                  title=title)
+                  lambda recalled, sources: services().store.add_turn(conversation_id, content, title, parent_id,
+                                                                      recalled, attached, sources),
+                  title=title, attached=attached)
 
 
 @bp.post("/conversations/<conversation_id>/messages/<int:message_id>/edit")
@@ -127,8 +137,10 @@ def edit_message(conversation_id, message_id):
     original, messages = _stored(conversation_id, message_id, "user")
     history = path_to(messages, original["parent_id"]) if original["parent_id"] else []
     return _write(conversation, history, content, body,
-                  lambda recalled: services().store.add_turn(conversation_id, content, conversation["title"],
-                                                          original["parent_id"], recalled))
+                  lambda recalled, sources: services().store.add_turn(
+                      conversation_id, content, conversation["title"], original["parent_id"], recalled,
+                      original["documents"], sources),
+                  attached=original["documents"])
 
 
 @bp.post("/conversations/<conversation_id>/messages/<int:message_id>/regenerate")
@@ -140,8 +152,10 @@ def regenerate(conversation_id, message_id):
     question = _question(messages, old)
     history = path_to(messages, question["parent_id"]) if question["parent_id"] else []
     return _write(conversation, history, question["content"], body,
-                  lambda recalled: (None, services().store.add_message(conversation_id, "assistant", "", "streaming",
-                                                                    parent_id=question["id"], recalled=recalled)))
+                  lambda recalled, sources: (None, services().store.add_message(
+                      conversation_id, "assistant", "", "streaming", parent_id=question["id"], recalled=recalled,
+                      sources=sources)),
+                  attached=question["documents"])
 
 
 @bp.post("/conversations/<conversation_id>/messages/<int:message_id>/continue")
@@ -156,15 +170,17 @@ def continue_reply(conversation_id, message_id):
     question = _question(messages, reply)
     history = path_to(messages, question["parent_id"]) if question["parent_id"] else []
 
-    def reopen(recalled):
+    def reopen(recalled, sources):
         store = services().store
         recalled = sorted(set(reply["recalled"]) | set(recalled))  # the first part's and this part's
+        sources = reply["sources"] + [s for s in sources if s not in reply["sources"]]
         store.finish_message(reply["id"], reply["content"], "streaming")
-        store.set_recalled(reply["id"], recalled)
+        store.set_recalled(reply["id"], recalled, sources)
         store.show_branch(conversation_id, reply["id"])
-        return None, {**reply, "status": "streaming", "recalled": recalled}
+        return None, {**reply, "status": "streaming", "recalled": recalled, "sources": sources}
 
-    return _write(conversation, history, question["content"], body, reopen, partial=reply["content"])
+    return _write(conversation, history, question["content"], body, reopen, partial=reply["content"],
+                  attached=question["documents"])
 
 
 @bp.post("/conversations/<conversation_id>/stop")

@@ -5,6 +5,7 @@ Read aloud, /healthz, /metrics and the API's OpenAPI description.
 from flask import Blueprint, Response, abort, current_app, jsonify, render_template
 
 from webbot import config
+from webbot.documents import formats
 from webbot.web import health, openapi
 from webbot.web.auth import check_metrics_key
 from webbot.web.owners import current_owner
@@ -35,7 +36,10 @@ def page_config() -> dict:
             "maxAudioSeconds": int(settings["WEBBOT_MAX_AUDIO_SECONDS"]),
             "generateTitles": settings["WEBBOT_GENERATE_TITLES"],
             "continuable": list(config.CONTINUABLE),
-            "speech": services().speaker.enabled}
+            "speech": services().speaker.enabled,
+            "documentTypes": ",".join(f".{ending}" for ending in formats.KINDS),
+            "maxDocumentBytes": settings["WEBBOT_MAX_DOCUMENT_BYTES"],
+            "maxDocuments": config.MAX_DOCUMENTS_PER_MESSAGE}
 
 
 def chat_page(conversation_id: str | None):

@@ -50,6 +50,8 @@ LIMITED = {
     "api.audio_transcriptions": ("WEBBOT_RATE_TRANSCRIPTIONS", "recordings", client_key),
     "pages.speech": ("WEBBOT_RATE_SPEECH", "texts spoken", client_key),
     "api.audio_speech": ("WEBBOT_RATE_SPEECH", "texts spoken", client_key),
+    "documents.attach": ("WEBBOT_RATE_DOCUMENTS", "files", client_key),
+    "api.upload_file": ("WEBBOT_RATE_DOCUMENTS", "files", client_key),
     # Guessing passwords from many sessions is still one address; sign-up shares the budget.
     "auth.signin": ("WEBBOT_RATE_SIGNIN", "sign-in attempts", address_key),
     "auth.signup": ("WEBBOT_RATE_SIGNIN", "sign-in attempts", address_key),

@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # the types only; importing them here would pull in SQLAlchem
     from speech import Transcriber
     from webbot.model.bot import Bot
     from webbot.storage.conversations import Store
+    from webbot.storage.documents import DocumentStore
     from webbot.storage.replies import LocalReplies
     from webbot.storage.users import Users
     from webbot.voice.speaker import Speaker
@@ -31,6 +32,7 @@ class Services:
     speaker: "Speaker"  # Piper: spoken replies
     store: "Store"  # conversations and messages
     users: "Users"  # accounts and API keys
+    documents: "DocumentStore"  # attached files
     replies: "LocalReplies"  # which conversation has a reply being written, here or (RedisReplies) on any replica
     redis: "Redis | None"  # the shared Redis, when WEBBOT_REDIS_URL is set
 
