@@ -55,6 +55,23 @@ def test_a_file_that_cannot_be_read_is_refused_with_a_sentence(name, data, code,
     assert refused.value.code == code and words in refused.value.sentence
 
 
+def test_the_reader_is_stopped_at_its_memory_and_cpu_limits(monkeypatch):
+    """The limits are real: the child process that reads a file is refused memory past its cap and killed past its
+    CPU time (here set low enough for an ordinary file to hit them)."""
+    from webbot.documents import extraction
+
+    monkeypatch.setattr(extraction, "EXTRACT_MEMORY_MB", 96)
+    assert extract(docs.pdf(3), "small.pdf").pages == 3  # an ordinary file fits
+    with pytest.raises(DocumentRefused) as refused:
+        extract(b"word " * 8_000_000, "huge.txt")  # 40 MB of text, its copies past 96 MB
+    assert refused.value.code == "too_big_to_read" and "more than 96 MB" in refused.value.sentence
+    monkeypatch.setattr(extraction, "EXTRACT_MEMORY_MB", 1536)
+    monkeypatch.setattr(extraction, "EXTRACT_SECONDS", 1)
+    with pytest.raises(DocumentRefused) as refused:
+        extract(docs.pdf(1000, None, paragraphs_per_page=1), "long.pdf", max_pages=2000)
+    assert refused.value.code == "too_slow"
+
+
 def test_too_many_pages_names_the_count_and_the_limit():
     with pytest.raises(DocumentRefused) as refused:
         extract(docs.pdf(6, None), "long.pdf", max_pages=5)
@@ -341,3 +358,20 @@ def test_export_and_import_keep_the_files_and_what_the_replies_read(app):
     refused = bob.post("/api/import", json=exported)
     assert refused.status_code == 400 and "not base64" in refused.get_json()["error"]["message"]
     assert len(bob.get("/api/conversations").get_json()["conversations"]) == 1
+
+
+def test_files_on_postgresql(make_app, pg_url):
+    app = make_app(WEBBOT_DATABASE_URL=pg_url)
+    alice, bob = app.test_client(), app.test_client()
+    cid = new_chat(alice)
+    pdf = docs.pdf(20)
+    document = upload(alice, cid, "report.pdf", pdf).get_json()
+    status, _ = send(alice, cid, docs.QUESTION, [document["id"]])
+    assert status == 200
+    shown = alice.get(f"/api/conversations/{cid}").get_json()
+    assert shown["messages"][1]["sources"][0]["source"] == "report.pdf p. 13"
+    url = f"/api/conversations/{cid}/documents/{document['id']}"
+    assert alice.get(url).data == pdf and bob.get(url).status_code == 404
+    alice.delete(f"/api/conversations/{cid}")
+    app.extensions["webbot"].store.purge_deleted(float("inf"))
+    assert app.extensions["webbot"].documents.used_bytes(shown["conversation"]["owner"]) == 0

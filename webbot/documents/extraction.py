@@ -22,9 +22,8 @@ SENTENCES = {
                      "first, or paste the text you need.",
     "zip_bomb": f"This DOCX would unpack to more than {UNZIPPED_MB} MB, which is not a real document; attach the "
                 "document saved normally.",
-    "too_big_to_read": f"This file needs more than {EXTRACT_MEMORY_MB} MB of memory to read; split it into smaller "
-                       "files.",
-    "too_slow": f"Reading this file took longer than {EXTRACT_SECONDS} seconds; split it into smaller files.",
+    "too_big_to_read": "This file needs more than {memory} MB of memory to read; split it into smaller files.",
+    "too_slow": "Reading this file took longer than {seconds} seconds; split it into smaller files.",
     "empty": "This file holds no text; attach one with something in it.",
 }
 
@@ -49,6 +48,11 @@ class Document:
     passages: list[dict] = field(repr=False)
 
 
+def _refused(code: str) -> DocumentRefused:
+    sentence = SENTENCES.get(code, SENTENCES["corrupt"])
+    return DocumentRefused(code, sentence.format(memory=EXTRACT_MEMORY_MB, seconds=EXTRACT_SECONDS))
+
+
 def _run_reader(kind: str, data: bytes, max_pages: int) -> dict:
     command = [sys.executable, "-m", "webbot.documents.readers", kind, str(max_pages), str(EXTRACT_MEMORY_MB),
                str(EXTRACT_SECONDS)]
@@ -57,11 +61,10 @@ def _run_reader(kind: str, data: bytes, max_pages: int) -> dict:
         done = subprocess.run(command, input=data, capture_output=True, timeout=EXTRACT_SECONDS + 5, env=env,
                               cwd=PROJECT, check=False)
     except subprocess.TimeoutExpired:
-        raise DocumentRefused("too_slow", SENTENCES["too_slow"]) from None
+        raise _refused("too_slow") from None
     if done.returncode != 0 or not done.stdout:
         # killed by its CPU limit (SIGXCPU) or its memory limit (a MemoryError it could not even report)
-        code = "too_slow" if done.returncode in (-24, 152) else "too_big_to_read"
-        raise DocumentRefused(code, SENTENCES[code])
+        raise _refused("too_slow" if done.returncode in (-24, 152) else "too_big_to_read")
     return json.loads(done.stdout)
 
 
@@ -70,17 +73,17 @@ def extract(data: bytes, filename: str, media_type: str | None = None,
     """The text of one file named `filename`; raises DocumentRefused."""
     kind = formats.kind_of(filename, media_type)
     if kind is None:
-        raise DocumentRefused("unsupported", SENTENCES["unsupported"])
+        raise _refused("unsupported")
     result = _run_reader(kind, data, max_pages)
     if "refused" in result:
         code = result["refused"]
         if code == "too_many_pages":
             raise DocumentRefused(code, f"This PDF has {result['detail']} pages; the limit is {max_pages}. "
                                         "Split it and attach the part you need.")
-        raise DocumentRefused(code, SENTENCES.get(code, SENTENCES["corrupt"]))
+        raise _refused(code)
     sections = result["sections"]
     text = "\n\n".join(section["text"].strip() for section in sections if section["text"].strip())
     if not text:
-        raise DocumentRefused("empty", SENTENCES["empty"])
+        raise _refused("empty")
     return Document(filename, kind, formats.MEDIA_TYPES[kind], result["pages"], text,
                     passages.cut(filename, sections))

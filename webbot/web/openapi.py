@@ -20,9 +20,10 @@ def _range(kind: str, allowed: tuple) -> dict:
 def _errors(*statuses: int) -> dict:
     reasons = {400: "The request is malformed; the message says what to change.",
                401: "Missing or wrong API key.",
-               404: "The feature is turned off on this server (speech: WEBBOT_TTS=off).",
-               413: "The request, its messages' text (WEBBOT_MAX_REQUEST_CHARS), the audio or the text to speak "
-                    "(WEBBOT_TTS_MAX_CHARS) is too large.",
+               404: "No such file for this key's owner, or the feature is turned off on this server (speech: "
+                    "WEBBOT_TTS=off).",
+               413: "The request, its messages' text (WEBBOT_MAX_REQUEST_CHARS), the audio, the text to speak "
+                    "(WEBBOT_TTS_MAX_CHARS) or a file (WEBBOT_MAX_DOCUMENT_MB, the owner's quota) is too large.",
                415: "Wrong content type.",
                429: "Too many requests, or too many wrong keys from this address; see Retry-After.",
                502: "The model or speech server (WEBBOT_BACKEND=openai, WEBBOT_SPEECH_URL) failed or is unreachable.",
@@ -34,13 +35,28 @@ def _errors(*statuses: int) -> dict:
 TEXT_PART = {"type": "object", "required": ["type", "text"],
              "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}
 
+FILE_PART = {"type": "object", "required": ["type", "file"],
+             "properties": {"type": {"const": "file"}, "file": {
+                 "type": "object", "description": "Either filename and file_data (a base64 data URL) or file_id "
+                                                  "(from POST /files). A small file goes in whole; a large one by "
+                                                  "the passages that best match the last message.",
+                 "properties": {"filename": {"type": "string"}, "file_data": {"type": "string"},
+                                "file_id": {"type": "string"}}}}}
+
 MESSAGE = {
     "type": "object", "required": ["role", "content"],
     "properties": {
         "role": {"enum": ["system", "user", "assistant"]},
-        "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": TEXT_PART}]},
+        "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"anyOf": [TEXT_PART, FILE_PART]}}]},
     },
 }
+
+FILE_OBJECT = {"type": "object", "required": ["id", "object", "bytes", "created_at", "filename", "purpose"],
+               "properties": {"id": {"type": "string"}, "object": {"const": "file"},
+                              "bytes": {"type": "integer", "minimum": 0}, "created_at": {"type": "integer"},
+                              "filename": {"type": "string"}, "purpose": {"const": "user_data"},
+                              "status": {"const": "processed"}}}
+FILE_ID = [{"name": "file_id", "in": "path", "required": True, "schema": {"type": "string"}}]
 
 CHAT_REQUEST = {
     "type": "object", "required": ["messages"],
@@ -116,7 +132,7 @@ def describe(version: str) -> dict:
         "openapi": "3.1.0",
         "info": {"title": "Web chat robot API", "version": version,
                  "description": "An OpenAI-compatible subset: models, chat completions (JSON or server-sent "
-                                "events), audio transcriptions and speech."},
+                                "events, with files), files, audio transcriptions and speech."},
         "servers": [{"url": "/v1"}],
         "security": [{"bearer": []}],
         "paths": {
@@ -134,7 +150,42 @@ def describe(version: str) -> dict:
                 "responses": {"200": {"description": "The reply, whole or as server-sent events (stream: true).",
                                       "content": {"application/json": {"schema": CHAT_RESPONSE},
                                                   "text/event-stream": {"schema": {"type": "string"}}}},
-                              **_errors(400, 401, 413, 415, 429, 502, 503, 504)}}},
+                              **_errors(400, 401, 404, 413, 415, 429, 502, 503, 504)}}},
+            "/files": {
+                "post": {"operationId": "createFile", "summary": "Keep a file to name in chat completions.",
+                         "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                             "type": "object", "required": ["file", "purpose"],
+                             "properties": {"file": {"type": "string", "format": "binary",
+                                                     "description": "PDF, DOCX, HTML, Markdown, text, CSV, JSON "
+                                                                    "or source code."},
+                                            "purpose": {"const": "user_data"}}}}}},
+                         "responses": {"200": {"description": "The file, read.",
+                                               "content": {"application/json": {"schema": FILE_OBJECT}}},
+                                       **_errors(400, 401, 413, 415, 429, 503)}},
+                "get": {"operationId": "listFiles", "summary": "The files this key's owner keeps, newest first.",
+                        "responses": {"200": {"description": "The list.", "content": {"application/json": {
+                            "schema": {"type": "object", "required": ["object", "data"],
+                                       "properties": {"object": {"const": "list"},
+                                                      "data": {"type": "array", "items": FILE_OBJECT}}}}}},
+                                      **_errors(401, 429)}}},
+            "/files/{file_id}": {
+                "parameters": FILE_ID,
+                "get": {"operationId": "retrieveFile", "summary": "One file.",
+                        "responses": {"200": {"description": "The file.",
+                                              "content": {"application/json": {"schema": FILE_OBJECT}}},
+                                      **_errors(401, 404, 429)}},
+                "delete": {"operationId": "deleteFile", "summary": "Delete a file.",
+                           "responses": {"200": {"description": "Deleted.", "content": {"application/json": {
+                               "schema": {"type": "object", "required": ["id", "object", "deleted"],
+                                          "properties": {"id": {"type": "string"}, "object": {"const": "file"},
+                                                         "deleted": {"const": True}}}}}},
+                                         **_errors(401, 404, 429)}}},
+            "/files/{file_id}/content": {
+                "parameters": FILE_ID,
+                "get": {"operationId": "downloadFile", "summary": "The file's bytes, as uploaded.",
+                        "responses": {"200": {"description": "The file.", "content": {"application/octet-stream": {
+                            "schema": {"type": "string", "format": "binary"}}}},
+                                      **_errors(401, 404, 429)}}},
             "/audio/transcriptions": {"post": {
                 "operationId": "createTranscription", "summary": "The text spoken in a recording.",
                 "requestBody": {"required": True,
