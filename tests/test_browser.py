@@ -77,17 +77,45 @@ def test_shift_enter_makes_a_new_line_and_stop_halts_the_reply(page, smollm2_ser
     assert stored["messages"][0]["content"].endswith("\nMake it ten chapters.")
 
 
+def first_message(page, text: str = "Hello") -> str:
+    """Send a first message from the empty page (short replies: the default reply length is this browser's own);
+    the chat enters the list with it. Its id."""
+    page.evaluate("async () => (await import('/static/js/api.js')).api('PUT', '/api/settings', {max_tokens: 4})")
+    page.fill("#input", text)
+    page.press("#input", "Enter")
+    wait_for(page, "location.pathname.startsWith('/c/') && document.querySelector('#conversation-list li.active')"
+                   " && !document.querySelector('.message.streaming') && !document.getElementById('send').hidden")
+    return page.url.rsplit("/", 1)[1]
+
+
+def test_new_chat_rows_appear_only_with_a_first_message(page, smollm2_server):
+    """Issue 22, item 5: "+ New chat" clicked again and again used to leave identical empty rows (exported too)."""
+    page.goto(smollm2_server.url)
+    before = page.locator("#conversation-list li").count()
+    for _ in range(3):
+        page.click("#new-chat")
+    page.keyboard.press("Control+Shift+O")
+    assert page.locator("#conversation-list li").count() == before and page.url.endswith("/")
+    assert page.evaluate("() => document.activeElement.id") == "input"
+    cid = first_message(page, "Plan a picnic")
+    assert page.locator("#conversation-list li").count() == before + 1
+    assert page.inner_text(f"#conversation-list li[data-id='{cid}'] .title") == "Plan a picnic"
+    page.click("#new-chat")
+    assert page.url.endswith("/") and page.locator(".message").count() == 0
+    page.reload()
+    assert page.locator("#conversation-list li").count() == before + 1
+
+
 def test_sidebar_new_rename_switch_delete(page, smollm2_server):
     page.goto(smollm2_server.url)
     page.click("#new-chat")
-    page.wait_for_selector("#conversation-list li.active")
-    first = page.url.rsplit("/", 1)[1]
+    first = first_message(page)
     page.click("#conversation-list li.active .rename")
     page.fill("#conversation-list li.active .rename-box", "Travel plans")
     page.press("#conversation-list li.active .rename-box", "Enter")
     wait_for(page, "document.querySelector('#conversation-list li.active .title').innerText === 'Travel plans'")
     page.click("#new-chat")
-    wait_for(page, f"!location.pathname.endsWith('{first}')")
+    first_message(page, "Another one")
     assert page.locator("#conversation-list li").count() == 2
     page.click(f"#conversation-list li[data-id='{first}'] .title")
     wait_for(page, f"location.pathname.endsWith('{first}')")
@@ -131,9 +159,10 @@ def test_markup_from_user_and_model_never_runs(page, smollm2_server):
 
 def test_gauge_says_how_many_messages_are_outside_memory(page, smollm2_server):
     page.goto(smollm2_server.url)
-    page.click("#new-chat")
+    cid = page.evaluate("async () => (await (await import('/static/js/api.js')).api('POST', '/api/conversations', "
+                        "{})).id")
+    page.goto(f"{smollm2_server.url}/c/{cid}")
     page.wait_for_selector("#conversation-list li.active")
-    cid = page.url.rsplit("/", 1)[1]
     assert page.inner_text("#gauge-dropped") == ""
     store = Store(connect(f"sqlite:///{smollm2_server.env['WEBBOT_DATA_DIR']}/webbot.db"))
     for n in range(30):  # far more than the 1,536-token budget holds

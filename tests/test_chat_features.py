@@ -227,11 +227,51 @@ def test_a_generated_title_replaces_the_first_message_but_never_a_chosen_one(cli
     stream(client, f"/api/conversations/{cid}/messages", content="What is the capital of France?")
     assert view(client, cid)["conversation"]["title"] == "What is the capital of France?"
     titled = client.post(f"/api/conversations/{cid}/title").json["conversation"]["title"]
-    assert titled and len(titled) <= 60  # the tiny model's words are noise, but they are its words
+    assert titled == "What is the capital of France?"  # the tiny model's noise is not about it: the person's words
     renamed = new_conversation(client)
     stream(client, f"/api/conversations/{renamed}/messages", content="Hello there")
     client.patch(f"/api/conversations/{renamed}", json={"title": "Mine"})
     assert client.post(f"/api/conversations/{renamed}/title").json["conversation"]["title"] == "Mine"
+
+
+@pytest.mark.parametrize("title, question, reply, ok", [
+    ("I'm here to help with anything related to COVID-19", "Hi! What can you do?",
+     "I'm here to help with anything related to COVID-19, from symptoms to vaccines.", False),  # issue 22's case
+    ("Friendly assistant introduction", "Hi! What can you do?", "I can answer questions, write and explain.", True),
+    ("The story of a dragon is a classic", "Tell me a story about a dragon.",
+     "The story of a dragon is a classic example of a magical creature.", False),  # the reply's opening again
+    ("Paris", "What is the capital of France?", "The capital of France is Paris.", False),  # not about the question
+    ("Capital of France", "What is the capital of France?", "The capital of France is Paris.", True),
+    ("Baking bread at home", "How do I bake bread?", "Mix flour, water, salt and yeast.", True),  # stems
+    ("Weekend weather forecast", "How do I bake bread?", "Mix flour, water, salt and yeast.", False),
+    ("", "How do I bake bread?", "Mix flour.", False),
+])
+def test_a_generated_title_must_be_about_the_question(title, question, reply, ok):
+    from webbot.model.titles import acceptable
+
+    assert acceptable(title, question, reply) is ok
+
+
+@pytest.mark.parametrize("raw, title", [('The title is "Paris', "Paris"), ("Title: Baking bread.", "Baking bread"),
+                                        ("Baking Bread: 1. Preheat your oven to 350", "Baking Bread"),
+                                        ("Python: lists", "Python: lists")])
+def test_a_generated_title_is_cleaned_of_labels_and_what_follows_a_colon(raw, title):
+    from webbot.model.titles import clean
+
+    assert clean(raw) == title
+
+
+def test_an_edited_first_message_is_titled_again_unless_renamed(client):
+    cid = new_conversation(client)
+    stream(client, f"/api/conversations/{cid}/messages", content="What is the capital of France?")
+    first = view(client, cid)["messages"][0]
+    stream(client, f"/api/conversations/{cid}/messages/{first['id']}/edit", content="How do I bake bread?")
+    assert view(client, cid)["conversation"]["title"] == "How do I bake bread?"
+    assert client.post(f"/api/conversations/{cid}/title").json["conversation"]["title"] == "How do I bake bread?"
+    client.patch(f"/api/conversations/{cid}", json={"title": "Kitchen"})
+    first = view(client, cid)["messages"][0]
+    stream(client, f"/api/conversations/{cid}/messages/{first['id']}/edit", content="And cakes?")
+    assert view(client, cid)["conversation"]["title"] == "Kitchen"
 
 
 def test_migrations_make_old_conversations_one_branch_searchable_and_unpinned(tmp_path):
@@ -247,7 +287,7 @@ def test_migrations_make_old_conversations_one_branch_searchable_and_unpinned(tm
                                     "VALUES ('c1', :role, :content, 'complete', :at)"),
                                {"role": role, "content": content, "at": n})
     database.upgrade(engine)
-    assert database.current_revision(engine) == database.head_revision() == "0005"
+    assert database.current_revision(engine) == database.head_revision() == "0006"
     store = store_module.Store(engine)
     messages = store.messages("c1")
     assert [m["parent_id"] for m in messages] == [None] + [m["id"] for m in messages[:-1]]

@@ -78,9 +78,9 @@ def current_id(page) -> str:
 def start_chat(page, url: str, **settings) -> str:
     """Open the page, start a chat with the New chat button, give it its own settings; returns its id."""
     page.goto(url)
-    page.click("#new-chat")
-    wait_for(page, "location.pathname.startsWith('/c/')")
-    cid = current_id(page)
+    cid = call(page, "POST", "/api/conversations", {})["id"]  # "+ New chat" makes none until a message is sent
+    page.goto(f"{url}/c/{cid}")
+    page.wait_for_selector(f"#conversation-list li[data-id='{cid}'].active")
     if settings:
         call(page, "PATCH", f"/api/conversations/{cid}", {"settings": settings})
     return cid
@@ -187,12 +187,9 @@ def test_continue_a_reply_cut_off_by_the_length_limit(page, ui_server):
 
 def test_rename_inline_pin_and_delete_with_undo(page, ui_server):
     page.goto(ui_server.url)
-    ids = []
-    for _ in range(3):
-        page.click("#new-chat")
-        wait_for(page, f"location.pathname.startsWith('/c/') && !{json.dumps(ids)}.includes("
-                       "location.pathname.slice(3))")
-        ids.append(current_id(page))
+    ids = [call(page, "POST", "/api/conversations", {})["id"] for _ in range(3)]
+    page.goto(f"{ui_server.url}/c/{ids[-1]}")
+    page.wait_for_selector(f"#conversation-list li[data-id='{ids[0]}']")
     oldest = ids[0]
     page.click(f"#conversation-list li[data-id='{oldest}'] .rename")
     page.fill(f"#conversation-list li[data-id='{oldest}'] .rename-box", "Travel plans")
@@ -252,7 +249,7 @@ def test_a_title_is_generated_from_the_first_exchange(browser, smollm2_server):
     page = context.new_page()
     watch_console(page)
     cid = start_chat(page, smollm2_server.url, max_tokens=24)
-    question = "What is the capital of France?"
+    question = "How do I bake bread?"
     ask(page, question)
     wait_for(page, f"(document.querySelector(\"li[data-id='{cid}'] .title\")?.innerText || '') !== 'New chat' && "
                    f"document.querySelector(\"li[data-id='{cid}'] .title\").innerText !== {json.dumps(question)}",
@@ -260,6 +257,45 @@ def test_a_title_is_generated_from_the_first_exchange(browser, smollm2_server):
     title = page.inner_text(f"li[data-id='{cid}'] .title")
     stored = store_of(smollm2_server).get_conversation(_owner_of(smollm2_server, cid), cid)
     assert stored["title"] == title and 0 < len(title) <= 60
+    from webbot.model.recall import rank
+
+    assert rank([title], question, 1) == [0], title  # about the question (SmolLM2 writes "Baking Bread")
+    context.close()
+    assert page.problems == []
+
+
+def test_editing_the_first_message_retitles_the_chat_unless_renamed(browser, smollm2_server):
+    """Issue 22, item 6: an edited first message kept the old title."""
+    from webbot.model.recall import rank
+
+    context = browser.new_context(viewport={"width": 1100, "height": 760})
+    page = context.new_page()
+    watch_console(page)
+    cid = start_chat(page, smollm2_server.url, max_tokens=24)
+    title = f"#conversation-list li[data-id='{cid}'] .title"
+    with page.expect_response(lambda r: r.url.endswith("/title"), timeout=120_000):
+        ask_and_wait(page, "What is the capital of France?")
+    france = page.inner_text(title)
+
+    def edit_first(text):
+        page.click(".message.user >> nth=0 >> .edit")
+        page.fill(".edit-box textarea", text)
+        with page.expect_response(lambda r: r.url.endswith("/title"), timeout=120_000):
+            page.click(".edit-box .save-edit")
+        wait_for(page, "!document.querySelector('.message.streaming') && !document.getElementById('send').hidden",
+                 timeout=120_000)
+
+    edit_first("How do I bake bread?")
+    bread = page.inner_text(title)
+    assert bread != france and rank([bread], "How do I bake bread?", 1) == [0], bread  # about the new question
+    page.click(f"#conversation-list li[data-id='{cid}'] .rename")
+    page.fill(f"#conversation-list li[data-id='{cid}'] .rename-box", "Kitchen")
+    page.press(f"#conversation-list li[data-id='{cid}'] .rename-box", "Enter")
+    wait_for(page, f"document.querySelector(\"{title}\").innerText === 'Kitchen'")
+    edit_first("And how do I bake a cake?")
+    assert page.inner_text(title) == "Kitchen"
+    page.reload()
+    assert page.inner_text(title) == "Kitchen"
     context.close()
     assert page.problems == []
 
@@ -338,15 +374,12 @@ def test_settings_for_a_chat_and_as_defaults_with_the_models_limits(page, ui_ser
     page.click("#save-default-settings")
     wait_for(page, "!document.getElementById('settings-dialog').open")
     assert call(page, "GET", "/api/settings")["saved"]["top_p"] == 0.9
-    page.click("#new-chat")
-    wait_for(page, f"location.pathname.startsWith('/c/') && !location.pathname.endsWith('{cid}')")
-    fresh = call(page, "GET", f"/api/conversations/{current_id(page)}")
+    fresh = call(page, "GET", f"/api/conversations/{call(page, 'POST', '/api/conversations', {})['id']}")
     assert fresh["conversation"]["settings"] is None and fresh["settings"]["top_p"] == 0.9  # the new default
 
 
 def test_the_gauge_tooltip_explains_trimming(page, ui_server):
-    page.goto(ui_server.url)
-    page.click("#new-chat")
+    start_chat(page, ui_server.url)
     page.wait_for_selector("#gauge:not([hidden])")
     assert not page.is_visible("#gauge-tip")
     page.hover("#gauge")
@@ -561,3 +594,38 @@ def test_screenshots_in_light_dark_and_phone_width(browser, smollm2_server, sche
     assert (target / name).stat().st_size > 10_000
     context.close()
     assert page.problems == []
+
+
+def test_streaming_text_grows_in_place_not_on_a_line_of_its_own(page, ui_server):
+    """The words not yet rendered as Markdown continue the last paragraph, list item or code block (issue 22,
+    item 7: they sat on a line of their own under the paragraph and jumped up at the next render)."""
+    page.goto(ui_server.url)
+    placed = page.evaluate("""async () => {
+        const { placePending } = await import('/static/js/reply.js');
+        const body = document.createElement('div');
+        body.className = 'body';
+        document.getElementById('messages').appendChild(body);
+        const found = {};
+        for (const [name, html, text] of [
+            ['paragraph', '<p>The quick brown fox</p>\\n', 'The quick brown fox'],
+            ['list', '<ul>\\n<li>first</li>\\n<li>second item</li>\\n</ul>\\n', '- first\\n- second item'],
+            ['code', '<pre><code class="language-python">x = 1\\n</code></pre>\\n', '```python\\nx = 1\\n'],
+            ['new paragraph', '<p>Done.</p>\\n', 'Done.\\n\\n']]) {
+          body.innerHTML = html;
+          const pending = placePending(body, text);
+          pending.textContent = ' jumps';
+          const range = document.createRange();  // the last line of the text rendered so far
+          range.selectNodeContents(body.firstElementChild);
+          const lines = range.getClientRects();
+          const line = lines[lines.length - 1], first = lines[0];
+          const words = pending.getClientRects()[0];
+          found[name] = { parent: pending.parentElement.tagName, sameLine: Math.abs(words.top - first.top) < 2,
+                          below: words.top >= line.bottom - 1 };
+        }
+        body.remove();
+        return found;
+    }""")
+    assert placed["paragraph"] == {"parent": "P", "sameLine": True, "below": False}
+    assert placed["list"]["parent"] == "LI" and not placed["list"]["sameLine"]  # the second item's line, not the first
+    assert placed["code"]["parent"] == "CODE"
+    assert placed["new paragraph"]["parent"] == "DIV" and placed["new paragraph"]["below"]

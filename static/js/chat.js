@@ -29,11 +29,24 @@ export async function open(id, push = true) {
   }
 }
 
+// "+ New chat" (and Ctrl+Shift+O): an empty page. The conversation is made when its first message is sent (or a
+// file is attached), so empty chats never pile up in the list.
+export function startNewChat() {
+  open(null);
+  input.focus();
+}
+
+// Make a conversation on the server for the empty page's first message or file, and make it the open one. The
+// page already shows it (empty), so nothing is fetched: a fetch would race the reply that is about to stream in.
 export async function newConversation() {
   const conversation = await api("POST", "/api/conversations", {});
   document.dispatchEvent(new CustomEvent("conversation-created", { detail: { conversation } }));
-  await open(conversation.id);
-  input.focus();
+  state.current = conversation.id;
+  state.shown = { conversation, messages: [], drafts: [] };
+  state.shownId = conversation.id;
+  history.pushState({ id: conversation.id }, "", `/c/${conversation.id}`);
+  document.dispatchEvent(new CustomEvent("conversation-opened", { detail: { id: conversation.id } }));
+  showExportLinks(conversation.id);
   return conversation.id;
 }
 
@@ -116,7 +129,8 @@ function startEditing(element) {
   save.addEventListener("click", async () => {
     const text = area.value;
     if (!text.trim() || state.streaming) return;
-    await streamReply(state.current, `/api/conversations/${state.current}/messages/${element.dataset.id}/edit`,
+    const conversation = state.current, first = messagesBox.querySelector(".message") === element;
+    const started = await streamReply(conversation, `/api/conversations/${conversation}/messages/${element.dataset.id}/edit`,
       { content: text }, (data) => {
         const user = messageElement(data.user);
         messagesBox.insertBefore(user, element);
@@ -125,6 +139,7 @@ function startEditing(element) {
         messagesBox.appendChild(reply);
         return { reply, prefix: "" };
       });
+    if (started && first && config.generateTitles) nameConversation(conversation); // retitled unless renamed
   });
 }
 
@@ -227,7 +242,11 @@ export function init() {
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     const text = input.value;
-    if (!text.trim() || state.streaming) return;
+    if (state.streaming) return;
+    if (!text.trim()) {
+      if (pendingIds() !== null && pendingIds().length) showNotice("Type what you want to know about the files, then send.");
+      return;
+    }
     send(text);
   });
 

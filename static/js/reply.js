@@ -18,6 +18,22 @@ function queueText(data) {
     ".";
 }
 
+// Where the words not yet rendered go, so the text grows in place: inside the last paragraph, list item, cell,
+// heading or code block of the HTML so far; on a line of their own only when the text just began a new paragraph.
+const CONTAINERS = new Set(["P", "UL", "OL", "LI", "BLOCKQUOTE", "PRE", "CODE", "TABLE", "THEAD", "TBODY", "TR",
+  "TD", "TH", "H1", "H2", "H3", "H4", "H5", "H6", "DIV"]);
+
+export function placePending(body, text) {
+  const pending = document.createElement("span");
+  pending.className = "pending";
+  let at = body;
+  if (!/\n\s*\n\s*$/.test(text)) {
+    while (at.lastElementChild && CONTAINERS.has(at.lastElementChild.tagName)) at = at.lastElementChild;
+  }
+  at.appendChild(pending);
+  return pending;
+}
+
 // Streams one reply. `path` is the route that writes it; `place(start)` puts its elements on the page and
 // returns the reply element (and how much text it already holds, when continuing).
 export async function streamReply(conversation, path, body, place) {
@@ -46,8 +62,7 @@ export async function streamReply(conversation, path, body, place) {
         ({ reply, prefix } = place(data));
         text = prefix;
         scrollDown(true); // the person just sent this: show it, and follow the reply
-        pending = document.createElement("span");
-        reply.querySelector(".body").appendChild(pending);
+        pending = placePending(reply.querySelector(".body"), text);
         setStatus(reply, "streaming");
         showGauge(data.memory);
         const link = list.querySelector(`li[data-id="${conversation}"] .title`);
@@ -61,8 +76,7 @@ export async function streamReply(conversation, path, body, place) {
         if (data.html !== undefined) {
           const replyBody = reply.querySelector(".body");
           replyBody.innerHTML = data.html;
-          pending = document.createElement("span");
-          replyBody.appendChild(pending);
+          pending = placePending(replyBody, text);
         } else {
           pending.textContent += data.text;
         }

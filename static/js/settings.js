@@ -49,7 +49,7 @@ async function openSettings() {
     `${limits.prompt_tokens} and a reply up to ${limits.max_tokens}. Temperature ${limits.temperature[0]}–` +
     `${limits.temperature[1]}, top p ${limits.top_p[0]}–${limits.top_p[1]}.`;
   const own = state.shown && state.shown.conversation.id === state.current ? state.shown.conversation.settings : null;
-  fillForm(state.current && state.shown ? state.shown.settings : mine);
+  fillForm(state.current && state.shown && state.shown.settings ? state.shown.settings : mine);
   document.getElementById("settings-scope").textContent = !state.current
     ? "No chat is open: these are your defaults for new chats."
     : own ? "This chat has its own settings." : "This chat uses your defaults.";

@@ -1,8 +1,8 @@
 // The page around the chat: light/dark theme switch, the conversation drawer on narrow screens, keyboard
 // shortcuts and their help dialog. (theme.js, a classic script in <head>, applies the chosen theme before
 // the page paints; this module changes it.)
-import { lastReply, newConversation, regenerate, stop } from "./chat.js";
-import { app, input, showNotice, state } from "./page.js";
+import { lastReply, regenerate, startNewChat, stop } from "./chat.js";
+import { app, input, state } from "./page.js";
 
 const root = document.documentElement;
 const themeButton = document.getElementById("theme-toggle");
@@ -53,7 +53,7 @@ function onKey(event) {
   if (document.querySelector("dialog[open]")) return; // a dialog has the keyboard; Escape closes it
   if (mod && event.shiftKey && event.key.toLowerCase() === "o") {
     event.preventDefault();
-    if (!state.streaming) newConversation().catch((e) => showNotice(e.message));
+    if (!state.streaming) startNewChat();
   } else if (mod && event.shiftKey && event.key === "Enter") {
     event.preventDefault();
     const reply = lastReply();

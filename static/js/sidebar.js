@@ -1,6 +1,6 @@
 // The conversation list: open, new, rename inline, pin, delete with Undo, full-text search, export and import.
 import { api } from "./api.js";
-import { newConversation, open } from "./chat.js";
+import { open, startNewChat } from "./chat.js";
 import { list, messagesBox, showNotice, state } from "./page.js";
 import { toolButton } from "./render.js";
 import { closeDrawer } from "./shell.js";
@@ -217,7 +217,7 @@ export function init() {
 
   document.getElementById("new-chat").addEventListener("click", () => {
     closeDrawer();
-    newConversation().catch((e) => showNotice(e.message));
+    startNewChat();
   });
 
   document.addEventListener("conversation-opened", markActive);

@@ -41,6 +41,9 @@ conversations = Table(
     Column("id", String(32), primary_key=True),
     Column("owner", String(64), nullable=False, index=True),
     Column("title", String(200), nullable=False),
+    # who wrote the title: message (cut from the first message), model, person (renamed or imported); None: before
+    # this was kept
+    Column("titled_by", String(16)),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("leaf_id", Integer),  # the last message of the branch the page shows; None: the newest
@@ -132,11 +135,11 @@ class Store:
         clause = (conversations.c.owner == owner) & conversations.c.deleted_at.is_(None)
         return clause if conversation_id is None else clause & (conversations.c.id == conversation_id)
 
-    def create_conversation(self, owner: str, title: str = "New chat") -> dict:
+    def create_conversation(self, owner: str, title: str = "New chat", titled_by: str = "message") -> dict:
         """Make an empty conversation for this owner."""
         now = time.time()
-        row = {"id": uuid.uuid4().hex, "owner": owner, "title": title, "created_at": now, "updated_at": now,
-               "pinned": False}
+        row = {"id": uuid.uuid4().hex, "owner": owner, "title": title, "titled_by": titled_by, "created_at": now,
+               "updated_at": now, "pinned": False}
         with self.engine.begin() as db:
             db.execute(conversations.insert().values(**row))
         return {**row, "leaf_id": None, "deleted_at": None, "settings": None}
@@ -173,9 +176,9 @@ class Store:
             result = db.execute(update(conversations).where(self._mine(owner, conversation_id)).values(**values))
         return result.rowcount == 1
 
-    def rename(self, owner: str, conversation_id: str, title: str) -> bool:
-        """Give a conversation a new title; False when it is not this owner's."""
-        return self.update_conversation(owner, conversation_id, title=title)
+    def rename(self, owner: str, conversation_id: str, title: str, titled_by: str = "person") -> bool:
+        """Give a conversation a new title (written by a person, or the model); False when it is not this owner's."""
+        return self.update_conversation(owner, conversation_id, title=title, titled_by=titled_by)
 
     def delete(self, owner: str, conversation_id: str) -> tuple[bool, list[str]]:
         """Hide a conversation at once (restorable for UNDO_S) and purge ones deleted longer ago; returns whether
@@ -246,7 +249,8 @@ class Store:
         return _message(row)
 
     def add_turn(self, conversation_id: str, content: str, title: str, parent_id: int | None = None,
-                 recalled: list[int] = (), attached: list[str] = (), sources: list[dict] = ()) -> tuple[dict, dict]:
+                 recalled: list[int] = (), attached: list[str] = (), sources: list[dict] = (),
+                 titled_by: str | None = None) -> tuple[dict, dict]:
         """In one transaction: the user's message after `parent_id` (with the documents `attached` to it, no
         longer drafts), an empty reply marked streaming (with the ids of the messages `recalled` for it and the
         document passages `sources` it was given), the title, and that branch shown; returns (user message,
@@ -264,8 +268,9 @@ class Store:
             if attached:
                 db.execute(update(documents).where(documents.c.conversation_id == conversation_id,
                                                    documents.c.id.in_(list(attached))).values(sent=True))
+            values = {"titled_by": titled_by} if titled_by else {}
             db.execute(update(conversations).where(conversations.c.id == conversation_id)
-                       .values(updated_at=now, title=title, leaf_id=rows[1]["id"]))
+                       .values(updated_at=now, title=title, leaf_id=rows[1]["id"], **values))
         return _message(rows[0]), _message(rows[1])
 
     def show_branch(self, conversation_id: str, leaf_id: int) -> None:
@@ -335,7 +340,7 @@ class Store:
         with self.engine.begin() as db:
             for item in items:
                 now = time.time()
-                conversation = {"id": uuid.uuid4().hex, "owner": owner, "title": item["title"],
+                conversation = {"id": uuid.uuid4().hex, "owner": owner, "title": item["title"], "titled_by": "person",
                                 "created_at": item["created_at"] or now, "updated_at": now, "pinned": False,
                                 "settings": json.dumps(item["settings"]) if item["settings"] else None}
                 db.execute(conversations.insert().values(**conversation))

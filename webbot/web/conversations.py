@@ -145,9 +145,10 @@ def _room_for(count: int) -> None:
 @bp.post("/conversations")
 def new_conversation():
     body = json_body()
-    title = _title(body, False) if body.get("title") else "New chat"
+    title = _title(body, False) if body.get("title") else None
     _room_for(1)
-    return jsonify(services().store.create_conversation(current_owner(), title)), 201
+    made = services().store.create_conversation(current_owner(), title or "New chat", "person" if title else "message")
+    return jsonify(made), 201
 
 
 @bp.get("/conversations/<conversation_id>")
@@ -162,7 +163,7 @@ def update_conversation(conversation_id):
     body = json_body()
     changes = {}
     if "title" in body:
-        changes["title"] = _title(body, True)
+        changes["title"], changes["titled_by"] = _title(body, True), "person"
     if "pinned" in body:
         if not isinstance(body["pinned"], bool):
             raise ApiError(400, "'pinned' must be true or false.", "invalid_pinned")

@@ -136,11 +136,14 @@ def edit_message(conversation_id, message_id):
     content = message_text(body.get("content"))
     original, messages = _stored(conversation_id, message_id, "user")
     history = path_to(messages, original["parent_id"]) if original["parent_id"] else []
+    # An edited first message names the conversation again, unless a person named it (the page then asks the model)
+    retitle = original["parent_id"] is None and conversation.get("titled_by") in ("message", "model")
+    title = title_from(content) if retitle else conversation["title"]
     return _write(conversation, history, content, body,
                   lambda recalled, sources: services().store.add_turn(
-                      conversation_id, content, conversation["title"], original["parent_id"], recalled,
-                      original["documents"], sources),
-                  attached=original["documents"])
+                      conversation_id, content, title, original["parent_id"], recalled, original["documents"],
+                      sources, "message" if retitle else None),
+                  title=title, attached=original["documents"])
 
 
 @bp.post("/conversations/<conversation_id>/messages/<int:message_id>/regenerate")
@@ -200,14 +203,18 @@ def generate_title(conversation_id):
     shown = path_to(app_services.store.messages(conversation_id), conversation["leaf_id"])
     if len(shown) < 2 or shown[1]["role"] != "assistant" or not shown[1]["content"]:
         raise ApiError(409, "A title is written once the first reply is there; send a message first.", "no_exchange")
-    if conversation["title"] != title_from(shown[0]["content"]) or not current_app.config["WEBBOT_GENERATE_TITLES"]:
+    provisional = (conversation["titled_by"] == "message" if conversation.get("titled_by")
+                   else conversation["title"] == title_from(shown[0]["content"]))  # kept before titled_by was
+    if not provisional or not current_app.config["WEBBOT_GENERATE_TITLES"]:
         return jsonify(conversation_view(conversation))  # renamed by hand (or titled already): keep it
     try:
         title = titles.generate(app_services.bot, shown[0]["content"], shown[1]["content"], current_owner())
     except Exception:  # a busy or failing model keeps the provisional title; nothing is lost
         log.warning("could not generate a title for %s", conversation_id, exc_info=True)
         title = ""
-    if title:
-        app_services.store.rename(current_owner(), conversation_id, title)
+    now = own(conversation_id)  # the model took a while: an edit or a rename meanwhile wins
+    still = path_to(app_services.store.messages(conversation_id), now["leaf_id"])
+    if title and now.get("titled_by") == conversation.get("titled_by") and still and still[0]["id"] == shown[0]["id"]:
+        app_services.store.rename(current_owner(), conversation_id, title, titled_by="model")
     return jsonify(conversation_view(own(conversation_id)))
 

@@ -3,8 +3,9 @@ when the page's connection drops.
 
 Events: `start` (the stored messages and the memory gauge), `queue` (where the reply
 waits while others are written), `token` (text, and now and then the Markdown so far as
-sanitised HTML), then `done` or `error`. The reply is saved every PARTIAL_SAVE_S, so a
-crash loses at most that much. When the connection drops without a Stop, the reply goes
+sanitised HTML), then `done` or `error`. Text is saved before it is sent, at most every
+PARTIAL_SAVE_S (the pieces that arrive meanwhile are sent together after the next save), so
+what the page has shown is always what a crash leaves stored. When the connection drops without a Stop, the reply goes
 on for as long as the page keeps looking for it (it polls the conversation, which marks
 it watched for `grace_s`); nobody looking for `grace_s` means the tab is gone, and the
 reply stops there, keeping what was written.
@@ -65,10 +66,10 @@ class PageReply:
         """The reply's whole text so far."""
         return self.prefix + self.stream.text
 
-    def save_partial(self) -> None:
-        """Store the text so far (the reply stays 'streaming')."""
+    def save_partial(self, text: str | None = None) -> None:
+        """Store `text` (by default all so far); the reply stays 'streaming'."""
         try:
-            self.services.store.finish_message(self.reply["id"], self.text, "streaming")
+            self.services.store.finish_message(self.reply["id"], self.text if text is None else text, "streaming")
         except StorageUnavailable:  # the database is down for a moment: the final save tries again
             log.warning("could not save the partial reply %s", self.reply["id"])
 
@@ -88,30 +89,32 @@ class PageReply:
         """The event stream; `view(message)` shapes the stored message for `done`, `gauge()` counts memory."""
         yield sse(start, "start")
         bot, stream = self.services.bot, self.stream
-        last_html = last_save = last_beat = time.monotonic()
-        sent, place = self.prefix, None  # the worker may be ahead of the events; the HTML must match what was sent
-        for piece in pieces(stream, QUEUE_POLL_S):
+        last_html = last_save = last_beat = last_place = time.monotonic() - config.PARTIAL_SAVE_S
+        # `sent`: what the page has (all saved); `held`: arrived, not yet saved nor sent
+        sent, held, place = self.prefix, "", None
+        for piece in pieces(stream, config.PARTIAL_SAVE_S):
             now = time.monotonic()
-            if piece is None:
-                if stream.first_token_at is None:
-                    position, running = bot.queue_position(stream)
-                    if (position, running) != place:
-                        place = (position, running)
-                        yield sse({"position": position, "running": running}, "queue")
+            if piece is not None:
+                held += piece
+            else:
+                if stream.first_token_at is None and now - last_place >= QUEUE_POLL_S:
+                    last_place, position_now = now, bot.queue_position(stream)
+                    if position_now != place:
+                        place = position_now
+                        yield sse({"position": place[0], "running": place[1]}, "queue")
                 if now - last_beat >= config.STREAM_HEARTBEAT_S:
                     last_beat = now
                     yield ": waiting for the model\n\n"
-                continue
-            sent += piece
-            event = {"text": piece}
-            if now - last_html >= HTML_EVERY_S:
-                event["html"], last_html = render_markdown(sent), now
-            if now - last_save >= config.PARTIAL_SAVE_S:
-                last_save = now
-                self.save_partial()
-            yield sse(event, "token")
+            if held and now - last_save >= config.PARTIAL_SAVE_S:
+                sent, event, held, last_save = sent + held, {"text": held}, "", now
+                self.save_partial(sent)
+                if now - last_html >= HTML_EVERY_S:
+                    event["html"], last_html = render_markdown(sent), now
+                yield sse(event, "token")
         status = final_status(stream)
         self.finish(status)
+        if held:  # stored with the final text just now
+            yield sse({"text": held}, "token")
         # Free the conversation before the page hears `done`, so a reload right after it sees the reply as final.
         self.services.replies.release(self.conversation_id, stream)
         if status == "interrupted":  # the model server went away: keep what came
