@@ -453,12 +453,13 @@ def test_keyboard_shortcuts_and_their_help_dialog(page, ui_server):
     page.keyboard.press("Escape")
     wait_for(page, "!document.getElementById('help-dialog').open")
 
-    page.keyboard.press("Control+Shift+O")  # new chat
-    wait_for(page, "location.pathname.startsWith('/c/')")
+    page.focus("#search")
+    page.keyboard.press("Control+Shift+O")  # new chat: the empty page, ready to type
+    wait_for(page, "location.pathname === '/' && document.activeElement.id === 'input'")
     page.focus("#search")
     page.keyboard.press("Shift+Escape")  # focus the message box
     assert page.evaluate("document.activeElement.id") == "input"
-    call(page, "PATCH", f"/api/conversations/{current_id(page)}", {"settings": {"max_tokens": 128}})
+    call(page, "PUT", "/api/settings", {"max_tokens": 128})  # this browser's default, so the new chat's
     ask(page, "Write for a long time.")
     page.wait_for_selector(".message.assistant.streaming")
     page.keyboard.press("Escape")  # stop
@@ -490,6 +491,38 @@ def test_controls_have_names_and_focus_is_visible(page, ui_server):
     outlines = [o for o in outlines if o[0] != "BODY"]  # past the last control, focus leaves the page
     assert len(outlines) >= 10 and all(style != "none" and width >= 2 for _, style, width in outlines), outlines
     assert page.get_attribute("#messages", "aria-live") == "polite"
+
+
+@pytest.mark.slow
+def test_switch_chats_and_start_one_while_a_reply_is_written(start_server, tiny_model_dir, page):
+    """Issue 22, item 2: during a reply, clicking another chat did nothing and New chat showed Stop where Enter did
+    nothing. Now the reply goes on in the background, its row says so, and it is whole when the person is back."""
+    server = start_server(tiny_model_dir, WEBBOT_MAX_TOKENS="8192")
+    cid = start_chat(page, server.url, max_tokens=1200)
+    ask(page, "Write at length.")
+    page.wait_for_selector(".message.assistant.streaming")
+    page.click("#new-chat")
+    assert page.url == server.url + "/" and page.locator(".message").count() == 0
+    assert page.is_visible("#send") and page.is_hidden("#stop")
+    page.wait_for_selector(f"#conversation-list li[data-id='{cid}'] .writing-badge")
+    page.click(f"#conversation-list li[data-id='{cid}'] .title")  # back while it is written: it is live
+    page.wait_for_selector(".message.assistant.streaming")
+    assert page.is_visible("#stop") and page.locator(f"li[data-id='{cid}'] .writing-badge").count() == 0
+    grown = page.evaluate("document.querySelector('.message.assistant .body').innerText.length")
+    wait_for(page, f"document.querySelector('.message.assistant .body').innerText.length > {grown}")
+    page.click("#new-chat")
+    call(page, "PUT", "/api/settings", {"max_tokens": 4})
+    ask(page, "A second chat, meanwhile")
+    wait_for(page, "location.pathname.startsWith('/c/') && document.querySelectorAll('.message').length === 2 && "
+                   "!document.querySelector('.message.streaming') && !document.getElementById('send').hidden")
+    second = current_id(page)
+    assert second != cid and page.locator(f"li[data-id='{cid}'] .writing-badge").count() == 1
+    page.wait_for_selector(f"li[data-id='{cid}'] .writing-badge", state="detached", timeout=120_000)
+    page.click(f"#conversation-list li[data-id='{cid}'] .title")
+    wait_for(page, f"location.pathname.endsWith('{cid}') && document.querySelectorAll('.message').length === 2")
+    stored = call(page, "GET", f"/api/conversations/{cid}")["messages"][1]
+    assert stored["status"] == "length" and page.locator(".message.streaming").count() == 0
+    assert page.inner_text(".message.assistant .body").strip()[-20:] in stored["content"]
 
 
 def test_scrolled_up_to_read_the_view_stays_put_while_a_reply_streams(start_server, tiny_model_dir, page):

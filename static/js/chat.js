@@ -5,12 +5,14 @@ import { clearAttachments, pendingIds, showDrafts } from "./attach.js";
 import { copyText } from "./rich.js";
 import { config, form, input, list, messagesBox, noticeIsAboutTheModel, showNotice, state, stopButton }
   from "./page.js";
-import { followStoredReply, streamReply } from "./reply.js";
+import { bringBack, followStoredReply, moveToBackground, streamReply } from "./reply.js";
 import { readingPressed } from "./speak.js";
 import { messageElement, setStatus, showConversation, showExportLinks, showGauge, showMessages, showPinned,
   toolButton } from "./render.js";
 
 export async function open(id, push = true) {
+  if (state.streaming && state.streaming.conversation === id && id === state.current) return; // on screen already
+  if (state.streaming) moveToBackground();
   state.current = id;
   state.shown = null;
   document.dispatchEvent(new CustomEvent("conversation-opened", { detail: { id } }));
@@ -23,6 +25,7 @@ export async function open(id, push = true) {
     if (state.current !== id) return;
     showConversation(data);
     showDrafts(data.drafts);
+    if (bringBack(id)) return; // its reply is still streaming into this tab
     if (data.generating && !state.streaming) followStoredReply(id); // written for a tab that lost its connection
   } catch (error) {
     showNotice(error.message);

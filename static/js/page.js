@@ -16,7 +16,8 @@ let countdown = null;
 
 export const state = {
   current: app.dataset.current || null, // the open conversation's id
-  streaming: null, // {controller, conversation, finished} while a reply streams in
+  streaming: null, // {controller, conversation, finished, reply} while a reply of the open conversation streams in
+  background: new Map(), // conversation id -> the same, for replies still streaming in chats the person left
   shown: null, // the open conversation as GET /api/conversations/<id> returned it
   shownId: undefined, // whose messages are on the page (a refresh of the same keeps the reader's scroll place)
 };

@@ -2,7 +2,7 @@
 // and, when the connection drops mid-reply, following the stored reply until it is whole.
 import { CSRF_TOKEN, api, errorText, reach, readEvents } from "./api.js";
 import { input, list, messagesBox, sendButton, showNotice, state, stopButton } from "./page.js";
-import { scrollDown, setStatus, setWaiting, showConversation, showGauge } from "./render.js";
+import { messageElement, scrollDown, setStatus, setWaiting, showConversation, showGauge } from "./render.js";
 
 export function setBusy(busy) {
   sendButton.hidden = busy;
@@ -40,11 +40,15 @@ export async function streamReply(conversation, path, body, place) {
   showNotice("");
   const controller = new AbortController();
   let markFinished;
-  state.streaming = { controller, conversation, finished: new Promise((resolve) => { markFinished = resolve; }) };
+  const record = { controller, conversation, finished: new Promise((resolve) => { markFinished = resolve; }) };
+  state.streaming = record;
   setBusy(true);
   let reply = null, pending = null, prefix = "", started = false, dropped = false, text = "";
+  // Whether this reply's chat is the one on the screen: the person may open another while it is written (it goes
+  // on in the background; see moveToBackground), and only the open chat's page, gauge and voice follow it.
+  const here = () => state.current === conversation;
   // Auto-read and Talk mode hear the reply's text as it grows (speak.js).
-  const told = (done) => reply && document.dispatchEvent(new CustomEvent("reply-text",
+  const told = (done) => reply && here() && document.dispatchEvent(new CustomEvent("reply-text",
     { detail: { element: reply, text, from: prefix.length, done } }));
   try {
     const response = await reach(path, {
@@ -57,14 +61,19 @@ export async function streamReply(conversation, path, body, place) {
     await readEvents(response, (event, data) => {
       if (event === "start") {
         started = true;
-        const hint = messagesBox.querySelector(".hint");
-        if (hint) hint.remove();
-        ({ reply, prefix } = place(data));
+        if (here()) {
+          const hint = messagesBox.querySelector(".hint");
+          if (hint) hint.remove();
+          ({ reply, prefix } = place(data));
+          scrollDown(true); // the person just sent this: show it, and follow the reply
+          showGauge(data.memory);
+        } else { // left before the reply started: it is written off screen
+          reply = messageElement({ ...data.reply, html: "" });
+        }
+        record.reply = reply;
         text = prefix;
-        scrollDown(true); // the person just sent this: show it, and follow the reply
         pending = placePending(reply.querySelector(".body"), text);
         setStatus(reply, "streaming");
-        showGauge(data.memory);
         const link = list.querySelector(`li[data-id="${conversation}"] .title`);
         if (link && data.title) link.textContent = data.title;
       } else if (event === "queue") {
@@ -84,34 +93,65 @@ export async function streamReply(conversation, path, body, place) {
         text = data.message.content;
         reply.querySelector(".body").innerHTML = data.message.html;
         setStatus(reply, data.message.status);
-        showGauge(data.memory);
+        if (here()) showGauge(data.memory);
       } else if (event === "error") {
         setStatus(reply, data.status || "error");
-        showNotice(data.message);
+        if (here()) showNotice(data.message);
       }
-      scrollDown();
+      if (here()) scrollDown();
     });
   } catch (error) {
     if (error.name === "AbortError") {
       if (reply) setStatus(reply, "stopped");
     } else if (started) {
       dropped = true; // the connection broke mid-reply: the server goes on while we look for it
-    } else {
+    } else if (here()) {
       showNotice(error.message);
     }
   } finally {
     if (reply && !dropped) told(true); // done, stopped or failed: what is whole is spoken, then reading ends
-    state.streaming = null;
-    setBusy(false);
+    if (state.streaming === record) {
+      state.streaming = null;
+      setBusy(false);
+    }
+    state.background.delete(conversation);
+    document.dispatchEvent(new CustomEvent("reply-writing", { detail: { id: conversation, writing: false } }));
     markFinished();
   }
-  if (dropped) {
+  if (dropped && here()) {
     await followStoredReply(conversation);
-  } else if (started && state.current === conversation) {
+  } else if (started && here()) {
     await refresh(conversation); // versions, tools and highlighting from the stored state
   }
-  if (state.current === conversation) input.focus();
+  if (here()) input.focus();
   return started;
+}
+
+// The person opens another chat while a reply is written: it goes on, off screen, and its row says so.
+export function moveToBackground() {
+  const record = state.streaming;
+  if (!record) return;
+  state.streaming = null;
+  setBusy(false);
+  state.background.set(record.conversation, record);
+  document.dispatchEvent(new CustomEvent("reply-writing", { detail: { id: record.conversation, writing: true } }));
+}
+
+// Back in a chat whose reply is still being written: the live reply takes the place of its stored copy.
+export function bringBack(conversation) {
+  const record = state.background.get(conversation);
+  if (!record) return false;
+  state.background.delete(conversation);
+  state.streaming = record;
+  setBusy(true);
+  document.dispatchEvent(new CustomEvent("reply-writing", { detail: { id: conversation, writing: false } }));
+  if (record.reply) {
+    const stored = messagesBox.querySelector(`.message[data-id="${record.reply.dataset.id}"]`);
+    if (stored) stored.replaceWith(record.reply);
+    else messagesBox.appendChild(record.reply);
+  }
+  scrollDown(true);
+  return true;
 }
 
 export async function refresh(conversation) {

@@ -53,7 +53,7 @@ function onKey(event) {
   if (document.querySelector("dialog[open]")) return; // a dialog has the keyboard; Escape closes it
   if (mod && event.shiftKey && event.key.toLowerCase() === "o") {
     event.preventDefault();
-    if (!state.streaming) startNewChat();
+    startNewChat(); // a reply being written goes on in the background
   } else if (mod && event.shiftKey && event.key === "Enter") {
     event.preventDefault();
     const reply = lastReply();

@@ -25,6 +25,23 @@ export function sidebarItem(conversation) {
   return item;
 }
 
+// A chat whose reply is still being written while another is open: its row says so, until the reply ends.
+function showWriting(id, writing) {
+  const item = list.querySelector(`li[data-id="${id}"]`);
+  if (!item) return;
+  item.classList.toggle("writing", writing);
+  let badge = item.querySelector(".writing-badge");
+  if (writing && !badge) {
+    badge = document.createElement("span");
+    badge.className = "writing-badge";
+    badge.textContent = "writing…";
+    badge.title = "A reply is still being written in this chat";
+    item.querySelector(".title").after(badge);
+  } else if (!writing && badge) {
+    badge.remove();
+  }
+}
+
 export function markActive() {
   for (const item of list.children) item.classList.toggle("active", item.dataset.id === state.current);
 }
@@ -164,7 +181,8 @@ export function init() {
     const id = item.dataset.id;
     if (event.target.closest(".title")) {
       event.preventDefault();
-      if (!state.streaming) { open(id); closeDrawer(); }
+      open(id); // a reply being written in the chat left goes on in the background
+      closeDrawer();
     } else if (event.target.closest(".rename")) {
       renameInline(item);
     } else if (event.target.closest(".delete")) {
@@ -191,7 +209,6 @@ export function init() {
     const link = event.target.closest("a");
     if (!link) return;
     event.preventDefault();
-    if (state.streaming) return;
     await open(link.dataset.id);
     closeDrawer();
     const hit = link.dataset.message && messagesBox.querySelector(`.message[data-id="${link.dataset.message}"]`);
@@ -221,6 +238,7 @@ export function init() {
   });
 
   document.addEventListener("conversation-opened", markActive);
+  document.addEventListener("reply-writing", (event) => showWriting(event.detail.id, event.detail.writing));
   document.addEventListener("conversation-created", (event) => list.prepend(sidebarItem(event.detail.conversation)));
   markActive();
 }
