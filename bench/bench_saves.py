@@ -1,6 +1,6 @@
 """The cost of saving a streaming reply before the page is sent it (issue 22, item 4): one save's time for replies
 of growing length, on SQLite (the default, WAL) and PostgreSQL, and what that costs a busy server at today's
-rate (at most 4 saves a second per reply, PARTIAL_SAVE_S = 0.25) against the old one (every 2 s).
+rate (at most 10 saves a second per reply, PARTIAL_SAVE_S = 0.1) against the old one (every 2 s).
 
     .venv/bin/python -m bench.bench_saves          # about a minute; PostgreSQL when Debian's package is installed
 

@@ -149,3 +149,10 @@ def plain_greedy(bot: ChatBot, prompt_ids: list[int], new_tokens: int) -> list[i
 def fake_kv(tokens: int) -> list[tuple]:
     """Tensors shaped like one layer's keys and values for `tokens` tokens (100 bytes a token)."""
     return [(torch.zeros(1, 1, tokens, 50, dtype=torch.uint8), torch.zeros(1, 1, tokens, 50, dtype=torch.uint8))]
+
+
+def row_action(page, row: str, action: str) -> None:
+    """Pin, rename or delete a chat from the list: its ⋯ menu, then the action (`pin`, `rename` or `delete`).
+    `row` is a selector of its <li>."""
+    page.click(f"{row} .row-menu")
+    page.click(f"#row-actions .{action}")

@@ -76,7 +76,8 @@ def test_send_streams_tokens_and_stores_both_messages(client):
     cid = new_conversation(client)
     events = send(client, cid, "What is the capital of France?")
     kinds = [e for e, _ in events]
-    assert kinds[0] == "start" and kinds[-1] == "done" and kinds.count("token") >= 3
+    # text comes in pieces, each saved before it is sent (page_reply.py): as many as quarter seconds it took
+    assert kinds[0] == "start" and kinds[-1] == "done" and kinds.count("token") >= 1
     start, done = events[0][1], events[-1][1]
     assert start["user"]["content"] == "What is the capital of France?"
     assert start["memory"]["budget"] == 768 and start["memory"]["dropped"] == 0

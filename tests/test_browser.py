@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from tests.helpers import CHROMIUM, requires, users_cli, wait_for
+from tests.helpers import CHROMIUM, requires, row_action, users_cli, wait_for
 from webbot.storage.conversations import Store
 from webbot.storage.database import connect
 
@@ -110,7 +110,7 @@ def test_sidebar_new_rename_switch_delete(page, smollm2_server):
     page.goto(smollm2_server.url)
     page.click("#new-chat")
     first = first_message(page)
-    page.click("#conversation-list li.active .rename")
+    row_action(page, "#conversation-list li.active", "rename")
     page.fill("#conversation-list li.active .rename-box", "Travel plans")
     page.press("#conversation-list li.active .rename-box", "Enter")
     wait_for(page, "document.querySelector('#conversation-list li.active .title').innerText === 'Travel plans'")
@@ -119,7 +119,7 @@ def test_sidebar_new_rename_switch_delete(page, smollm2_server):
     assert page.locator("#conversation-list li").count() == 2
     page.click(f"#conversation-list li[data-id='{first}'] .title")
     wait_for(page, f"location.pathname.endsWith('{first}')")
-    page.click(f"#conversation-list li[data-id='{first}'] .delete")  # no question asked: Undo is offered
+    row_action(page, f"#conversation-list li[data-id='{first}']", "delete")  # no question asked: Undo is offered
     wait_for(page, "document.querySelectorAll('#conversation-list li').length === 1")
     page.reload()
     assert page.locator("#conversation-list li").count() == 1

@@ -159,7 +159,7 @@ def test_through_nginx_the_reply_streams_token_by_token(start_server, tiny_model
                     arrivals.append((line[7:].decode(), time.monotonic() - started))
         tokens = [t for kind, t in arrivals if kind == "token"]
         done = [t for kind, t in arrivals if kind == "done"]
-        assert done and len(tokens) > 20
+        assert done and len(tokens) >= 5  # in pieces, each saved before it is sent (at most 10 a second)
         print(f"first token {tokens[0]:.2f} s, last token {tokens[-1]:.2f} s, done {done[0]:.2f} s")
         # Token by token, not all at once: the first token reached the client well before the end.
         assert tokens[0] < done[0] - 0.5 * (done[0] - arrivals[0][1]), arrivals[:3] + arrivals[-2:]

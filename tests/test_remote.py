@@ -67,7 +67,7 @@ def test_transformers_serve_as_the_model_server(start_server, smollm2_dir, trans
     page = PageSession()
     cid, events = ask(page, server, PARIS)
     tokens = [data["text"] for event, data in events if event == "token"]
-    assert len(tokens) > 2 and "Paris" in "".join(tokens)  # streamed piece by piece
+    assert len(tokens) >= 2 and "Paris" in "".join(tokens)  # streamed piece by piece
     done = events[-1][1]
     assert events[-1][0] == "done" and done["message"]["status"] == "complete" and "Paris" in done["message"]["html"]
     stored = page.get(f"{server.url}/api/conversations/{cid}", timeout=30).json()["messages"]

@@ -25,7 +25,7 @@ def test_page_stream_answers_paris(smollm2_server):
     assert response.headers["X-Accel-Buffering"] == "no"
     events = read_sse(response.iter_lines())
     tokens = [d["text"] for e, d in events if e == "token"]
-    assert len(tokens) >= 3  # streamed piece by piece, not in one block
+    assert len(tokens) >= 2  # streamed piece by piece (each saved before it is sent), not in one block
     done = events[-1][1]
     assert events[-1][0] == "done" and done["finish_reason"] == "stop"  # ended at <|im_end|>
     assert "Paris" in "".join(tokens) and "Paris" in done["message"]["html"]

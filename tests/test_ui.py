@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from harness.server_process import Server
-from tests.helpers import CHROMIUM, requires, wait_for, watch_console
+from tests.helpers import CHROMIUM, requires, row_action, wait_for, watch_console
 from tests.tcp_proxy import Proxy
 from webbot.storage.conversations import Store
 from webbot.storage.database import connect
@@ -191,18 +191,18 @@ def test_rename_inline_pin_and_delete_with_undo(page, ui_server):
     page.goto(f"{ui_server.url}/c/{ids[-1]}")
     page.wait_for_selector(f"#conversation-list li[data-id='{ids[0]}']")
     oldest = ids[0]
-    page.click(f"#conversation-list li[data-id='{oldest}'] .rename")
+    row_action(page, f"#conversation-list li[data-id='{oldest}']", "rename")
     page.fill(f"#conversation-list li[data-id='{oldest}'] .rename-box", "Travel plans")
     page.press(f"#conversation-list li[data-id='{oldest}'] .rename-box", "Enter")
     wait_for(page, f"document.querySelector(\"li[data-id='{oldest}'] .title\").innerText === 'Travel plans'")
     assert page.locator("#conversation-list li").first.get_attribute("data-id") == ids[2]
-    page.click(f"#conversation-list li[data-id='{oldest}'] .pin")
+    row_action(page, f"#conversation-list li[data-id='{oldest}']", "pin")
     wait_for(page, f"document.querySelector('#conversation-list li').dataset.id === '{oldest}'")
     page.reload()
     assert page.locator("#conversation-list li").first.get_attribute("data-id") == oldest  # pinned, on top
     assert page.inner_text("#conversation-list li >> nth=0 >> .title") == "Travel plans"
 
-    page.click(f"#conversation-list li[data-id='{oldest}'] .delete")
+    row_action(page, f"#conversation-list li[data-id='{oldest}']", "delete")
     page.wait_for_selector("#toast:not([hidden])")
     assert "Travel plans" in page.inner_text("#toast-text")
     assert page.locator(f"#conversation-list li[data-id='{oldest}']").count() == 0
@@ -210,7 +210,7 @@ def test_rename_inline_pin_and_delete_with_undo(page, ui_server):
     page.wait_for_selector(f"#conversation-list li[data-id='{oldest}']")
     page.reload()
     assert page.locator("#conversation-list li").count() == 3
-    page.click(f"#conversation-list li[data-id='{ids[1]}'] .delete")
+    row_action(page, f"#conversation-list li[data-id='{ids[1]}']", "delete")
     page.wait_for_selector("#toast:not([hidden])")
     page.reload()  # no undo: it stays deleted
     assert [page.locator("#conversation-list li").nth(i).get_attribute("data-id") for i in range(2)] == \
@@ -288,7 +288,7 @@ def test_editing_the_first_message_retitles_the_chat_unless_renamed(browser, smo
     edit_first("How do I bake bread?")
     bread = page.inner_text(title)
     assert bread != france and rank([bread], "How do I bake bread?", 1) == [0], bread  # about the new question
-    page.click(f"#conversation-list li[data-id='{cid}'] .rename")
+    row_action(page, f"#conversation-list li[data-id='{cid}']", "rename")
     page.fill(f"#conversation-list li[data-id='{cid}'] .rename-box", "Kitchen")
     page.press(f"#conversation-list li[data-id='{cid}'] .rename-box", "Enter")
     wait_for(page, f"document.querySelector(\"{title}\").innerText === 'Kitchen'")
@@ -490,7 +490,7 @@ def test_controls_have_names_and_focus_is_visible(page, ui_server):
                     parseFloat(s.outlineWidth)]; }"""))
     outlines = [o for o in outlines if o[0] != "BODY"]  # past the last control, focus leaves the page
     assert len(outlines) >= 10 and all(style != "none" and width >= 2 for _, style, width in outlines), outlines
-    assert page.get_attribute("#messages", "aria-live") == "polite"
+    assert page.get_attribute("#announcer", "aria-live") == "polite"  # the finished reply, not every token
 
 
 @pytest.mark.slow

@@ -195,7 +195,7 @@ def test_read_aloud_plays_a_reply_and_pauses_resumes_and_stops(speaking_browser,
     page.wait_for_selector(".message.assistant:not(.streaming)", timeout=120_000)
     assert page.spoken == []  # Auto-read is off
     read = page.locator(".message.assistant .read-aloud")
-    assert read.get_attribute("aria-label") == "Read this reply aloud"
+    assert read.get_attribute("aria-label") == "Read aloud: this reply"
     read.click()
     wait_for(page, "window.audioEvents.includes('playing')", timeout=30_000)
     reply = " ".join(page.get_attribute(".message.assistant", "data-content").split())

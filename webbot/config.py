@@ -45,7 +45,7 @@ KV_CACHE_GPU_SHARE = 0.25  # ... and on CUDA, this share of the GPU's memory
 KV_DISK_SHARE, KV_DISK_MB_MOST = 0.10, 8192  # WEBBOT_KV_DISK_MB=auto: this share of the free disk, at most this
 REMOTE_MAX_STREAMS = 64  # replies one replica streams from a model server at once; more get 503
 STREAM_HEARTBEAT_S = 10  # an SSE comment while a request waits, so proxies keep it open
-PARTIAL_SAVE_S = 0.25  # a streaming reply is saved at most this often, and the page is sent only what is saved
+PARTIAL_SAVE_S = 0.1  # a streaming reply is saved at most this often, and the page is sent only what is saved
 RECONNECT_GRACE_S = 10.0  # how long a reply nobody looks for goes on (WEBBOT_RECONNECT_GRACE_S)
 
 # Conversations

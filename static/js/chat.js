@@ -3,12 +3,12 @@
 import { api } from "./api.js";
 import { clearAttachments, pendingIds, showDrafts } from "./attach.js";
 import { copyText } from "./rich.js";
-import { config, form, input, list, messagesBox, noticeIsAboutTheModel, showNotice, state, stopButton }
+import { config, form, input, messagesBox, noticeIsAboutTheModel, showNotice, state, stopButton }
   from "./page.js";
 import { bringBack, followStoredReply, moveToBackground, streamReply } from "./reply.js";
 import { readingPressed } from "./speak.js";
 import { messageElement, setStatus, showConversation, showExportLinks, showGauge, showMessages, showPinned,
-  toolButton } from "./render.js";
+  showTitle, toolButton } from "./render.js";
 
 export async function open(id, push = true) {
   if (state.streaming && state.streaming.conversation === id && id === state.current) return; // on screen already
@@ -19,7 +19,7 @@ export async function open(id, push = true) {
   if (push) history.pushState({ id }, "", id ? `/c/${id}` : "/");
   showNotice("");
   showExportLinks(id);
-  if (!id) { showMessages([]); showGauge(null); clearAttachments(); return; }
+  if (!id) { showMessages([]); showGauge(null); clearAttachments(); showTitle(""); return; }
   try {
     const data = await api("GET", `/api/conversations/${id}`);
     if (state.current !== id) return;
@@ -77,8 +77,8 @@ async function send(text) {
 async function nameConversation(conversation) {
   try {
     const data = await api("POST", `/api/conversations/${conversation}/title`);
-    const link = list.querySelector(`li[data-id="${conversation}"] .title`);
-    if (link) link.textContent = data.conversation.title;
+    document.dispatchEvent(new CustomEvent("conversation-titled",
+      { detail: { id: conversation, title: data.conversation.title } }));
   } catch (error) { /* the first message stays the title */ }
 }
 

@@ -89,11 +89,20 @@ export function showPinned(element, pinned) {
     : "Pin: the model keeps this message in mind however long the chat grows";
 }
 
+// The open chat's title, the page's heading.
+export function showTitle(title) {
+  document.getElementById("chat-title").textContent = title || "New chat";
+}
+
 export function messageElement(message) {
   const element = document.createElement("div");
   element.className = `message ${message.role}`;
   element.dataset.id = message.id;
   element.dataset.content = message.content || "";
+  const speaker = document.createElement("h2"); // who said it, for screen readers (and their heading keys)
+  speaker.className = "visually-hidden";
+  speaker.textContent = message.role === "user" ? "You said:" : "The robot said:";
+  element.appendChild(speaker);
   const body = document.createElement("div");
   body.className = "body";
   element.appendChild(body);
@@ -108,7 +117,7 @@ export function messageElement(message) {
   tools.appendChild(versionSwitch(message));
   tools.appendChild(toolButton("copy", "Copy", `Copy this ${message.role === "user" ? "message" : "reply"}`));
   if (message.role === "user") tools.appendChild(toolButton("edit", "Edit", "Edit and resend this message"));
-  else tools.appendChild(toolButton("regenerate", "Regenerate", "Write this reply again", "Ctrl+Shift+Enter"));
+  else tools.appendChild(toolButton("regenerate", "Regenerate", "Regenerate: write this reply again", "Ctrl+Shift+Enter"));
   if (message.role === "assistant" && config.continuable.includes(message.status) && message.content) {
     tools.appendChild(toolButton("continue", "Continue", "Continue this reply"));
   }
@@ -208,6 +217,7 @@ export function showExportLinks(id) {
 
 export function showConversation(data) {
   state.shown = data;
+  showTitle(data.conversation.title);
   showMessages(data.messages);
   showGauge(data.memory);
 }

@@ -1,8 +1,14 @@
 // One reply streaming in: its events (start, queue, token, done, error), the busy state of the message box,
 // and, when the connection drops mid-reply, following the stored reply until it is whole.
 import { CSRF_TOKEN, api, errorText, reach, readEvents } from "./api.js";
-import { input, list, messagesBox, sendButton, showNotice, state, stopButton } from "./page.js";
+import { input, messagesBox, sendButton, showNotice, state, stopButton } from "./page.js";
 import { messageElement, scrollDown, setStatus, setWaiting, showConversation, showGauge } from "./render.js";
+
+// The finished reply is announced once (the message list is not a live region: it would read every token).
+const ANNOUNCED_CHARS = 300;
+function announce(text) {
+  document.getElementById("announcer").textContent = text;
+}
 
 export function setBusy(busy) {
   sendButton.hidden = busy;
@@ -74,8 +80,9 @@ export async function streamReply(conversation, path, body, place) {
         text = prefix;
         pending = placePending(reply.querySelector(".body"), text);
         setStatus(reply, "streaming");
-        const link = list.querySelector(`li[data-id="${conversation}"] .title`);
-        if (link && data.title) link.textContent = data.title;
+        if (data.title) {
+          document.dispatchEvent(new CustomEvent("conversation-titled", { detail: { id: conversation, title: data.title } }));
+        }
       } else if (event === "queue") {
         setWaiting(reply, queueText(data));
       } else if (event === "token") {
@@ -93,7 +100,10 @@ export async function streamReply(conversation, path, body, place) {
         text = data.message.content;
         reply.querySelector(".body").innerHTML = data.message.html;
         setStatus(reply, data.message.status);
-        if (here()) showGauge(data.memory);
+        if (here()) {
+          showGauge(data.memory);
+          announce(`The reply is written: ${text.slice(0, ANNOUNCED_CHARS)}`);
+        }
       } else if (event === "error") {
         setStatus(reply, data.status || "error");
         if (here()) showNotice(data.message);

@@ -2,7 +2,7 @@
 import { api } from "./api.js";
 import { open, startNewChat } from "./chat.js";
 import { list, messagesBox, showNotice, state } from "./page.js";
-import { toolButton } from "./render.js";
+import { showTitle, toolButton } from "./render.js";
 import { closeDrawer } from "./shell.js";
 
 const searchBox = document.getElementById("search");
@@ -19,10 +19,63 @@ export function sidebarItem(conversation) {
   link.className = "title";
   link.href = `/c/${conversation.id}`;
   link.textContent = conversation.title;
-  const pin = toolButton("pin", conversation.pinned ? "★" : "☆", "Pin", "Pin to the top");
-  pin.setAttribute("aria-pressed", conversation.pinned ? "true" : "false");
-  item.append(link, pin, toolButton("rename", "✎", "Rename", "Rename"), toolButton("delete", "×", "Delete", "Delete"));
+  item.appendChild(link);
+  if (conversation.pinned) {
+    const mark = document.createElement("span");
+    mark.className = "pinned-mark";
+    mark.title = "Pinned to the top";
+    mark.textContent = "★";
+    const spoken = document.createElement("span");
+    spoken.className = "visually-hidden";
+    spoken.textContent = " pinned";
+    mark.appendChild(spoken);
+    item.appendChild(mark);
+  }
+  const menuButton = toolButton("row-menu", "⋯", `Actions for “${conversation.title}”`, "Pin, rename or delete");
+  menuButton.setAttribute("aria-haspopup", "menu");
+  menuButton.setAttribute("aria-expanded", "false");
+  menuButton.setAttribute("aria-controls", "row-actions");
+  item.appendChild(menuButton);
   return item;
+}
+
+// One menu (Pin, Rename, Delete) for every row, opened by the row's ⋯ button: two tab stops a row, and targets
+// large enough for a finger.
+const rowMenu = document.getElementById("row-actions");
+const menuHome = rowMenu.parentElement;
+
+function closeRowMenu(focusButton = false) {
+  if (rowMenu.hidden) return;
+  const button = rowMenu.parentElement.querySelector(".row-menu");
+  rowMenu.hidden = true;
+  menuHome.insertBefore(rowMenu, list.nextSibling);
+  if (button) {
+    button.setAttribute("aria-expanded", "false");
+    if (focusButton) button.focus();
+  }
+}
+
+function openRowMenu(item) {
+  closeRowMenu();
+  const button = item.querySelector(".row-menu");
+  const title = item.querySelector(".title").textContent;
+  const pinned = item.classList.contains("pinned");
+  rowMenu.querySelector(".pin").textContent = pinned ? "Unpin" : "Pin to the top";
+  rowMenu.setAttribute("aria-label", `Actions for “${title}”`);
+  item.appendChild(rowMenu);
+  rowMenu.hidden = false;
+  button.setAttribute("aria-expanded", "true");
+  rowMenu.querySelector("button").focus();
+}
+
+// A chat named anew (renamed here, titled by the model or from its first message): its row, and the heading.
+function renameTitle(id, title) {
+  const item = list.querySelector(`li[data-id="${id}"]`);
+  if (item) {
+    item.querySelector(".title").textContent = title;
+    item.querySelector(".row-menu").setAttribute("aria-label", `Actions for “${title}”`);
+  }
+  if (id === state.current) showTitle(title);
 }
 
 // A chat whose reply is still being written while another is open: its row says so, until the reply ends.
@@ -43,10 +96,17 @@ function showWriting(id, writing) {
 }
 
 export function markActive() {
-  for (const item of list.children) item.classList.toggle("active", item.dataset.id === state.current);
+  for (const item of list.children) {
+    const current = item.dataset.id === state.current;
+    item.classList.toggle("active", current);
+    const link = item.querySelector(".title");
+    if (current) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
 }
 
 async function reloadList() {
+  closeRowMenu();
   const data = await api("GET", "/api/conversations");
   list.replaceChildren(...data.conversations.map(sidebarItem));
   markActive();
@@ -74,7 +134,7 @@ function renameInline(item) {
     if (!save || !title || title === link.textContent) return;
     try {
       const updated = await api("PATCH", `/api/conversations/${item.dataset.id}`, { title });
-      link.textContent = updated.title;
+      renameTitle(item.dataset.id, updated.title);
     } catch (error) { showNotice(error.message); }
   };
   box.addEventListener("keydown", (event) => {
@@ -114,7 +174,7 @@ async function deleteConversation(item) {
 }
 
 async function togglePin(item) {
-  const pinned = item.querySelector(".pin").getAttribute("aria-pressed") !== "true";
+  const pinned = !item.classList.contains("pinned");
   try {
     await api("PATCH", `/api/conversations/${item.dataset.id}`, { pinned });
     await reloadList();
@@ -183,14 +243,32 @@ export function init() {
       event.preventDefault();
       open(id); // a reply being written in the chat left goes on in the background
       closeDrawer();
+    } else if (event.target.closest(".row-menu")) {
+      if (rowMenu.hidden || rowMenu.parentElement !== item) openRowMenu(item);
+      else closeRowMenu(true);
     } else if (event.target.closest(".rename")) {
+      closeRowMenu();
       renameInline(item);
     } else if (event.target.closest(".delete")) {
+      closeRowMenu();
       deleteConversation(item);
     } else if (event.target.closest(".pin")) {
+      closeRowMenu();
       togglePin(item);
     }
   });
+  rowMenu.addEventListener("keydown", (event) => {
+    const items = [...rowMenu.querySelectorAll("button")];
+    const at = items.indexOf(document.activeElement);
+    if (event.key === "Escape") { event.preventDefault(); event.stopPropagation(); closeRowMenu(true); }
+    else if (event.key === "ArrowDown") { event.preventDefault(); items[(at + 1) % items.length].focus(); }
+    else if (event.key === "ArrowUp") { event.preventDefault(); items[(at - 1 + items.length) % items.length].focus(); }
+    else if (event.key === "Tab") closeRowMenu();
+  });
+  document.addEventListener("click", (event) => {
+    if (!rowMenu.hidden && !event.target.closest(".row-menu") && !rowMenu.contains(event.target)) closeRowMenu();
+  });
+  document.getElementById("import-button").addEventListener("click", () => document.getElementById("import-file").click());
 
   searchBox.addEventListener("input", () => {
     clearTimeout(searchTimer);
@@ -232,12 +310,15 @@ export function init() {
     } catch (error) { showNotice(error.message); }
   });
 
-  document.getElementById("new-chat").addEventListener("click", () => {
-    closeDrawer();
-    startNewChat();
-  });
+  for (const id of ["new-chat", "header-new-chat"]) { // the header's is for phones, where the list is a drawer
+    document.getElementById(id).addEventListener("click", () => {
+      closeDrawer();
+      startNewChat();
+    });
+  }
 
   document.addEventListener("conversation-opened", markActive);
+  document.addEventListener("conversation-titled", (event) => renameTitle(event.detail.id, event.detail.title));
   document.addEventListener("reply-writing", (event) => showWriting(event.detail.id, event.detail.writing));
   document.addEventListener("conversation-created", (event) => list.prepend(sidebarItem(event.detail.conversation)));
   markActive();

@@ -190,7 +190,7 @@ function button(className, text, label, pressed) {
 // A reply's reading buttons as they are now: Read aloud; or Pause (Resume) and Stop while it is being read.
 export function readingButtons(id) {
   if (!config.speech) return [];
-  if (speech.owner !== id) return [button("read-aloud", "Read aloud", "Read this reply aloud", false)];
+  if (speech.owner !== id) return [button("read-aloud", "Read aloud", "Read aloud: this reply", false)];
   return [speech.paused ? button("read-aloud", "Resume", "Resume reading", false)
     : button("read-aloud", "Pause", "Pause reading", true),
   button("stop-reading", "Stop", "Stop reading")];

@@ -146,7 +146,7 @@ async function start() {
   document.getElementById("talk-panel").hidden = false;
   const button = document.getElementById("talk");
   button.setAttribute("aria-pressed", "true");
-  button.setAttribute("aria-label", "End the voice conversation");
+  button.setAttribute("aria-label", "Talk: end the voice conversation");
   setState("listening");
   restartRecorder(null);
   talk.timer = setInterval(tick, TICK_MS);
@@ -167,7 +167,7 @@ export function end() {
   document.getElementById("talk-panel").hidden = true;
   const button = document.getElementById("talk");
   button.setAttribute("aria-pressed", "false");
-  button.setAttribute("aria-label", "Start a voice conversation");
+  button.setAttribute("aria-label", "Talk: start a voice conversation");
   button.focus();
 }
 

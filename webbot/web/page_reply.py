@@ -89,7 +89,9 @@ class PageReply:
         """The event stream; `view(message)` shapes the stored message for `done`, `gauge()` counts memory."""
         yield sse(start, "start")
         bot, stream = self.services.bot, self.stream
-        last_html = last_save = last_beat = last_place = time.monotonic() - config.PARTIAL_SAVE_S
+        started = time.monotonic()
+        last_html = last_save = last_beat = started - config.PARTIAL_SAVE_S
+        last_place = started - QUEUE_POLL_S  # a waiting reply says its place at once
         # `sent`: what the page has (all saved); `held`: arrived, not yet saved nor sent
         sent, held, place = self.prefix, "", None
         for piece in pieces(stream, config.PARTIAL_SAVE_S):
