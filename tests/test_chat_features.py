@@ -97,7 +97,7 @@ def test_bad_inputs_get_a_4xx_sentence_and_change_nothing(client):
         ("patch", f"/api/conversations/{cid}", {"settings": {"max_tokens": 100_000}}, 400, "from 1 to 256"),
         ("patch", f"/api/conversations/{cid}", {"settings": {"colour": "red"}}, 400, "Unknown setting 'colour'"),
         ("patch", f"/api/conversations/{cid}", {"settings": "warm"}, 400, "must be an object"),
-        ("put", "/api/settings", {"top_p": 0}, 400, "'top_p' must be a number from 0.01 to 1"),
+        ("put", "/api/settings", {"top_p": 0}, 400, "Top p must be a number from 0.01 to 1"),
         ("put", "/api/settings", {"system_prompt": "x" * 9000}, 400, "at most 8000 characters"),
         ("post", "/api/conversations/nope/title", {}, 404, "no such conversation"),
         ("post", "/api/conversations/nope/restore", {}, 404, "cannot be restored"),

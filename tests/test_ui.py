@@ -522,7 +522,7 @@ def test_switch_chats_and_start_one_while_a_reply_is_written(start_server, tiny_
     wait_for(page, f"location.pathname.endsWith('{cid}') && document.querySelectorAll('.message').length === 2")
     stored = call(page, "GET", f"/api/conversations/{cid}")["messages"][1]
     assert stored["status"] == "length" and page.locator(".message.streaming").count() == 0
-    assert page.inner_text(".message.assistant .body").strip()[-20:] in stored["content"]
+    assert page.evaluate("document.querySelector('.message.assistant').dataset.content") == stored["content"]
 
 
 def test_scrolled_up_to_read_the_view_stays_put_while_a_reply_streams(start_server, tiny_model_dir, page):
@@ -629,6 +629,45 @@ def test_screenshots_in_light_dark_and_phone_width(browser, smollm2_server, sche
     assert page.problems == []
 
 
+def test_screenshots_of_the_empty_page_a_document_and_the_phone_drawer(browser, smollm2_server, tmp_path):
+    from harness import documents as docs
+
+    target = SCREENSHOTS if os.environ.get("WEBBOT_SCREENSHOTS") else tmp_path
+    target.mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(viewport={"width": 1100, "height": 700})
+    page = context.new_page()
+    watch_console(page)
+    page.goto(smollm2_server.url)
+    page.wait_for_selector("#messages .hint .example")
+    page.screenshot(path=str(target / "empty.png"))
+    page.set_input_files("#attach-input", files=[{"name": "report.pdf", "mimeType": "application/pdf",
+                                                  "buffer": docs.pdf(20)}])
+    wait_for(page, "(document.querySelector('#attachments .chip-meta')?.textContent || '').includes('tokens')")
+    ask_and_wait(page, docs.QUESTION)
+    assert docs.ANSWER in page.inner_text(".message.assistant .body")
+    time.sleep(0.3)
+    page.screenshot(path=str(target / "document.png"))
+    context.close()
+    assert page.problems == []
+    phone = browser.new_context(viewport={"width": 390, "height": 760}, is_mobile=True, has_touch=True)
+    page = phone.new_page()
+    watch_console(page)
+    page.goto(smollm2_server.url)
+    for title in ("Python and Pythagoras", "Holiday plans", "Garden notes"):
+        call(page, "POST", "/api/conversations", {"title": title})
+    page.reload()
+    page.click("#open-drawer")
+    page.wait_for_selector(".layout.drawer-open")
+    page.click("#conversation-list li >> nth=0 >> .row-menu")
+    page.wait_for_selector("#row-actions:not([hidden])")
+    time.sleep(0.3)
+    page.screenshot(path=str(target / "phone-drawer.png"))
+    phone.close()
+    for name in ("empty.png", "document.png", "phone-drawer.png"):
+        assert (target / name).stat().st_size > 10_000
+    assert page.problems == []
+
+
 def test_streaming_text_grows_in_place_not_on_a_line_of_its_own(page, ui_server):
     """The words not yet rendered as Markdown continue the last paragraph, list item or code block (issue 22,
     item 7: they sat on a line of their own under the paragraph and jumped up at the next render)."""
@@ -662,3 +701,47 @@ def test_streaming_text_grows_in_place_not_on_a_line_of_its_own(page, ui_server)
     assert placed["list"]["parent"] == "LI" and not placed["list"]["sameLine"]  # the second item's line, not the first
     assert placed["code"]["parent"] == "CODE"
     assert placed["new paragraph"]["parent"] == "DIV" and placed["new paragraph"]["below"]
+
+
+def test_the_empty_page_offers_examples_and_labels_the_gauge_and_settings(page, ui_server):
+    """Issue 22, item 10: no example prompts, an unlabeled '80 / 6144 tokens', settings that did not say what
+    temperature and top p do, and errors that named API fields."""
+    page.goto(ui_server.url)
+    examples = page.locator("#messages .hint .example")
+    assert examples.count() == 3
+    first = examples.first.inner_text()
+    examples.first.click()
+    assert page.input_value("#input") == first and page.evaluate("document.activeElement.id") == "input"
+    start_chat(page, ui_server.url)
+    page.wait_for_selector("#gauge:not([hidden])")
+    assert page.inner_text("#gauge .gauge-label") == "Memory"
+    assert page.get_attribute("#gauge-meter", "aria-valuetext").startswith("Memory: ")
+    page.click("#open-settings")
+    page.wait_for_selector("#settings-dialog[open]")
+    assert "likeliest word" in page.inner_text("#about-temperature")
+    assert "1 considers them all" in page.inner_text("#about-top-p")
+    page.fill("#set-top-p", "0")
+    page.evaluate("document.getElementById('set-top-p').removeAttribute('min')")  # past the browser's own check
+    page.click("#save-chat-settings")
+    page.wait_for_selector("#settings-error:not([hidden])")
+    assert page.inner_text("#settings-error") == "Top p must be a number from 0.01 to 1."
+    expect_refusals(page, 400)
+
+
+def test_a_phone_has_the_title_and_new_chat_in_its_header(browser, ui_server):
+    """Issue 22, item 9: on a phone the header had no chat title and no New chat; the hint spoke of Enter."""
+    context = browser.new_context(viewport={"width": 390, "height": 800}, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    watch_console(page)
+    page.goto(ui_server.url)
+    assert "tap Send" in page.inner_text("#messages .hint") and "Shift+Enter" not in page.inner_text("#messages .hint")
+    cid = call(page, "POST", "/api/conversations", {"title": "Holiday plans"})["id"]
+    page.goto(f"{ui_server.url}/c/{cid}")
+    wait_for(page, "document.getElementById('chat-title').textContent === 'Holiday plans'")
+    assert page.is_visible("#chat-title") and page.is_visible("#header-new-chat")
+    page.click("#header-new-chat")
+    wait_for(page, "location.pathname === '/' && document.getElementById('chat-title').textContent === 'New chat'")
+    box = page.locator("#auto-send").bounding_box()
+    assert box["width"] >= 20 and box["height"] >= 20
+    context.close()
+    assert page.problems == []

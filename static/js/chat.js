@@ -206,7 +206,8 @@ async function watchModel() {
       if (noticeIsAboutTheModel()) {
         noticeIsAboutTheModel(false);
         showNotice("");
-        if (state.current) open(state.current, false); // now the memory gauge can be counted
+        if (state.current) open(state.current, false);
+  else showMessages([]); // the empty page's hint and examples // now the memory gauge can be counted
       }
       return;
     }
@@ -226,6 +227,11 @@ async function watchModel() {
 export function init() {
   messagesBox.addEventListener("click", (event) => {
     const button = event.target.closest("button");
+    if (button && button.classList.contains("example")) { // the empty page's examples: into the box, to edit or send
+      input.value = button.dataset.text;
+      input.focus();
+      return;
+    }
     const element = event.target.closest(".message");
     if (!button || !element) return;
     if (button.classList.contains("copy")) copyText(element.dataset.content, button);
@@ -267,5 +273,6 @@ export function init() {
   history.replaceState({ id: state.current }, "", state.current ? `/c/${state.current}` : "/");
   showExportLinks(state.current);
   if (state.current) open(state.current, false);
+  else showMessages([]); // the empty page's hint and examples
   watchModel();
 }

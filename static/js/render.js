@@ -7,7 +7,12 @@ import { config, messagesBox, state } from "./page.js";
 import { enrich } from "./rich.js";
 import { readingButtons } from "./speak.js";
 
-const HINT = "Ask anything. Enter sends, Shift+Enter makes a new line.";
+// The empty page: what to do (in words for the device: a phone has no Enter key to speak of) and a few examples.
+const TOUCH = window.matchMedia("(pointer: coarse)").matches;
+const HINT = TOUCH ? "Ask anything: type a message and tap Send, or hold the microphone to talk."
+  : "Ask anything. Enter sends, Shift+Enter makes a new line.";
+const EXAMPLES = ["Explain how a rainbow forms, simply.", "Write a short, friendly note to a neighbour.",
+  "Plan three easy dinners for this week."];
 const STATUS_TEXT = {
   stopped: "Stopped before the end.",
   length: "Cut off at the reply length limit.",
@@ -154,9 +159,19 @@ export function setWaiting(element, text) {
 export function showMessages(messages) {
   messagesBox.replaceChildren();
   if (!messages.length) {
-    const hint = document.createElement("p");
+    const hint = document.createElement("div");
     hint.className = "hint";
-    hint.textContent = HINT;
+    const line = document.createElement("p");
+    line.textContent = HINT;
+    const examples = document.createElement("div");
+    examples.className = "examples";
+    examples.setAttribute("aria-label", "Example questions");
+    for (const text of EXAMPLES) {
+      const example = toolButton("example", text, `Ask: ${text}`);
+      example.dataset.text = text;
+      examples.appendChild(example);
+    }
+    hint.append(line, examples);
     messagesBox.appendChild(hint);
   }
   for (const message of messages) messagesBox.appendChild(messageElement(message));
@@ -198,6 +213,8 @@ export function showGauge(memory) {
   gauge.hidden = false;
   document.getElementById("gauge-meter").value = memory.used / memory.budget;
   document.getElementById("gauge-text").textContent = `${memory.used} / ${memory.budget} tokens`;
+  document.getElementById("gauge-meter").setAttribute("aria-valuetext",
+    `Memory: ${memory.used} of ${memory.budget} tokens used`);
   gauge.title = "Tokens the model reads for the next reply, of the prompt budget. " +
     "When a conversation outgrows it, the oldest turns are left out of memory (they stay stored here).";
   const n = memory.dropped;

@@ -14,6 +14,7 @@ from webbot.web.errors import ApiError
 from webbot.web.inputs import text_field
 
 FIELDS = ("system_prompt", "temperature", "top_p", "max_tokens", "recall")
+LABELS = {"temperature": "Temperature", "top_p": "Top p"}  # as the settings form names them
 RANGES = {"temperature": TEMPERATURE_RANGE, "top_p": TOP_P_RANGE}
 
 
@@ -49,20 +50,20 @@ def check(values, allowed: dict) -> dict:
             continue
         if name == "system_prompt":
             if not isinstance(value, str) or len(value) > allowed["system_prompt_chars"]:
-                raise ApiError(400, f"'system_prompt' must be text of at most {allowed['system_prompt_chars']} "
+                raise ApiError(400, f"The system prompt must be text of at most {allowed['system_prompt_chars']} "
                                     "characters.", "invalid_system_prompt")
             text_field(value, "The system prompt")
         elif name == "recall":
             if not isinstance(value, bool):
-                raise ApiError(400, "'recall' must be true or false.", "invalid_recall")
+                raise ApiError(400, "Recall must be on or off (true or false).", "invalid_recall")
         elif name == "max_tokens":
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= allowed["max_tokens"]:
-                raise ApiError(400, f"'max_tokens' must be a whole number from 1 to {allowed['max_tokens']}, the "
-                                    "most this model's context leaves for a reply.", "invalid_max_tokens")
+                raise ApiError(400, f"Longest reply must be a whole number of tokens from 1 to {allowed['max_tokens']}, "
+                                    "the most this model's context leaves for a reply.", "invalid_max_tokens")
         else:
             low, high = allowed[name]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-                raise ApiError(400, f"'{name}' must be a number from {low:g} to {high:g}.", f"invalid_{name}")
+                raise ApiError(400, f"{LABELS[name]} must be a number from {low:g} to {high:g}.", f"invalid_{name}")
             value = float(value)
         checked[name] = value
     return checked
