@@ -58,8 +58,9 @@ def check(values, allowed: dict) -> dict:
                 raise ApiError(400, "Recall must be on or off (true or false).", "invalid_recall")
         elif name == "max_tokens":
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= allowed["max_tokens"]:
-                raise ApiError(400, f"Longest reply must be a whole number of tokens from 1 to {allowed['max_tokens']}, "
-                                    "the most this model's context leaves for a reply.", "invalid_max_tokens")
+                most = allowed["max_tokens"]
+                raise ApiError(400, f"Longest reply must be a whole number of tokens from 1 to {most}, the most this "
+                                    "model's context leaves for a reply.", "invalid_max_tokens")
         else:
             low, high = allowed[name]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
