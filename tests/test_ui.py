@@ -558,7 +558,31 @@ def test_a_message_sent_while_the_server_cannot_be_reached_says_so_in_a_sentence
                                           "server is running), then try again.")
     assert "Failed to fetch" not in page.content()
     assert page.input_value("#input") == "Are you there?"  # nothing typed is lost
+    assert page.is_visible("#notice-retry")  # a retry where one makes sense (issue 22, item 3)
+    page.unroute("**/messages")  # the server is back
+    page.click("#notice-retry")
+    page.wait_for_selector(".message.assistant")
+    wait_for(page, "!document.querySelector('.message.streaming') && !document.getElementById('send').hidden")
+    assert page.is_hidden("#notice") and page.inner_text(".message.user .body") == "Are you there?"
     page.problems[:] = [p for p in page.problems if "ERR_CONNECTION_REFUSED" not in p]
+
+
+def test_a_refusal_that_retrying_cannot_fix_offers_no_retry_and_code_blocks_name_their_language(page, ui_server):
+    start_chat(page, ui_server.url)
+    page.route("**/messages", lambda route: route.fulfill(status=413, content_type="application/json",
+                                                          body='{"error": {"message": "Too long; shorten it."}}'))
+    ask(page, "Another")
+    page.wait_for_selector("#notice:not([hidden])")
+    assert page.inner_text("#notice-text") == "Too long; shorten it." and page.is_hidden("#notice-retry")
+    page.unroute("**/messages")
+    expect_refusals(page, 413)
+    store = store_of(ui_server)
+    cid = current_id(page)
+    store.add_message(cid, "user", "code please")
+    store.add_message(cid, "assistant", "```python\nprint(1)\n```")
+    page.reload()
+    page.wait_for_selector("pre .code-language")
+    assert page.inner_text("pre .code-language") == "python"
 
 
 def test_a_waiting_reply_shows_its_place_in_the_queue(start_server, tiny_model_dir, page):

@@ -59,7 +59,9 @@ async function send(text) {
     showNotice("The attached files are still being uploaded and read; send once their chips show their tokens.");
     return;
   }
-  const conversation = state.current || await newConversation();
+  let conversation;
+  try { conversation = state.current || await newConversation(); }
+  catch (error) { showNotice(error.message, () => send(text)); return; }
   const firstExchange = !state.shown || state.shown.messages.length === 0;
   const started = await streamReply(conversation, `/api/conversations/${conversation}/messages`,
     { content: text, documents }, (data) => {
@@ -69,7 +71,7 @@ async function send(text) {
       const reply = messageElement({ ...data.reply, html: "" });
       messagesBox.appendChild(reply);
       return { reply, prefix: "" };
-    });
+    }, () => send(text));
   if (started && firstExchange && config.generateTitles) nameConversation(conversation);
 }
 

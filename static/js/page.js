@@ -10,6 +10,7 @@ export const form = document.getElementById("composer");
 export const sendButton = document.getElementById("send");
 export const stopButton = document.getElementById("stop");
 const notice = document.getElementById("notice");
+const retryButton = document.getElementById("notice-retry");
 const noticeText = document.getElementById("notice-text");
 const WAIT = /Try again in (\d+) seconds?\./; // a rate limit's sentence; the page counts it down
 let countdown = null;
@@ -22,10 +23,13 @@ export const state = {
   shownId: undefined, // whose messages are on the page (a refresh of the same keeps the reader's scroll place)
 };
 
-export function showNotice(text) {
+// The notice line: a sentence, dismissible, counting down a rate limit's wait; `retry` adds a Try again button.
+export function showNotice(text, retry) {
   clearInterval(countdown);
   noticeText.textContent = text;
   notice.hidden = !text;
+  retryButton.hidden = !(text && retry);
+  retryButton.onclick = text && retry ? () => { showNotice(""); retry(); } : null;
   const wait = WAIT.exec(text || "");
   if (!wait) return;
   const before = text.slice(0, wait.index), after = text.slice(wait.index + wait[0].length);

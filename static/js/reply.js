@@ -42,11 +42,14 @@ export function placePending(body, text) {
 
 // Streams one reply. `path` is the route that writes it; `place(start)` puts its elements on the page and
 // returns the reply element (and how much text it already holds, when continuing).
-export async function streamReply(conversation, path, body, place) {
+// `retry`, when given, is offered as Try again if the reply is refused for a passing reason (busy, too many,
+// unreachable).
+export async function streamReply(conversation, path, body, place, retry) {
   showNotice("");
   const controller = new AbortController();
   let markFinished;
   const record = { controller, conversation, finished: new Promise((resolve) => { markFinished = resolve; }) };
+  const passing = (error) => !error.status || error.status >= 500 || error.status === 429 || error.status === 409;
   state.streaming = record;
   setBusy(true);
   let reply = null, pending = null, prefix = "", started = false, dropped = false, text = "";
@@ -63,7 +66,7 @@ export async function streamReply(conversation, path, body, place) {
       body: JSON.stringify(body),
       signal: controller.signal,
     });
-    if (!response.ok) throw new Error(await errorText(response));
+    if (!response.ok) throw Object.assign(new Error(await errorText(response)), { status: response.status });
     await readEvents(response, (event, data) => {
       if (event === "start") {
         started = true;
@@ -116,7 +119,7 @@ export async function streamReply(conversation, path, body, place) {
     } else if (started) {
       dropped = true; // the connection broke mid-reply: the server goes on while we look for it
     } else if (here()) {
-      showNotice(error.message);
+      showNotice(error.message, retry && passing(error) ? retry : undefined); // refused before it began
     }
   } finally {
     if (reply && !dropped) told(true); // done, stopped or failed: what is whole is spoken, then reading ends

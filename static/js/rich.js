@@ -37,8 +37,14 @@ export function enrich(body) {
     if (pre.dataset.enriched) continue;
     pre.dataset.enriched = "1";
     const source = code.textContent;
+    const language = [...code.classList].find((c) => c.startsWith("language-"));
+    if (language) { // the language the model named, over the block
+      const label = document.createElement("span");
+      label.className = "code-language";
+      label.textContent = language.slice(9);
+      pre.appendChild(label);
+    }
     if (window.hljs) {
-      const language = [...code.classList].find((c) => c.startsWith("language-"));
       const known = language && window.hljs.getLanguage(language.slice(9));
       if (language && !known) code.classList.remove(language); // unknown name: detect instead
       window.hljs.highlightElement(code);
