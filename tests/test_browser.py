@@ -233,6 +233,7 @@ def test_the_page_says_when_messages_come_too_fast(page, start_server, tiny_mode
 
 def test_sign_in_chat_make_a_key_and_sign_out_in_accounts_mode(page, start_server, tiny_model_dir, tmp_path):
     assert users_cli(tmp_path / "data", "create", "alice", "--admin", password="alice-password").returncode == 0
+    assert users_cli(tmp_path / "data", "create", "bob", password="bob-password").returncode == 0
     # a 512-token context keeps the tiny model's reply (at most a quarter of it) to a few seconds
     server = start_server(tiny_model_dir, tmp_path / "data", WEBBOT_AUTH="accounts", WEBBOT_MAX_TOKENS="512")
     page.goto(server.url + "/c/nowhere")
@@ -257,8 +258,27 @@ def test_sign_in_chat_make_a_key_and_sign_out_in_accounts_mode(page, start_serve
     page.fill("#name", "laptop")
     page.click("text=Make a key")
     assert page.inner_text("#new-key").startswith("wb-")
+    # issue 22's smaller items: the key can be copied, the name field starts empty again, and revoking asks first
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
+    page.click("#copy-key")
+    wait_for(page, "document.getElementById('copy-key').textContent === 'Copied'")
+    assert page.evaluate("navigator.clipboard.readText()") == page.inner_text("#new-key")
+    assert page.input_value("#name") == ""
+    asked = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    page.click("button[aria-label='Revoke the key laptop']")
+    assert asked == ["Revoke the key “laptop”? Programs that use it stop working at once."]
+    assert page.locator("button[aria-label='Revoke the key laptop']").count() == 1  # kept: the question was refused
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("button[aria-label='Revoke the key laptop']")
+    page.wait_for_selector("text=The key is revoked")
+    assert page.locator("button[aria-label='Revoke the key laptop']").count() == 0
     page.click("text=Admin")
     assert "alice" in page.inner_text("#users")
+    asked = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    page.click("button[aria-label='Disable bob']")
+    assert asked == ["Disable bob? They are signed out at once."] and "active" in page.inner_text("tr[data-name=bob]")
     page.click("text=Back to the chat")
     page.click("#signout")
     page.wait_for_url(server.url + "/signin")

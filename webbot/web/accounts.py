@@ -142,7 +142,8 @@ def _signed_in_account() -> Account:
 @bp.get("/account")
 def account(new_key: str | None = None, errors: list[str] | None = None, status: int = 200):
     user = _signed_in_account()
-    return render_template("account.html", password_form=PasswordForm(), key_form=KeyForm(),
+    key_form = KeyForm(formdata=None) if new_key else KeyForm()  # a key made: its name field starts empty again
+    return render_template("account.html", password_form=PasswordForm(), key_form=key_form,
                            keys=services().users.keys(user.id), new_key=new_key, errors=errors or []), status
 
 
