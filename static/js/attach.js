@@ -72,10 +72,14 @@ function addPending(name, meta) {
   return entry;
 }
 
-async function removePending(entry) {
+function forget(entry) {
   pending = pending.filter((other) => other !== entry);
   entry.element.remove();
   showChips();
+}
+
+async function removePending(entry) {
+  forget(entry);
   input.focus();
   if (entry.id && state.current) {
     try { await api("DELETE", `/api/conversations/${state.current}/documents/${entry.id}`); }
@@ -84,9 +88,7 @@ async function removePending(entry) {
 }
 
 function dropPending(entry, sentence) {
-  pending = pending.filter((other) => other !== entry);
-  entry.element.remove();
-  showChips();
+  forget(entry);
   showNotice(sentence);
 }
 
@@ -105,25 +107,21 @@ function upload(conversation, file) {
     if (event.lengthComputable) meta.textContent = `uploading ${Math.floor((100 * event.loaded) / event.total)}%`;
   });
   request.upload.addEventListener("load", () => { meta.textContent = "reading…"; });
-  entry.done = new Promise((resolve) => {
-    request.addEventListener("load", () => {
-      const data = request.response;
-      if (request.status === 201 && data) {
-        entry.id = data.id;
-        entry.element.classList.remove("uploading");
-        meta.textContent = describe(data);
-      } else {
-        const sentence = data && data.error ? data.error.message : `The server answered ${request.status}; try again.`;
-        dropPending(entry, sentence);
-      }
-      resolve();
-    });
-    request.addEventListener("error", () => { dropPending(entry, UNREACHABLE); resolve(); });
+  request.addEventListener("load", () => {
+    const data = request.response;
+    if (request.status === 201 && data) {
+      entry.id = data.id;
+      entry.element.classList.remove("uploading");
+      meta.textContent = describe(data);
+    } else {
+      dropPending(entry, data && data.error ? data.error.message : `The server answered ${request.status}; try again.`);
+    }
   });
+  request.addEventListener("error", () => dropPending(entry, UNREACHABLE));
   request.send(body);
 }
 
-export async function attachFiles(files) {
+async function attachFiles(files) {
   files = [...files];
   if (!files.length) return;
   if (pending.length + files.length > config.maxDocuments) {

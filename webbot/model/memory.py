@@ -30,7 +30,7 @@ import re
 import threading
 from bisect import bisect_left
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from webbot.config import DEFAULT_MAX_TOKENS, DEFAULT_RECALL_SHARE, DEFAULT_REPLY_SHARE, PIN_SHARE, RECALL_MOST
 from webbot.model import attached
@@ -283,35 +283,18 @@ class Memory:
             plan = MemoryPlan(minimal, self.budget, len(history), len(history), head + new, minimal_text, continuing,
                               pinned=pinned)
         if recall and plan.first_kept:
-            return self._recall(plan, history, head, kept, new) or plan
+            return self._recall(plan, history) or plan
         return plan
 
-    def _recall(self, plan: MemoryPlan, history: list[dict], head: list[dict], kept: list[dict],
-                new: list[dict]) -> MemoryPlan | None:
+    def _recall(self, plan: MemoryPlan, history: list[dict]) -> MemoryPlan | None:
         """`plan` with the messages outside memory that best match the new message put back into its turn (as
         many of the best RECALL_MOST as fit the recall budget and the prompt budget); None when none does.
         A pinned message is a candidate too: small models use a fact next to the question far better than one
         in the system message (bench/recall_forms.py: SmolLM2-135M answered 1 of 5 from pins alone)."""
-        order = recall_ranking.rank([m["content"] for m in history[:plan.first_kept]], new[0]["content"],
-                                    RECALL_MOST)
-        allowance = min(self.recall_budget, self.budget - plan.prompt_tokens)
-        chosen, spent = [], 2  # the blank line between the block and the message
-        for index in order:
-            cost = len(self.encode(recall_block([history[index]]))) + 1
-            if spent + cost <= allowance:
-                chosen.append(index)
-                spent += cost
-        chosen.sort()  # in the order they were said
-        while chosen:
-            block = recall_block([history[index] for index in chosen])
-            turn = [{"role": "user", "content": f"{block}\n\n{new[0]['content']}"}, *new[1:]]
-            text = self.render_text(head + kept + turn, plan.continuing)
-            ids = self.encode(text)
-            if len(ids) <= self.budget:
-                return MemoryPlan(ids, self.budget, plan.first_kept, plan.dropped, head + kept + turn, text,
-                                  plan.continuing, recalled=chosen, pinned=plan.pinned)
-            chosen.pop()
-        return None
+        turn = plan.kept_messages[-2 if plan.continuing else -1]["content"]
+        order = recall_ranking.rank([m["content"] for m in history[:plan.first_kept]], turn, RECALL_MOST)
+        return self._put_ahead(plan, order, self.recall_budget, "recalled", 1,
+                               lambda chosen: recall_block([history[index] for index in chosen]))
 
     def _documents(self, plan: MemoryPlan, passages: list, question: str) -> MemoryPlan | None:
         """`plan` with the passages that best match `question` put at the start of the new message's turn (as
@@ -322,25 +305,33 @@ class Memory:
                                                         attached.PASSAGES_MOST, floor=0)]
         if not order:
             order = [i for i in usable if passages[i].fresh][:attached.PASSAGES_MOST]
-        allowance = min(self.document_budget, self.budget - plan.prompt_tokens)
-        chosen, spent = [], 2
+        return self._put_ahead(plan, order, self.document_budget, "sources", 2,
+                               lambda chosen: attached.passage_block([passages[index] for index in chosen]))
+
+    def _put_ahead(self, plan: MemoryPlan, order: list[int], share: int, field_name: str, separator: int,
+                   block_of) -> MemoryPlan | None:
+        """`plan` with `block_of(chosen)` at the start of the new message's turn: `chosen` are as many of `order`
+        (best first) as fit `share` and the room left in the prompt, in their own order, the last left out until
+        the real prompt fits the budget; the plan's `field_name` lists them. None when none fits. `separator`:
+        the tokens between two entries of a block."""
+        allowance = min(share, self.budget - plan.prompt_tokens)
+        chosen, spent = [], 2  # the blank line between the block and the message
         for index in order:
-            cost = len(self.encode(attached.passage_block([passages[index]]))) + 2
+            cost = len(self.encode(block_of([index]))) + separator
             if spent + cost <= allowance:
                 chosen.append(index)
                 spent += cost
-        chosen.sort()  # in the documents' own order
+        chosen.sort()
         turns = plan.kept_messages
         at = len(turns) - (2 if plan.continuing else 1)
         while chosen:
-            block = attached.passage_block([passages[index] for index in chosen])
-            messages = [*turns[:at], {"role": "user", "content": f"{block}\n\n{turns[at]['content']}"},
+            messages = [*turns[:at], {"role": "user", "content": f"{block_of(chosen)}\n\n{turns[at]['content']}"},
                         *turns[at + 1:]]
             text = self.render_text(messages, plan.continuing)
             ids = self.encode(text)
             if len(ids) <= self.budget:
-                return MemoryPlan(ids, self.budget, plan.first_kept, plan.dropped, messages, text, plan.continuing,
-                                  recalled=plan.recalled, pinned=plan.pinned, sources=chosen)
+                return replace(plan, prompt_ids=ids, kept_messages=messages, prompt_text=text,
+                               **{field_name: chosen})
             chosen.pop()
         return None
 

@@ -11,7 +11,7 @@ import json
 import time
 import uuid
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import delete, func, or_, select
 
 from webbot.storage.conversations import conversations, documents
 
@@ -53,14 +53,10 @@ class DocumentStore:
             return db.execute(select(func.coalesce(func.sum(documents.c.size), 0))
                               .where(documents.c.owner == owner)).scalar_one()
 
-    def get(self, owner: str, document_id: str, conversation_id: str | None = None) -> dict | None:
-        """A document's stored view (no bytes, no text), or None when it is not this owner's (in that
-        conversation, when one is named)."""
-        query = select(*META).where(_visible(owner), documents.c.id == document_id)
-        if conversation_id is not None:
-            query = query.where(documents.c.conversation_id == conversation_id)
+    def get(self, owner: str, document_id: str) -> dict | None:
+        """A document's stored view (no bytes, no text), or None when it is not this owner's."""
         with self.engine.connect() as db:
-            row = db.execute(query).mappings().first()
+            row = db.execute(select(*META).where(_visible(owner), documents.c.id == document_id)).mappings().first()
         return dict(row) if row else None
 
     def content(self, owner: str, document_id: str) -> tuple[dict, bytes] | None:
@@ -112,10 +108,3 @@ class DocumentStore:
             query = query.where(documents.c.conversation_id == conversation_id, documents.c.sent.is_(False))
         with self.engine.begin() as db:
             return db.execute(query).rowcount == 1
-
-    def mark_sent(self, conversation_id: str, ids: list[str]) -> None:
-        """Documents now on a message: no longer drafts (an edited message keeps its original's)."""
-        if ids:
-            with self.engine.begin() as db:
-                db.execute(update(documents).where(documents.c.conversation_id == conversation_id,
-                                                   documents.c.id.in_(list(ids))).values(sent=True))

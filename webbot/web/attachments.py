@@ -1,6 +1,6 @@
-"""Documents in the conversation, on the web side: reading an upload (size, quota, extraction, tokens), the
-chat page's routes for attaching, removing and downloading a file, and what a branch's documents put in the
-model's memory (`with_documents`).
+"""Documents in the conversation, on the web side: taking an upload (the quota, then `document_reading.read`) and
+the chat page's routes for attaching, removing and downloading a file. What a branch's documents put in the
+model's memory is `document_memory.py`.
 
 A document is read once, when it is attached: its text and passages are kept, and a file
 that cannot be read is refused then with a sentence, never later while a reply is planned.
@@ -24,9 +24,8 @@ bp = Blueprint("documents", __name__, url_prefix="/api")
 
 def upload(conversation_id: str | None, owner: str) -> dict:
     """Read the request's multipart `file` and keep it for `owner` (in that conversation); its stored view."""
-    settings = current_app.config
+    settings = current_app.config  # app.raise_body_limit set this request's limit before anything read the body
     most = settings["WEBBOT_MAX_DOCUMENT_BYTES"]
-    request.max_content_length = most + config.FORM_OVERHEAD_BYTES
     if request.mimetype != "multipart/form-data":
         raise ApiError(415, "Send the file as multipart/form-data in a field named 'file'.", "unsupported_media_type")
     try:

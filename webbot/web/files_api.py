@@ -4,6 +4,7 @@ base64 data URL, or a `file_id`) and the /v1/files uploads those ids name, each 
 
 import base64
 import binascii
+import itertools
 import re
 
 from flask import g, jsonify, request
@@ -41,10 +42,10 @@ def _inline(part: dict, where: str, number: int) -> dict:
             "passages": document.passages}
 
 
-def _documents(files: list[dict], where: str, owner: str, counter: list[int]) -> list[dict]:
+def _documents(files: list[dict], where: str, owner: str, numbers) -> list[dict]:
+    """The file parts of one message, read (inline) or found (by id); `numbers` names unnamed inline files."""
     found = []
-    for part in files:
-        counter[0] += 1
+    for part, number in zip(files, numbers, strict=False):  # numbers never ends
         if "file_id" in part:
             ident = part["file_id"]
             stored = services().documents.texts(None, [ident], owner) if isinstance(ident, str) else {}
@@ -53,7 +54,7 @@ def _documents(files: list[dict], where: str, owner: str, counter: list[int]) ->
                                     "/v1/files first.", "file_not_found")
             found.append(stored[ident])
         else:
-            found.append(_inline(part, where, counter[0]))
+            found.append(_inline(part, where, number))
     return found
 
 
@@ -63,9 +64,9 @@ def request_documents(turns: list[dict], question: str, owner: str) -> tuple[lis
     history = [{"role": t["role"], "content": t["content"]} for t in turns[:-1]]
     if not any(t["files"] for t in turns):
         return history, question, []
-    counter = [0]
-    by_message = [_documents(t["files"], f"messages[{i}]", owner, counter) for i, t in enumerate(turns[:-1])]
-    new = _documents(turns[-1]["files"], "messages[-1]", owner, counter)
+    numbers = itertools.count(1)
+    by_message = [_documents(t["files"], f"messages[{i}]", owner, numbers) for i, t in enumerate(turns[:-1])]
+    new = _documents(turns[-1]["files"], "messages[-1]", owner, numbers)
     return arrange(history, question, by_message, new, services().bot.memory.budget)
 
 

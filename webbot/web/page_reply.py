@@ -5,10 +5,10 @@ Events: `start` (the stored messages and the memory gauge), `queue` (where the r
 waits while others are written), `token` (text, and now and then the Markdown so far as
 sanitised HTML), then `done` or `error`. Text is saved before it is sent, at most every
 PARTIAL_SAVE_S (the pieces that arrive meanwhile are sent together after the next save), so
-what the page has shown is always what a crash leaves stored. When the connection drops without a Stop, the reply goes
-on for as long as the page keeps looking for it (it polls the conversation, which marks
-it watched for `grace_s`); nobody looking for `grace_s` means the tab is gone, and the
-reply stops there, keeping what was written.
+what the page has shown is always what a crash leaves stored. When the connection drops
+without a Stop, the reply goes on for as long as the page keeps looking for it (it polls
+the conversation, which marks it watched for `grace_s`); nobody looking for `grace_s` means
+the tab is gone, and the reply stops there, keeping what was written.
 """
 
 import logging
