@@ -163,8 +163,10 @@ def test_a_writer_killed_mid_write_leaves_no_file_that_is_read(tmp_path):
                               text=True)
     assert writer.stdout.readline().strip() == "writing"
     deadline = time.monotonic() + 120
-    # Kill it while its second file is still under the temporary name and the first is in place
-    while not (list(folder.glob("*.partial")) and list(folder.glob("*.safetensors"))):
+    # Kill it while its second file is still under the temporary name and the first is in place. The first
+    # file's own temporary name is seen before it is renamed, so look for the finished file first: a temporary
+    # file seen after it is the second one's (checked the other way round, the rename could fall between).
+    while not (list(folder.glob("*.safetensors")) and list(folder.glob("*.partial"))):
         assert time.monotonic() < deadline and writer.poll() is None
         time.sleep(0.005)
     writer.send_signal(signal.SIGKILL)

@@ -536,9 +536,11 @@ def test_scrolled_up_to_read_the_view_stays_put_while_a_reply_streams(start_serv
     assert page.evaluate(gap) < 48  # following the stream while at the bottom
     page.hover("#messages")
     page.mouse.wheel(0, -5000)  # the reader scrolls up to read
-    wait_for(page, f"{box}.scrollTop < 10")
+    # Near the top: Chromium sometimes stops a few pixels short of it (23 px was seen on a busy machine)
+    wait_for(page, f"{box}.scrollTop < 48")
+    top = page.evaluate(f"{box}.scrollTop")
     page.wait_for_timeout(1000)  # tokens keep coming
-    assert page.evaluate(f"{box}.scrollTop") < 10 and page.evaluate(gap) > 400
+    assert page.evaluate(f"{box}.scrollTop") == top and page.evaluate(gap) > 400  # the view stays put
     assert page.is_visible("#jump-newest") and page.inner_text("#jump-newest") == "↓ Jump to the newest"
     assert page.locator(".message.assistant.streaming").count() == 1
     page.click("#jump-newest")

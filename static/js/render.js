@@ -189,17 +189,35 @@ function atBottom() {
   return messagesBox.scrollHeight - messagesBox.scrollTop - messagesBox.clientHeight <= FOLLOW_PX;
 }
 
+// The reader's own move up stops the following at once: its scroll event comes a frame later, and a token that
+// arrives in between would otherwise put the view back at the bottom and undo the move (seen on a busy machine).
+let movingUp = false; // the reader asked to go up and the move has not landed yet
+let touching = false; // a finger on the list: the view is the reader's until it lifts
+function readerUp() { movingUp = true; following = false; }
 messagesBox.addEventListener("scroll", () => {
-  following = atBottom();
+  if (!atBottom()) movingUp = false;
+  following = atBottom() && !movingUp;
   if (following) jumpButton.hidden = true;
 });
+messagesBox.addEventListener("wheel", (event) => {
+  if (event.deltaY < 0) readerUp(); else movingUp = false;
+}, { passive: true });
+messagesBox.addEventListener("keydown", (event) => {
+  if (["ArrowUp", "PageUp", "Home"].includes(event.key)) readerUp();
+  if (["ArrowDown", "PageDown", "End"].includes(event.key)) movingUp = false;
+});
+messagesBox.addEventListener("touchstart", () => { touching = true; }, { passive: true });
+for (const name of ["touchend", "touchcancel"]) {
+  messagesBox.addEventListener(name, () => { touching = false; }, { passive: true });
+}
 jumpButton.addEventListener("click", () => scrollDown(true));
 
 // `force`: a conversation opened or a message sent (the view goes to the bottom and follows again).
 export function scrollDown(force = false) {
-  if (force || following) {
+  if (force || (following && !touching)) {
     messagesBox.scrollTop = messagesBox.scrollHeight;
     following = true;
+    movingUp = false;
     jumpButton.hidden = true;
   } else if (!atBottom()) {
     jumpButton.style.top = `${messagesBox.offsetTop + messagesBox.clientHeight - 12}px`; // over the list's foot
