@@ -34,6 +34,7 @@ from webbot.model.bot import PlansReplies
 from webbot.model.kv_cache import PrefixCache
 from webbot.model.memory import Memory, MemoryPlan
 from webbot.model.metrics import Metrics
+from webbot.model.naming import display_name
 from webbot.model.stream import SamplingParams, Stream
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,11 @@ class ChatBot(PlansReplies):
         """The id clients see: the hub id, or the directory or file name of a local model."""
         path = Path(self.model_id)
         return path.name if path.exists() else self.model_id
+
+    @property
+    def display_name(self) -> str:
+        """What the page calls the model: a name made from the hub id, folder or file."""
+        return display_name(self.model_id)
 
     def load(self) -> "ChatBot":
         """Load tokenizer and model (downloading them if needed) and start the engine; logs progress while it

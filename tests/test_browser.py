@@ -207,6 +207,9 @@ def test_page_waits_for_a_loading_gguf_model_then_answers(browser, start_server)
     page.wait_for_selector("#notice", state="hidden", timeout=180_000)
     health = requests.get(server.url + "/healthz").json()
     assert (health["status"], health["model"]) == ("ok", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    # The header names it in words (issue 22, item 10), the file's name stays in its tooltip for API clients
+    assert page.inner_text(".chat-header .model") == "SmolLM2 135M Instruct (Q4_1)"
+    assert "SmolLM2-135M-Instruct.Q4_1.gguf" in page.get_attribute(".chat-header .model", "title")
     ask(page, "What is the capital of France?")
     page.wait_for_selector(".message.assistant:not(.streaming)", timeout=120_000)
     assert "Paris" in page.inner_text(".message.assistant .body")

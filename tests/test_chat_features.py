@@ -324,3 +324,31 @@ def test_an_import_whose_shown_branch_makes_no_sense_shows_the_newest(client, le
         {"id": 1, "role": "user", "content": "one"}, {"id": 2, "parent": 1, "role": "assistant", "content": "two"}]})
     assert answer.status_code == 201, answer.json
     assert [m["content"] for m in view(client, answer.json["conversations"][0]["id"])["messages"]] == ["one", "two"]
+
+
+@pytest.mark.parametrize("model_id, shown", [
+    ("unsloth/Llama-3.2-1B-Instruct", "Llama 3.2 1B Instruct"),
+    ("/srv/models/models--HuggingFaceTB--SmolLM2-135M-Instruct/snapshots/12fd25f77366fa6b3b4b768ec3050bf629380bac",
+     "SmolLM2 135M Instruct"),
+    ("/srv/models/SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2 135M Instruct (Q4_1)"),
+    ("/srv/models/Llama-3.2-1B-Instruct-Q4_K_M.gguf", "Llama 3.2 1B Instruct (Q4_K_M)"),
+    ("/srv/models/llama32-1b-random-bf16.gguf", "llama32 1b random (bf16)"),
+    ("/srv/models/my_model/", "my model"),
+    ("Qwen/Qwen2.5-0.5B-Instruct", "Qwen2.5 0.5B Instruct"),
+])
+def test_the_page_names_the_model_in_words_not_by_its_folder(model_id, shown):
+    from webbot.model.naming import display_name
+
+    assert display_name(model_id) == shown
+
+
+def test_the_model_name_setting_is_what_the_page_and_settings_say(make_app, tmp_path):
+    page = make_app(WEBBOT_MODEL_NAME="Household helper").test_client()
+    html = page.get("/").get_data(as_text=True)
+    assert '<span class="model" title="The model answering (its id in the API: tiny-llama)">Household helper</span>' \
+        in html
+    limits = page.get("/api/settings").json["limits"]
+    assert (limits["model"], limits["model_name"]) == ("tiny-llama", "Household helper")
+    plain = make_app(data_dir=tmp_path / "other").test_client()  # unset: made from the folder's name
+    assert ">tiny llama</span>" in plain.get("/").get_data(as_text=True)
+    assert plain.get("/v1/models").json["data"][0]["id"] == "tiny-llama"  # the API's id is unchanged

@@ -122,6 +122,7 @@ def from_env(environ: dict | None = None) -> dict:
                          "base URL (for example http://vllm:8000/v1)")
     return {
         "WEBBOT_MODEL": env.get("WEBBOT_MODEL", DEFAULT_MODEL),
+        "WEBBOT_MODEL_NAME": env.get("WEBBOT_MODEL_NAME", "").strip() or None,  # None: made from the model's id
         "WEBBOT_BACKEND": backend,
         "WEBBOT_BACKEND_URL": env.get("WEBBOT_BACKEND_URL") or None,
         "WEBBOT_BACKEND_KEY": env.get("WEBBOT_BACKEND_KEY") or None,

@@ -45,7 +45,7 @@ async function openSettings() {
   fields.top_p.min = limits.top_p[0]; fields.top_p.max = limits.top_p[1];
   fields.system_prompt.maxLength = limits.system_prompt_chars;
   document.getElementById("settings-limits").textContent =
-    `${limits.model}: a context of ${limits.context_tokens} tokens, of which prompts (memory) take up to ` +
+    `${limits.model_name}: a context of ${limits.context_tokens} tokens, of which prompts (memory) take up to ` +
     `${limits.prompt_tokens} and a reply up to ${limits.max_tokens}. Temperature ${limits.temperature[0]}–` +
     `${limits.temperature[1]}, top p ${limits.top_p[0]}–${limits.top_p[1]}.`;
   const own = state.shown && state.shown.conversation.id === state.current ? state.shown.conversation.settings : null;

@@ -24,6 +24,10 @@ class Bot(Protocol):
         """The model id clients see."""
 
     @property
+    def display_name(self) -> str:
+        """What the page calls the model ("Llama 3.2 1B Instruct"), made from its id by `naming.display_name`."""
+
+    @property
     def ready(self) -> bool:
         """True once load() has finished."""
 

@@ -30,6 +30,7 @@ from webbot.config import (
 from webbot.model.bot import PlansReplies
 from webbot.model.memory import Memory, MemoryPlan
 from webbot.model.metrics import Metrics
+from webbot.model.naming import display_name
 from webbot.model.stream import EngineBusy, SamplingParams, Stream
 from webbot.model.upstream import UpstreamError, make_client, upstream_error
 
@@ -98,6 +99,11 @@ class RemoteBot(PlansReplies):
     def name(self) -> str:
         """The model id clients see: the one the server serves."""
         return self.served_model
+
+    @property
+    def display_name(self) -> str:
+        """What the page calls the model: a name made from the one the server serves."""
+        return display_name(self.served_model)
 
     @property
     def running(self) -> int:

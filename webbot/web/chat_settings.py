@@ -18,6 +18,11 @@ LABELS = {"temperature": "Temperature", "top_p": "Top p"}  # as the settings for
 RANGES = {"temperature": TEMPERATURE_RANGE, "top_p": TOP_P_RANGE}
 
 
+def model_label(bot, config: dict) -> str:
+    """What the page calls the model: `WEBBOT_MODEL_NAME`, else a name made from the model's id."""
+    return config["WEBBOT_MODEL_NAME"] or bot.display_name
+
+
 def limits(bot, config: dict) -> dict:
     """What the model allows: context size, prompt budget, the longest reply, and the sampling ranges."""
     if bot.ready:
@@ -25,7 +30,8 @@ def limits(bot, config: dict) -> dict:
     else:  # not loaded yet: what the settings ask for (a model with a shorter context lowers it on load)
         context = config["WEBBOT_MAX_TOKENS"]
         budget = prompt_budget(context, config["WEBBOT_MEMORY_RATIO"])
-    return {"model": bot.name, "context_tokens": context, "prompt_tokens": budget, "max_tokens": context - budget,
+    return {"model": bot.name, "model_name": model_label(bot, config), "context_tokens": context,
+            "prompt_tokens": budget, "max_tokens": context - budget,
             "temperature": RANGES["temperature"], "top_p": RANGES["top_p"],
             "system_prompt_chars": MAX_SYSTEM_PROMPT_CHARS}
 

@@ -8,6 +8,7 @@ from webbot import config
 from webbot.documents import formats
 from webbot.web import health, openapi
 from webbot.web.auth import check_metrics_key
+from webbot.web.chat_settings import model_label
 from webbot.web.owners import current_owner
 from webbot.web.services import services
 from webbot.web.speaking import speech_response
@@ -46,7 +47,8 @@ def chat_page(conversation_id: str | None):
     """The chat page, with this person's conversations and `conversation_id` open."""
     app_services = services()
     return render_template("chat.html", conversations=app_services.store.list_conversations(current_owner()),
-                           current=conversation_id, model=app_services.bot.name, page_config=page_config(),
+                           current=conversation_id, model=model_label(app_services.bot, current_app.config),
+                           model_id=app_services.bot.name, page_config=page_config(),
                            max_message_chars=current_app.config["WEBBOT_MAX_MESSAGE_CHARS"],
                            ranges={"temperature": config.TEMPERATURE_RANGE, "top_p": config.TOP_P_RANGE})
 
