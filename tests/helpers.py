@@ -23,6 +23,10 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--no-first-run", "--disable-sync"]
 
 
+AXE = Path(__file__).resolve().parent / "vendor" / "axe-core" / "axe.min.js"  # axe-core, vendored (no network)
+AXE_RULES = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"]
+
+
 def requires(path, reason: str):
     """Skip tests when a tool they drive is missing, but never under run_tests.sh
     (WEBBOT_TESTS_STRICT=1): it installs the tool, so there a missing one must fail, not hide."""
@@ -156,3 +160,14 @@ def row_action(page, row: str, action: str) -> None:
     `row` is a selector of its <li>."""
     page.click(f"{row} .row-menu")
     page.click(f"#row-actions .{action}")
+
+
+def serious_violations(page) -> list[str]:
+    """axe-core's serious and critical findings on the page as it is now, one line each."""
+    page.evaluate(AXE.read_text())
+    found = page.evaluate("""async (tags) => {
+        const result = await axe.run(document, { runOnly: { type: "tag", values: tags } });
+        return result.violations.filter((v) => v.impact === "serious" || v.impact === "critical")
+            .map((v) => `${v.id}: ${v.help} at ${v.nodes.map((n) => n.target.join(" ")).join(", ")}`);
+    }""", AXE_RULES)
+    return found

@@ -3,15 +3,11 @@ tests/vendor, run in the page) finds no serious or critical violation in any sta
 desktop and phone; the keyboard reaches everything in few steps; each message says who said it; the finished
 reply is announced once instead of every token."""
 
-from pathlib import Path
-
 import pytest
 
-from tests.helpers import CHROMIUM, requires, wait_for, watch_console
+from tests.helpers import CHROMIUM, requires, serious_violations, wait_for, watch_console
 
 pytestmark = [requires(CHROMIUM, "Debian's chromium is not installed (run_tests.sh installs it)"), pytest.mark.browser]
-AXE = (Path(__file__).resolve().parent / "vendor" / "axe-core" / "axe.min.js").read_text()
-RULES = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"]
 
 
 @pytest.fixture(scope="module")
@@ -23,17 +19,6 @@ def a11y_server(tiny_model_dir, tmp_path_factory):
                     WEBBOT_GENERATE_TITLES="off").start()
     yield server
     server.stop()
-
-
-def serious_violations(page) -> list[str]:
-    """axe-core's serious and critical findings on the page as it is now, one line each."""
-    page.evaluate(AXE)
-    found = page.evaluate("""async (tags) => {
-        const result = await axe.run(document, { runOnly: { type: "tag", values: tags } });
-        return result.violations.filter((v) => v.impact === "serious" || v.impact === "critical")
-            .map((v) => `${v.id}: ${v.help} at ${v.nodes.map((n) => n.target.join(" ")).join(", ")}`);
-    }""", RULES)
-    return found
 
 
 def send(page, text):

@@ -4,6 +4,7 @@ route of one user's conversation is tried by another. The routes are read from t
 route added later is covered without editing this file.
 """
 
+import html
 import re
 
 import pytest
@@ -204,6 +205,43 @@ def test_a_disabled_user_is_out_at_once_and_back_when_enabled(accounts):
     root_id = Users(connect(f"sqlite:///{accounts.env['WEBBOT_DATA_DIR']}/webbot.db")).by_name("root")["id"]
     itself = post_form(admin, f"{accounts.url}/admin/users/{root_id}/disable", accounts.url + "/admin")
     assert itself.status_code == 400 and "You cannot disable your own account" in itself.text
+
+
+def test_an_admin_adds_people_on_the_admin_page_and_nobody_else_can(accounts):
+    admin = signed_in(accounts, "root", "root-password")
+    users = Users(connect(f"sqlite:///{accounts.env['WEBBOT_DATA_DIR']}/webbot.db"))
+    # A password left empty is made, shown once, and works; the page's own form is what is sent
+    made = post_form(admin, accounts.url + "/admin/users", accounts.url + "/admin", name="Carol")
+    password = re.search(r'id="new-password">([^<]+)<', made.text).group(1)
+    assert made.status_code == 200 and "carol is added." in made.text and len(password) >= 16
+    assert password not in admin.get(accounts.url + "/admin").text  # shown once
+    carol = signed_in(accounts, "carol", password)
+    assert carol.get(accounts.url + "/account").status_code == 200 and not users.by_name("carol")["is_admin"]
+    # A chosen password and the admin box
+    chosen = post_form(admin, accounts.url + "/admin/users", accounts.url + "/admin", name="dave",
+                       password="dave-password", admin="y")
+    assert "dave is added as an admin." in chosen.text and 'id="new-password"' not in chosen.text
+    assert signed_in(accounts, "dave", "dave-password") and users.by_name("dave")["is_admin"]
+    # Refusals: a sentence, the form filled in again, nobody added or changed
+    before = users.all()
+    for fields, sentence in [({"name": "carol"}, "The name 'carol' is taken; choose another."),
+                             ({"name": ""}, "Name the person."),
+                             ({"name": "eve", "password": "short"}, "Choose a password of at least 8 characters."),
+                             ({"name": "eve\x00"}, "A user name is 1 to 64 letters"),
+                             ({"name": "e" * 65}, "Field cannot be longer than 64 characters.")]:
+        refused = post_form(admin, accounts.url + "/admin/users", accounts.url + "/admin", **fields)
+        assert refused.status_code == 400 and sentence in html.unescape(refused.text), fields
+    assert users.all() == before
+    # Not an admin: 403; no CSRF token: 400; signed out: sent to sign in. None of them adds anyone
+    alice = signed_in(accounts, "alice", "alice-password")
+    assert post_form(alice, accounts.url + "/admin/users", accounts.url + "/account", name="mallory"
+                     ).status_code == 403
+    forged = requests.post(accounts.url + "/admin/users", data={"name": "mallory"}, cookies=admin.cookies,
+                           allow_redirects=False)  # the admin's cookies, sent by another site's form
+    assert forged.status_code == 400 and "security token is missing" in forged.text
+    assert requests.post(accounts.url + "/admin/users", data={"name": "mallory"}, allow_redirects=False
+                         ).status_code in (302, 400, 401)
+    assert users.by_name("mallory") is None and len(users.all()) == len(before)
 
 
 def test_api_keys_belong_to_one_user_and_stop_when_revoked(accounts):

@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from tests.helpers import CHROMIUM, requires, row_action, users_cli, wait_for
+from tests.helpers import CHROMIUM, requires, row_action, serious_violations, users_cli, wait_for
 from webbot.storage.conversations import Store
 from webbot.storage.database import connect
 
@@ -282,10 +282,24 @@ def test_sign_in_chat_make_a_key_and_sign_out_in_accounts_mode(page, start_serve
     page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
     page.click("button[aria-label='Disable bob']")
     assert asked == ["Disable bob? They are signed out at once."] and "active" in page.inner_text("tr[data-name=bob]")
+    # The admin adds a person (issue 22): the password is made, shown once with a Copy button, and works
+    page.fill("#add-person #name", "carol")
+    page.click("#add-person button[type=submit]")
+    page.wait_for_selector("#added")
+    assert page.inner_text("#added").startswith("carol is added.") and "carol" in page.inner_text("#users")
+    page.click("#added button[data-copy]")
+    password = page.evaluate("navigator.clipboard.readText()")
+    assert password == page.inner_text("#new-password") and len(password) >= 16
+    assert serious_violations(page) == []  # axe-core: the admin page and its new form
     page.click("text=Back to the chat")
     page.click("#signout")
     page.wait_for_url(server.url + "/signin")
     assert page.is_visible("#password")
+    page.fill("#name", "carol")
+    page.fill("#password", password)
+    page.click("button[type=submit]")
+    page.wait_for_url(server.url + "/")
+    assert page.inner_text("#account-link") == "carol"
     page.goto("about:blank")  # leave before the server stops, so its closing is not a page error
 
 

@@ -1,4 +1,4 @@
-"""Sign-in, sign-up, sign-out, the account page (password, API keys) and the admin page.
+"""Sign-in, sign-up, sign-out, the account page (password, API keys) and the admin page (people: add, disable).
 
 Forms are Flask-WTF forms, so each carries the session's CSRF token. Signing in makes a
 new session id (a session id planted before sign-in is worthless after it), and moves the
@@ -7,14 +7,15 @@ again with its status (400, 401, 403) and a sentence that says what to change.
 """
 
 import hmac
+import secrets
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_user, logout_user
 from flask_wtf import FlaskForm
-from wtforms import PasswordField, StringField
+from wtforms import BooleanField, PasswordField, StringField
 from wtforms.validators import DataRequired, EqualTo, Length
 
-from webbot.storage.users import MAX_PASSWORD_CHARS, UserError
+from webbot.storage.users import MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS, UserError
 from webbot.web.auth import Account, password_fingerprint, safe_next
 from webbot.web.owners import current_owner, user_owner
 from webbot.web.services import services
@@ -40,6 +41,15 @@ class PasswordForm(FlaskForm):
     password = PasswordField("New password", validators=[DataRequired("Choose a new password.")])
     confirm = PasswordField("Repeat the new password",
                             validators=[EqualTo("password", "The two new passwords differ.")])
+
+
+class AddPersonForm(FlaskForm):
+    name = StringField("Name", validators=[DataRequired("Name the person."), Length(max=64)])
+    password = PasswordField("Password (leave empty and one is made)")
+    admin = BooleanField("Admin (can use this page)")
+
+
+MADE_PASSWORD_BYTES = 12  # a password the admin page makes: 16 characters of URL-safe base64
 
 
 class KeyForm(FlaskForm):
@@ -194,12 +204,31 @@ def _admin() -> Account:
 
 
 @bp.get("/admin")
-def admin():
+def admin(form: AddPersonForm | None = None, added: dict | None = None, errors: list[str] | None = None,
+          status: int = 200):
     _admin()
     app_services = services()
     people = [{**u, "conversations": app_services.store.count_conversations(user_owner(u["id"]))}
               for u in app_services.users.all()]
-    return render_template("admin.html", people=people)
+    return render_template("admin.html", people=people, form=form or AddPersonForm(formdata=None), added=added,
+                           errors=errors or [], signup_open=current_app.config["WEBBOT_SIGNUP"] == "open",
+                           min_password=MIN_PASSWORD_CHARS), status
+
+
+@bp.post("/admin/users")
+def add_person():
+    """An admin adds a person; a password left empty is made here and shown once, like a new API key."""
+    _admin()
+    form = AddPersonForm()
+    if not form.validate_on_submit():
+        return admin(form=form, errors=_form_errors(form), status=400)
+    password = form.password.data or secrets.token_urlsafe(MADE_PASSWORD_BYTES)
+    try:
+        person = services().users.create(form.name.data, password, admin=form.admin.data)
+    except UserError as exc:
+        return admin(form=form, errors=[str(exc)], status=400)
+    made = None if form.password.data else password
+    return admin(added={"name": person["name"], "admin": person["is_admin"], "password": made})
 
 
 @bp.post("/admin/users/<int:user_id>/<any(disable, enable):action>")
