@@ -129,12 +129,14 @@ class ChatBot(PlansReplies):
         log.info("loading %s on %s (%s)", self.model_id, self.device, self.dtype)
         tokenizer = load_tokenizer(self.model_id)
         source, extra = model_source(self.model_id)
-        # Straight onto the device: a GPU server never holds a CPU copy of the weights.
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, self.dtype),
+        # Straight onto the device: a GPU server never holds a CPU copy of the weights. Weights bound for int8 are
+        # read in the files' own dtype (bf16 for Llama 3.2), never all in fp32: that halves the peak at start.
+        stored = self.quant == "int8" and not extra  # a .gguf file is dequantised on load: it needs the dtype
+        model = AutoModelForCausalLM.from_pretrained(source, dtype="auto" if stored else getattr(torch, self.dtype),
                                                      device_map=self.device, **extra)
         model.eval()
         if self.quant == "int8":
-            done = quantise_int8(model)
+            done = quantise_int8(model, getattr(torch, self.dtype))
             log.info("int8 weights for decoding: %d linear layers, embeddings %s, %.0f MB", done["linear"],
                      done["embedding"], done["bytes"] / 2**20)
         weight_major = (self.cpu_batch_matmul and self.device == "cpu" and self.dtype in SMALL_BATCH_DTYPES

@@ -143,3 +143,29 @@ def test_a_server_started_with_none_keeps_the_models_dtype(start_server, tiny_mo
     assert reply["usage"]["completion_tokens"] == 4
     log = server.log_path.read_text()
     assert "int8 weights for decoding" not in log and "linear layers computed weight-major" in log
+
+
+@torch.inference_mode()
+def test_a_bf16_model_is_quantised_from_its_own_dtype_to_the_same_numbers(tiny_model_dir, tmp_path):
+    """The server reads bf16 files as bf16 for int8 (a peak of about half the fp32 load's, bench_quant), and
+    must compute exactly what quantising the fp32-loaded model gives."""
+    import shutil
+
+    from chat_bot import ChatBot
+
+    stored = tmp_path / "bf16"
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).save_pretrained(stored)
+    for name in Path(tiny_model_dir).iterdir():
+        if name.name.startswith(("tokenizer", "chat_template", "special_tokens")):
+            shutil.copy(name, stored / name.name)
+    reference = AutoModelForCausalLM.from_pretrained(stored, dtype=torch.float32).eval()
+    quantise_int8(reference)  # the earlier way: the whole model in fp32 first
+    served = ChatBot(str(stored), device="cpu", dtype="float32", quant="int8", max_tokens=512).load()
+    model = served.engine.model
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert {b.dtype for n, b in model.named_buffers() if n.endswith("inv_freq")} == {torch.float32}
+    assert model.lm_head.scales_bf16.dtype == torch.bfloat16 and model.lm_head.dtype == torch.float32
+    ids = torch.tensor([[1, 450, 7483, 310, 3444, 338, 278, 4272, 29889] * 24])  # 216 rows: the prefill product
+    for rows in (ids, ids[:, :8]):  # and a few: the int8 kernel
+        assert torch.equal(model(rows).logits, reference(rows).logits)
+    served.close()

@@ -33,6 +33,7 @@ from webbot.config import QUANTS
 
 DECODE_ROWS = 16  # rows up to this go through the int8 kernel (measured crossover: 16-32); more are dequantised
 DEQUANT_BLOCK = 512  # output channels dequantised at once (the fastest of 128-1024 for 256 rows)
+QUANTISE_ROWS = 4096  # rows quantised at once: the fp32 copies of a 128k-row head would be gigabytes at a time
 
 
 def resolve_quant(quant: str, device: str) -> str:
@@ -48,12 +49,17 @@ def resolve_quant(quant: str, device: str) -> str:
 
 
 def quantise_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-row int8: (int8 matrix, fp32 scale of each row)."""
-    w = weight.detach().float()
-    # scales as the int8 kernel reads them (bf16), so both products and the embeddings use the same values
-    scales = (w.abs().amax(dim=1).clamp(min=1e-12) / 127).to(torch.bfloat16).float()
-    q = torch.round(w / scales[:, None]).clamp_(-127, 127).to(torch.int8)
-    return q.contiguous(), scales
+    """Symmetric per-row int8: (int8 matrix, fp32 scale of each row), a block of rows at a time."""
+    weight = weight.detach()
+    q = torch.empty(weight.shape, dtype=torch.int8)
+    scales = torch.empty(weight.shape[0], dtype=torch.float32)
+    for start in range(0, weight.shape[0], QUANTISE_ROWS):
+        w = weight[start:start + QUANTISE_ROWS].to(torch.float32, copy=True)  # divided in place below
+        # scales as the int8 kernel reads them (bf16), so both products and the embeddings use the same values
+        block_scales = (w.abs().amax(dim=1).clamp(min=1e-12) / 127).to(torch.bfloat16).float()
+        q[start:start + QUANTISE_ROWS] = torch.round(w.div_(block_scales[:, None])).clamp_(-127, 127)
+        scales[start:start + QUANTISE_ROWS] = block_scales
+    return q, scales
 
 
 class Int8Linear(nn.Module):
@@ -69,9 +75,10 @@ class Int8Linear(nn.Module):
         self.dtype = dtype  # the model's activations
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
+    def from_linear(cls, linear: nn.Linear, dtype: torch.dtype | None = None) -> "Int8Linear":
+        """`dtype`: the model's activations (the weights' own dtype when None)."""
         qweight, scales = quantise_rows(linear.weight)
-        return cls(qweight, scales, linear.bias, linear.weight.dtype)
+        return cls(qweight, scales, linear.bias, dtype or linear.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Both products read the activations in bf16 and give bf16 results, as the int8 kernel does, so a prompt
@@ -114,10 +121,13 @@ class Int8Embedding(nn.Module):
         return self.qweight[ids].to(self.dtype) * self.scales[ids].unsqueeze(-1).to(self.dtype)
 
 
-def quantise_int8(model) -> dict:
+def quantise_int8(model, dtype: torch.dtype | None = None) -> dict:
     """Replace the model's linear layers (its output head too) and input embeddings by int8 ones, in place,
     freeing the original weights as it goes. Returns what changed: {"linear": n, "embedding": shared|own|kept,
-    "bytes": bytes of int8 weights and scales}."""
+    "bytes": bytes of int8 weights and scales}.
+
+    `dtype`: the activations' dtype and what every other weight (norms) is turned into, when the model was
+    loaded in a narrower one to keep the peak down (bf16 files loaded as bf16, never as fp32 in full)."""
     embeddings = model.get_input_embeddings()
     head = model.get_output_embeddings()
     tied = (isinstance(embeddings, nn.Embedding) and isinstance(head, nn.Linear)
@@ -126,7 +136,7 @@ def quantise_int8(model) -> dict:
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):
-                layer = Int8Linear.from_linear(child)
+                layer = Int8Linear.from_linear(child, dtype)
                 setattr(parent, name, layer)
                 count += 1
                 held += layer.qweight.numel() + layer.scales.numel() * 6
@@ -134,7 +144,7 @@ def quantise_int8(model) -> dict:
                     head = layer
     embedding = "kept"
     if isinstance(embeddings, nn.Embedding):
-        dtype = embeddings.weight.dtype
+        dtype = dtype or embeddings.weight.dtype
         if tied and isinstance(head, Int8Linear):
             model.set_input_embeddings(Int8Embedding(head.qweight, head.scales, dtype))
             embedding = "shared"
@@ -143,4 +153,20 @@ def quantise_int8(model) -> dict:
             model.set_input_embeddings(Int8Embedding(qweight, scales, dtype))
             held += qweight.numel() + scales.numel() * 4
             embedding = "own"
+    if dtype is not None:
+        _others_to(model, dtype)
     return {"linear": count, "embedding": embedding, "bytes": held}
+
+
+def _others_to(model, dtype: torch.dtype) -> None:
+    """What is not int8 (norms, the rotary frequencies) in the activations' dtype; the int8 layers keep their
+    scales as they are (the kernel reads bf16 ones)."""
+    for module in model.modules():
+        if isinstance(module, (Int8Linear, Int8Embedding)):
+            continue
+        for param in module.parameters(recurse=False):
+            if param.is_floating_point():
+                param.data = param.data.to(dtype)
+        for name, buffer in module.named_buffers(recurse=False):
+            if buffer.is_floating_point():
+                module._buffers[name] = buffer.to(dtype)
