@@ -22,8 +22,11 @@ used: 0.79 greedy agreement with fp32 and 3x the perplexity on SmolLM2, against 
 +0.5% for these weights-only products (docs/benchmarks.md).
 
 A tied output head and input embedding share one int8 matrix (the head's rows are the
-embedding's rows), so the 128k-row vocabulary is held once, in int8. Nothing here runs at
-import time beyond importing torch.
+embedding's rows), so the 128k-row vocabulary is held once, in int8. The server loads the
+model in its files' dtype (bf16 for Llama 3.2) and quantises from that, a block of rows at a
+time, so the whole model is never held in fp32 (the peak at start is about half of fp32's);
+the norms are then turned into the activations' dtype. Nothing here runs at import time
+beyond importing torch.
 """
 
 import torch
