@@ -4,7 +4,8 @@ Each part as Talk mode (static/js/talk.js) does it, timed on its own, median of 
   - end of speech: the page's detector (the microphone's level against talk.js's constants, read from that file)
     run over the clip at its own 40 ms ticks: how long after the last spoken sample it decides the person stopped;
   - transcription: the clip (webm/opus, as Chrome records) through /v1/audio/transcriptions (Whisper tiny.en,
-    faster-whisper);
+    faster-whisper). Talk sends the words ahead once the person has been quiet for EARLY_MS, so only what is
+    left of it when the detector decides counts: max(0, early send + transcription - end of speech);
   - the first sentence: /v1/chat/completions streamed (greedy) with the transcript, until the reply holds one
     whole sentence (the page's rule: . ! ? then a space, or a line's end). The Llama-3.2-1B shape has random
     weights and never ends a sentence, so it is timed to as many tokens as SmolLM2's first sentence had;
@@ -46,14 +47,15 @@ def talk_constants() -> dict:
     """The detector's constants, read from talk.js (the page is where they are stated)."""
     text = TALK_JS.read_text()
     return {name: float(re.search(rf"const {name} = ([\d._]+);", text).group(1).replace("_", ""))
-            for name in ("SPEECH_LEVEL", "END_SILENCE_MS", "MIN_SPEECH_MS", "TICK_MS")}
+            for name in ("SPEECH_LEVEL", "END_SILENCE_MS", "EARLY_MS", "MIN_SPEECH_MS", "TICK_MS")}
 
 
-def end_of_speech_delay(samples: np.ndarray, rate: int, k: dict) -> float:
-    """Seconds from the last spoken sample to the moment talk.js's detector says the person stopped."""
+def end_of_speech_delay(samples: np.ndarray, rate: int, k: dict) -> tuple[float, float]:
+    """Seconds from the last spoken sample to the moment talk.js's detector says the person stopped, and to the
+    moment it sends the words ahead (EARLY_MS of quiet)."""
     frame = 1024  # the analyser's fftSize: each tick reads the latest 1,024 samples
     step = int(rate * k["TICK_MS"] / 1000)
-    noise, start, last, spoken_until = 0.0, None, 0.0, None
+    noise, start, last, spoken_until, early = 0.0, None, 0.0, None, None
     for at in range(frame, len(samples), step):
         rms = float(np.sqrt(np.mean(samples[at - frame:at] ** 2)))
         now = at / rate * 1000
@@ -62,12 +64,14 @@ def end_of_speech_delay(samples: np.ndarray, rate: int, k: dict) -> float:
             noise = noise * 0.95 + rms * 0.05
         if voiced:
             start = start if start is not None else now
-            last = now
+            last, early = now, None
+        if start is not None and not voiced and early is None and now - last > k["EARLY_MS"]:
+            early = now
         if start is not None and not voiced and now - last > k["END_SILENCE_MS"]:
             if last - start >= k["MIN_SPEECH_MS"]:
                 loud = np.nonzero(np.abs(samples) > 1e-3)[0]  # the clip's padding is digital silence
                 spoken_until = loud[-1] / rate if len(loud) else 0
-                return now / 1000 - spoken_until
+                return now / 1000 - spoken_until, early / 1000 - spoken_until
             start = None
     raise ValueError("the detector never heard the end of the speech")
 
@@ -129,24 +133,28 @@ def run(model_dir: Path, clips: list[tuple[str, bytes, float]], reps: int, token
                           files={"file": ("w.webm", clips[0][1])}).raise_for_status()
             rows = []
             for rep in range(reps):
-                for question, clip, detect in clips:
+                for question, clip, (detect, early) in clips:
                     started = time.perf_counter()
                     heard = requests.post(f"{server.url}/v1/audio/transcriptions", timeout=120,
                                           files={"file": ("talk.webm", clip)}).json()["text"]
                     transcribe = time.perf_counter() - started
+                    left = max(0.0, early + transcribe - detect)  # sent ahead: what is still to wait at the end
                     limit = tokens.get(question) if tokens else None
                     sentence_s, sentence, count = first_sentence(server.url, f"{heard} (rep {rep})", limit)
                     synth = first_audio_byte(server.url, sentence)
-                    rows.append({"question": question, "heard": heard, "detect_s": detect,
-                                 "transcribe_s": transcribe, "first_sentence_s": sentence_s,
-                                 "sentence": sentence, "sentence_tokens": count, "synthesis_s": synth,
-                                 "total_s": detect + transcribe + sentence_s + synth})
+                    rows.append({"question": question, "heard": heard, "detect_s": detect, "early_s": early,
+                                 "transcribe_s": transcribe, "transcript_wait_s": left,
+                                 "first_sentence_s": sentence_s, "sentence": sentence, "sentence_tokens": count,
+                                 "synthesis_s": synth, "total_s": detect + left + sentence_s + synth,
+                                 "total_without_early_s": detect + transcribe + sentence_s + synth})
                     print(f"  rep {rep} {question[:32]:<32} detect {detect:.2f} transcribe {transcribe:.2f} "
+                          f"(left at the end {left:.2f}) "
                           f"sentence {sentence_s:.2f} ({count} tok) speech {synth:.2f} = "
                           f"{rows[-1]['total_s']:.2f} s", flush=True)
         finally:
             server.stop()
-    parts = ("detect_s", "transcribe_s", "first_sentence_s", "synthesis_s", "total_s")
+    parts = ("detect_s", "transcribe_s", "transcript_wait_s", "first_sentence_s", "synthesis_s", "total_s",
+             "total_without_early_s")
     return {"model": model_dir.name, "rows": rows,
             "median": {part: statistics.median(r[part] for r in rows) for part in parts},
             "p90_total_s": sorted(r["total_s"] for r in rows)[int(0.9 * (len(rows) - 1))]}
@@ -158,7 +166,7 @@ def plot(report: dict) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    parts = [("detect_s", "end of speech"), ("transcribe_s", "transcription"),
+    parts = [("detect_s", "end of speech"), ("transcript_wait_s", "transcription left"),
              ("first_sentence_s", "first sentence"), ("synthesis_s", "first audio")]
     fig, axis = plt.subplots(figsize=(8, 3.2))
     names = [r["model"] for r in report["runs"]]
@@ -200,11 +208,13 @@ def main() -> None:
                   for q in QUESTIONS}
         print("Llama-3.2-1B shape (random weights, int8), timed to SmolLM2's first-sentence length", flush=True)
         report["runs"].append(run(llama32_1b_random_dir(), clips, args.reps, tokens, {"WEBBOT_QUANT": "int8"}))
-    print(f"\n{'model':<28}{'detect':>8}{'transcr.':>10}{'sentence':>10}{'speech':>8}{'total':>8}{'p90':>8}")
+    print(f"\n{'model':<28}{'detect':>8}{'transcr.':>10}{'left':>8}{'sentence':>10}{'speech':>8}{'total':>8}"
+          f"{'p90':>8}{'not sent ahead':>16}")
     for r in report["runs"]:
         m = r["median"]
-        print(f"{r['model']:<28}{m['detect_s']:>8.2f}{m['transcribe_s']:>10.2f}{m['first_sentence_s']:>10.2f}"
-              f"{m['synthesis_s']:>8.2f}{m['total_s']:>8.2f}{r['p90_total_s']:>8.2f}")
+        print(f"{r['model']:<28}{m['detect_s']:>8.2f}{m['transcribe_s']:>10.2f}{m['transcript_wait_s']:>8.2f}"
+              f"{m['first_sentence_s']:>10.2f}{m['synthesis_s']:>8.2f}{m['total_s']:>8.2f}{r['p90_total_s']:>8.2f}"
+              f"{m['total_without_early_s']:>16.2f}")
     save_report("voice-cpu", report)
     plot(report)
 

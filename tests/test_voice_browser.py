@@ -275,6 +275,55 @@ def test_talk_mode_hears_sends_speaks_and_is_interrupted_by_new_words(storytelli
     page.context.close()
 
 
+@pytest.fixture(scope="module")
+def pausing_browser(playwright, tmp_path_factory):
+    """A microphone that says "What is the capital", pauses 500 ms (longer than Talk's EARLY_MS, shorter than its
+    END_SILENCE_MS), says "of France?", then is quiet for 8 s."""
+    import wave
+
+    import numpy as np
+
+    def pcm(text):  # espeak-ng's words without the quiet it puts after them
+        words = np.frombuffer(convert(speak(text), "-ar", "16000", "-ac", "1", fmt="s16le"), dtype=np.int16)
+        return words[:np.nonzero(np.abs(words) > 300)[0][-1] + 1]
+
+    samples = np.concatenate([pcm("What is the capital"), np.zeros(int(16000 * 0.5), np.int16), pcm("of France?"),
+                              np.zeros(16000 * 8, np.int16)])
+    clip = tmp_path_factory.mktemp("mic") / "pause.wav"
+    with wave.open(str(clip), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes(samples.tobytes())
+    browser = launch(playwright, *FAKE_MIC, f"--use-file-for-fake-audio-capture={clip}")
+    yield browser
+    browser.close()
+
+
+def test_talk_sends_the_words_ahead_at_a_short_quiet_and_drops_them_when_the_person_goes_on(pausing_browser,
+                                                                                             smollm2_server):
+    """Talk sends what was said after EARLY_MS of quiet, before it is sure the person stopped (so the transcript
+    is back sooner); a pause mid-sentence must not cut the sentence: that early transcript is dropped."""
+    page = speech_page(pausing_browser, smollm2_server.url)
+    sent = []  # (when, ended) for each transcription request
+    page.on("request", lambda r: r.url.endswith("/api/transcriptions") and sent.append(time.monotonic()))
+    thinking = []
+    page.click("#talk")
+    deadline = time.monotonic() + 60
+    while not thinking and time.monotonic() < deadline:
+        if page.get_attribute("#talk-panel", "data-state") == "thinking":
+            thinking.append(time.monotonic())
+        time.sleep(0.02)
+    page.wait_for_selector(".message.user", timeout=60_000)
+    said = page.inner_text(".message.user").lower()
+    assert "capital" in said and "france" in said, said  # the whole sentence, not what came before the pause
+    # One request went in the pause and was dropped, the next when the sentence ended, before Talk was sure
+    assert len(sent) == 2 and sent[1] < thinking[0], (sent, thinking)
+    page.keyboard.press("Escape")
+    assert page.problems == [], page.problems
+    page.context.close()
+
+
 def test_talk_on_a_phone_fits_has_touch_sized_controls_and_ends_with_a_tap(silent_browser, smollm2_server):
     context = silent_browser.new_context(viewport={"width": 390, "height": 740}, has_touch=True, is_mobile=True)
     page = context.new_page()

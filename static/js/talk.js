@@ -3,6 +3,10 @@
 // /api/transcriptions and the words as a message, speaks the reply sentence by sentence as it streams
 // (speak.js), and listens again. Speaking while it talks or thinks stops the speech and the reply, and the new
 // words are taken (barge-in). End, the Talk button again, or Esc ends it.
+//
+// To answer sooner, what was said is sent as soon as the person has been quiet for EARLY_MS, while the page still
+// waits to be sure they stopped: if they go on speaking that transcript is dropped, and if the quiet lasts, it is
+// used (usually already back) instead of sending the clip again.
 import { CSRF_TOKEN, errorText, reach } from "./api.js";
 import { form, input, showNotice, state, stopButton } from "./page.js";
 import { speech } from "./speak.js";
@@ -10,6 +14,7 @@ import { micErrorText, micUnavailableReason, recordingType } from "./voice.js";
 
 const SPEECH_LEVEL = 0.015; // the quietest level (RMS) counted as speech; three times the room's noise if higher
 const END_SILENCE_MS = 800; // this much quiet after words ends what the person said
+const EARLY_MS = 300; // this much quiet after words sends them ahead, in case they were the end
 const MIN_SPEECH_MS = 250; // shorter sounds (a click, a cough) are not words
 const BARGE_IN_MS = 300; // words this long while the robot speaks or thinks interrupt it
 const IDLE_RESTART_MS = 20_000; // silence kept before the words at most (the clip restarts after this long)
@@ -38,6 +43,7 @@ function restartRecorder(done) {
   const type = recordingType();
   const recorder = new MediaRecorder(talk.stream, type ? { mimeType: type } : undefined);
   const chunks = [];
+  recorder.chunks = chunks;
   recorder.addEventListener("dataavailable", (event) => { if (event.data.size) chunks.push(event.data); });
   recorder.addEventListener("stop", () => {
     if (recorder.keep) recorder.keep(new Blob(chunks, { type: recorder.mimeType || type || "audio/webm" }));
@@ -64,6 +70,8 @@ function tick() {
   const speaking = talk.speechStart ? talk.lastVoice - talk.speechStart : 0;
   if ((talk.state === "speaking" || talk.state === "thinking") && speaking >= BARGE_IN_MS && voiced) bargeIn();
   if (talk.state === "listening" && speaking >= MIN_SPEECH_MS) setState("hearing");
+  if (voiced && talk.early) dropEarly(); // they went on speaking
+  if (talk.state === "hearing" && !voiced && !talk.early && now - talk.lastVoice > EARLY_MS) sendEarly();
   if (talk.speechStart && !voiced && now - talk.lastVoice > END_SILENCE_MS) {
     talk.speechStart = null;
     if (talk.state === "hearing") heard();
@@ -81,18 +89,46 @@ function bargeIn() {
   setState("hearing");
 }
 
-// The person stopped speaking: send what they said.
+function transcribe(clip, signal) {
+  const body = new FormData();
+  body.append("file", clip, `talk.${clip.type.includes("mp4") ? "m4a" : clip.type.includes("ogg") ? "ogg" : "webm"}`);
+  return reach("/api/transcriptions", { method: "POST", body, signal, headers: { "X-CSRFToken": CSRF_TOKEN } })
+    .then(async (response) => {
+      if (!response.ok) throw new Error(await errorText(response));
+      return response.json();
+    });
+}
+
+// A short quiet: what the recording holds so far (every word: the quiet came after them) goes to Whisper now.
+function sendEarly() {
+  const recorder = talk.recorder;
+  if (recorder.state !== "recording") return;
+  const early = { controller: new AbortController() };
+  early.result = new Promise((resolve) => {
+    recorder.addEventListener("dataavailable", resolve, { once: true });
+    recorder.requestData(); // what is recorded but not yet handed over
+  }).then(() => {
+    if (talk?.early !== early) return null;
+    const clip = new Blob(recorder.chunks, { type: recorder.mimeType || recordingType() || "audio/webm" });
+    return transcribe(clip, early.controller.signal);
+  }).catch(() => null); // dropped, or refused: the whole clip is sent at the end as before
+  talk.early = early;
+}
+
+function dropEarly() {
+  talk.early.controller.abort();
+  talk.early = null;
+}
+
+// The person stopped speaking: use what was sent ahead, or send what they said.
 function heard() {
   setState("thinking");
+  const early = talk.early;
+  talk.early = null;
   restartRecorder(async (clip) => {
     if (!talk) return;
-    const body = new FormData();
-    body.append("file", clip, `talk.${clip.type.includes("mp4") ? "m4a" : clip.type.includes("ogg") ? "ogg" : "webm"}`);
     try {
-      const response = await reach("/api/transcriptions", { method: "POST", body,
-        headers: { "X-CSRFToken": CSRF_TOKEN } });
-      if (!response.ok) throw new Error(await errorText(response));
-      const result = await response.json();
+      const result = (early && await early.result) || await transcribe(clip);
       if (!talk || talk.state !== "thinking") return; // ended, or interrupted by new words
       if (!result.speech || !result.text.trim()) {
         setState("listening", "Listening… (nothing was heard; speak a little closer)");
@@ -141,7 +177,8 @@ async function start() {
   analyser.fftSize = 1024;
   context.createMediaStreamSource(stream).connect(analyser);
   talk = { stream, context, analyser, samples: new Float32Array(analyser.fftSize), noise: 0, speechStart: null,
-    lastVoice: 0, recorder: null, recordingSince: 0, state: "listening", replying: false, replyDone: false, wakeLock: null };
+    lastVoice: 0, recorder: null, recordingSince: 0, state: "listening", replying: false, replyDone: false, wakeLock: null,
+    early: null };
   document.body.classList.add("talking");
   document.getElementById("talk-panel").hidden = false;
   const button = document.getElementById("talk");
@@ -158,6 +195,7 @@ export function end() {
   const ending = talk;
   talk = null;
   clearInterval(ending.timer);
+  if (ending.early) ending.early.controller.abort();
   if (ending.recorder && ending.recorder.state !== "inactive") ending.recorder.stop();
   ending.stream.getTracks().forEach((track) => track.stop());
   ending.context.close();
