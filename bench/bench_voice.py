@@ -7,8 +7,10 @@ Each part as Talk mode (static/js/talk.js) does it, timed on its own, median of 
     faster-whisper). Talk sends the words ahead once the person has been quiet for EARLY_MS, so only what is
     left of it when the detector decides counts: max(0, early send + transcription - end of speech);
   - the first sentence: /v1/chat/completions streamed (greedy) with the transcript, until the reply holds one
-    whole sentence (the page's rule: . ! ? then a space, or a line's end). The Llama-3.2-1B shape has random
-    weights and never ends a sentence, so it is timed to as many tokens as SmolLM2's first sentence had;
+    whole sentence (the page's rule: . ! ? then a space, or a line's end), or, before that, a first clause of
+    CLAUSE_WORDS words or more (speak.js's firstClause: up to a comma, colon, semicolon or dash). The
+    Llama-3.2-1B shape has random weights and never ends a sentence, so it is timed to as many tokens as
+    SmolLM2's first sentence had;
   - synthesis: /v1/audio/speech (Piper en_US-joe-medium, wav, as the page asks) for that sentence, to its first
     byte.
 The sum is the wait a person hears. Servers: SmolLM2-135M-Instruct, and the Llama-3.2-1B shape (int8, the CPU
@@ -37,6 +39,9 @@ from harness.audio import convert, speak
 from harness.server_process import Server
 
 TALK_JS = Path(__file__).resolve().parents[1] / "static" / "js" / "talk.js"
+SPEAK_JS = TALK_JS.with_name("speak.js")
+CLAUSE_END = re.compile(r"[,;:]\s+|\s+[—–-]\s+")
+NOT_PROSE = re.compile(r"^\s*(```|~~~|[-*+>#|]|\d+[.)])")
 QUESTIONS = ["What is the capital of France?", "Tell me a story about a dragon.", "How do I make a cup of tea?",
              "Why is the sky blue?", "What should I cook for dinner tonight?"]
 SENTENCE = re.compile(r"[.!?…][\"')\]]*(\s|$)|\n")
@@ -48,6 +53,21 @@ def talk_constants() -> dict:
     text = TALK_JS.read_text()
     return {name: float(re.search(rf"const {name} = ([\d._]+);", text).group(1).replace("_", ""))
             for name in ("SPEECH_LEVEL", "END_SILENCE_MS", "EARLY_MS", "MIN_SPEECH_MS", "TICK_MS")}
+
+
+def clause_words() -> int:
+    return int(re.search(r"const CLAUSE_WORDS = (\d+);", SPEAK_JS.read_text()).group(1))
+
+
+def first_clause(said: str, words: int) -> int | None:
+    """Where speak.js's firstClause cuts `said`, or None."""
+    line = said.split("\n", 1)[0]
+    if NOT_PROSE.match(line):
+        return None
+    for match in CLAUSE_END.finditer(line):
+        if len(re.findall(r"[^\W\d_][\w'’-]*", line[:match.start()])) >= words:
+            return match.end()
+    return None
 
 
 def end_of_speech_delay(samples: np.ndarray, rate: int, k: dict) -> tuple[float, float]:
@@ -84,7 +104,7 @@ def pcm_of(wav: bytes) -> tuple[np.ndarray, int]:
 def first_sentence(url: str, text: str, max_tokens: int | None) -> tuple[float, str, int]:
     """(seconds to the first whole sentence, that sentence, tokens it took) from a streamed reply."""
     started = time.perf_counter()
-    reply, pieces = "", 0
+    reply, pieces, words = "", 0, clause_words()
     with requests.post(f"{url}/v1/chat/completions", stream=True, timeout=600, json={
             "model": "bench", "messages": [{"role": "user", "content": text}], "temperature": 0, "stream": True,
             "max_tokens": max_tokens or 200}) as response:
@@ -100,8 +120,9 @@ def first_sentence(url: str, text: str, max_tokens: int | None) -> tuple[float, 
             # the page never cuts after a list's "1." (nothing to say); the first cut after a word is the sentence
             said = reply.lstrip()
             end = next((m for m in SENTENCE.finditer(said) if re.search(r"[^\W\d_]", said[:m.start()])), None)
-            if max_tokens is None and end:
-                return time.perf_counter() - started, said[:end.end()].strip(), pieces
+            cut = end.end() if end else first_clause(said, words)
+            if max_tokens is None and cut:
+                return time.perf_counter() - started, said[:cut].strip(), pieces
     return time.perf_counter() - started, reply.strip(), pieces
 
 

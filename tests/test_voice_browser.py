@@ -238,6 +238,39 @@ def test_auto_read_speaks_a_streaming_reply_from_its_first_sentence(speaking_bro
     page.context.close()
 
 
+def test_a_long_first_sentence_is_spoken_from_its_first_clause_then_sentence_by_sentence(speaking_browser,
+                                                                                         smollm2_server):
+    """The page's own reply events (what reply.js sends as text streams in), so the text is known; the audio is
+    the real server's."""
+    page = speech_page(speaking_browser, smollm2_server.url)
+    page.check("#auto-read")
+    page.evaluate("""() => {
+        const reply = document.createElement("div");
+        reply.className = "message assistant";
+        reply.dataset.id = "written-here";
+        document.getElementById("messages").appendChild(reply);
+        window.grow = (text, done) => document.dispatchEvent(new CustomEvent("reply-text",
+            { detail: { element: reply, text, from: 0, done } }));
+    }""")
+    page.evaluate("grow('To make a good cup of tea at home, first', false)")
+    wait_for(page, "window.audioEvents.includes('playing')", timeout=30_000)  # said before the sentence ends
+    assert [text for _, text in page.spoken] == ["To make a good cup of tea at home, "]
+    page.evaluate("grow('To make a good cup of tea at home, first boil fresh water, then pour it. Sure, wait', false)")
+    page.evaluate("grow('To make a good cup of tea at home, first boil fresh water, then pour it. Sure, wait.', true)")
+    wait_for(page, "window.audioEvents.filter((e) => e === 'playing').length >= 3", timeout=30_000)
+    # after the first clause, whole sentences again (and "Sure," is too short to be a clause of its own)
+    assert [text for _, text in page.spoken] == ["To make a good cup of tea at home, ",
+                                                 "first boil fresh water, then pour it. ", "Sure, wait."]
+    clauses = page.evaluate("""async () => {
+        const { firstClause } = await import("/static/js/speak.js");
+        return ["Paris, France, is lovely", "1. Boil the water in a kettle, then", "```py\\nprint(1, 2, 3, 4, 5, 6)",
+                "Ça dépend de la température de l'eau, vraiment", "Short one - two"].map((t) => firstClause(t, 0));
+    }""")
+    assert clauses == [-1, -1, -1, 38, -1]  # too few words, a list, code; accented words count
+    assert page.problems == [], page.problems
+    page.context.close()
+
+
 @pytest.fixture(scope="module")
 def storytelling_browser(playwright, tmp_path_factory):
     """A microphone that asks for a story, then is quiet for 6 s, again and again (the fake device loops)."""

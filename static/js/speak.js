@@ -1,5 +1,6 @@
 // Spoken replies: "Read aloud" on each reply (pause, resume, stop), and "Auto-read" that speaks a reply while it
-// streams, from its first finished sentence. The server speaks (/api/speech, Piper on the server); the page
+// streams, from its first finished sentence (or the first clause of a long first sentence, so the first sound
+// comes sooner). The server speaks (/api/speech, Piper on the server); the page
 // cuts the reply's Markdown into sentences (a code block stays whole: the server says there is code), asks for
 // each one's audio a little ahead of playback and plays them in turn. Talk mode (talk.js) speaks through the
 // same queue.
@@ -11,6 +12,8 @@ const AHEAD = 2; // sentences whose audio is fetched while an earlier one plays
 const SENTENCE_END = /[.!?…]["')\]]*\s+/g;
 const LIST_MARKER = /^\s*(?:\d+[.)]|[-*+])\s+$/; // "1. " before a list item's words is not a sentence
 const ABBREVIATION = /(?:\b(?:Mr|Mrs|Ms|Dr|Prof|St|Sr|Jr|vs|etc|e\.g|i\.e|No|Fig|approx)|\b[A-Z])\.["')\]]*\s+$/;
+const CLAUSE_WORDS = 6; // a first sentence still being written is spoken up to a comma, colon, semicolon or dash
+const CLAUSE_END = /[,;:]\s+|\s+[—–-]\s+/g; // after at least this many words (then whole sentences again)
 
 // Cut `text` (Markdown) from `from` into whole sentences; `final` when no more text will come. Returns the
 // sentences and where the unfinished rest begins.
@@ -170,6 +173,20 @@ class SpeechQueue {
 
 export const speech = new SpeechQueue();
 
+// Where the first clause of `text` from `from` ends (after CLAUSE_WORDS words or more, on one line of prose), or
+// -1: a long first sentence need not be waited for before anything is said.
+export function firstClause(text, from) {
+  const line = text.slice(from).split("\n", 1)[0];
+  if (/^\s*(```|~~~|[-*+>#|]|\d+[.)])/.test(line)) return -1; // code, lists, quotes, headings and tables wait
+  CLAUSE_END.lastIndex = 0;
+  let match;
+  while ((match = CLAUSE_END.exec(line))) {
+    const words = line.slice(0, match.index).match(/\p{L}[\p{L}\p{N}'’-]*/gu) || [];
+    if (words.length >= CLAUSE_WORDS) return from + match.index + match[0].length;
+  }
+  return -1;
+}
+
 // Read a stored reply (a .message element) from the start.
 function readMessage(element) {
   speech.start(element.dataset.id);
@@ -219,7 +236,7 @@ export function readingPressed(element, pressed) {
 }
 
 // A streaming reply: speak each sentence as soon as it is whole (when Auto-read or Talk mode asks for it).
-const following = { element: null, spoken: 0 };
+const following = { element: null, spoken: 0, started: false };
 
 export function followReply(element, text, from, done) {
   if (!config.speech) return;
@@ -228,10 +245,16 @@ export function followReply(element, text, from, done) {
     if (!wanted || done) return;
     following.element = element;
     following.spoken = from; // a continued reply is read from where it goes on
+    following.started = false;
     speech.start(element.dataset.id);
   }
   if (speech.owner !== element.dataset.id) return; // stopped by hand
-  const { pieces, rest } = sentencesOf(text, following.spoken, done);
+  let { pieces, rest } = sentencesOf(text, following.spoken, done);
+  if (!pieces.length && !following.started && !done) { // nothing said yet: the first clause will do
+    const cut = firstClause(text, following.spoken);
+    if (cut > 0) [pieces, rest] = [[text.slice(following.spoken, cut)], cut];
+  }
+  following.started ||= pieces.length > 0;
   following.spoken = rest;
   for (const piece of pieces) speech.add(piece);
   if (done) {
