@@ -183,7 +183,10 @@ def test_greedy_replies_are_the_same_with_kv_reuse_on_or_off_when_recall_is_acti
     """And with reuse on, the turn after a recall reuses at least everything before that recall's block."""
     replies = {}
     for reuse in (True, False):
-        bot = ChatBot(str(smollm2_dir), max_tokens=512, kv_reuse=reuse).load()
+        # fp32 weights: int8's two products (the kernel for a few rows, dequantised blocks for a chunk) agree
+        # after bf16 rounding on AVX2 machines but not on every CPU (one with AVX-512 changed the last reply), and
+        # which product a token meets depends on what was reused
+        bot = ChatBot(str(smollm2_dir), max_tokens=512, kv_reuse=reuse, quant="none").load()
         try:
             history, outputs, previous, previous_history = [], [], None, []
             for text in [ADA, *FILLER, "What is my cat called?", "Which city do I live in?", "Name a colour."]:

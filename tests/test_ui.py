@@ -41,6 +41,18 @@ def ui_server(tiny_model_dir, tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture
+def fp32_smollm2_server(smollm2_dir, tmp_path):
+    """SmolLM2 with fp32 weights, for a test that checks what the model itself writes. Its int8 weights (the
+    CPU default) give other greedy words on another CPU: on one with AVX-512 the title came out "1. 1. Preheat your
+    oven to 350 degrees.", rightly refused, where fp32 writes "Baking Bread: Step-by-step Guide". int8's
+    closeness to fp32 is measured in test_quant.py and bench/bench_quant.py."""
+    server = Server(smollm2_dir, tmp_path / "data", tmp_path / "server.log", WEBBOT_MAX_TOKENS="2048",
+                    WEBBOT_TEMPERATURE="0", WEBBOT_QUANT="none").start()
+    yield server
+    server.stop()
+
+
 def store_of(server) -> Store:
     """The server's own database, for putting known text in place (as a finished reply is stored)."""
     return Store(connect(f"sqlite:///{server.env['WEBBOT_DATA_DIR']}/webbot.db"))
@@ -244,18 +256,18 @@ def test_search_finds_titles_and_message_text(page, ui_server):
     assert page.locator(f"#conversation-list li[data-id='{other}']").count() == 1
 
 
-def test_a_title_is_generated_from_the_first_exchange(browser, smollm2_server):
+def test_a_title_is_generated_from_the_first_exchange(browser, fp32_smollm2_server):
     context = browser.new_context(viewport={"width": 1100, "height": 760})
     page = context.new_page()
     watch_console(page)
-    cid = start_chat(page, smollm2_server.url, max_tokens=24)
+    cid = start_chat(page, fp32_smollm2_server.url, max_tokens=24)
     question = "How do I bake bread?"
     ask(page, question)
     wait_for(page, f"(document.querySelector(\"li[data-id='{cid}'] .title\")?.innerText || '') !== 'New chat' && "
                    f"document.querySelector(\"li[data-id='{cid}'] .title\").innerText !== {json.dumps(question)}",
              timeout=120_000)
     title = page.inner_text(f"li[data-id='{cid}'] .title")
-    stored = store_of(smollm2_server).get_conversation(_owner_of(smollm2_server, cid), cid)
+    stored = store_of(fp32_smollm2_server).get_conversation(_owner_of(fp32_smollm2_server, cid), cid)
     assert stored["title"] == title and 0 < len(title) <= 60
     from webbot.model.recall import rank
 
