@@ -146,8 +146,10 @@ def smollm2_server(smollm2_dir, whisper_ct2_dir, piper_voice, tmp_path_factory):
     first clip, and the real Piper voice for spoken replies), shared by a module's tests."""
     tmp = tmp_path_factory.mktemp("smollm2-server")
     # A 2,048-token context keeps replies (at most a quarter of it) short enough for a test;
-    # greedy decoding keeps a 135M model's answers repeatable (at 0.7 it names Paris half the time).
+    # greedy decoding keeps a 135M model's answers repeatable (at 0.7 it names Paris half the time);
+    # the test folder's name is "smollm2", so the page (and the README's screenshots) get the model's own name.
     server = Server(smollm2_dir, tmp / "data", tmp / "server.log", WEBBOT_MAX_TOKENS="2048",
+                    WEBBOT_MODEL_NAME="SmolLM2 135M Instruct",
                     WEBBOT_TEMPERATURE="0", WEBBOT_SPEECH_BACKEND="faster-whisper",
                     WEBBOT_WHISPER_MODEL=str(whisper_ct2_dir), WEBBOT_MAX_AUDIO_MB="1",
                     WEBBOT_TTS_VOICE=str(piper_voice)).start()

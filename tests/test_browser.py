@@ -199,7 +199,7 @@ def test_page_waits_for_a_loading_gguf_model_then_answers(browser, start_server)
     from harness import assets
 
     server = start_server(assets.smollm2_gguf(), ready=(200, 503), WEBBOT_MAX_TOKENS="2048", WEBBOT_TEMPERATURE="0")
-    page = browser.new_page()
+    page = browser.new_page(viewport={"width": 1100, "height": 760})
     page.goto(server.url)
     if requests.get(server.url + "/healthz").status_code == 503:
         page.wait_for_selector("#notice:not([hidden])")
@@ -213,6 +213,8 @@ def test_page_waits_for_a_loading_gguf_model_then_answers(browser, start_server)
     ask(page, "What is the capital of France?")
     page.wait_for_selector(".message.assistant:not(.streaming)", timeout=120_000)
     assert "Paris" in page.inner_text(".message.assistant .body")
+    # with the chat's title and the memory gauge beside it, the name is still shown whole, not cut to "Smol…"
+    assert page.evaluate("(e => e.scrollWidth <= e.clientWidth)(document.querySelector('.chat-header .model'))")
     page.close()
 
 
