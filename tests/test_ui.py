@@ -533,7 +533,9 @@ def test_switch_chats_and_start_one_while_a_reply_is_written(start_server, tiny_
     page.click(f"#conversation-list li[data-id='{cid}'] .title")
     wait_for(page, f"location.pathname.endsWith('{cid}') && document.querySelectorAll('.message').length === 2")
     stored = call(page, "GET", f"/api/conversations/{cid}")["messages"][1]
-    assert stored["status"] == "length" and page.locator(".message.streaming").count() == 0
+    # finished whole: at its length limit, or earlier where the random tiny model happened to sample an
+    # end-of-turn token (seen once in a few runs on an AVX-512 CPU); never cut off or left unfinished
+    assert stored["status"] in ("length", "complete") and page.locator(".message.streaming").count() == 0
     assert page.evaluate("document.querySelector('.message.assistant').dataset.content") == stored["content"]
 
 
