@@ -1,8 +1,10 @@
-"""Which dtype is fastest on this machine: prefill and decode of the same model in fp32 and bf16.
+"""Which dtype is fastest on this machine: prefill and decode of the same model in fp32 and bf16, and on
+CPU with int8 weights as WEBBOT_QUANT=int8 holds them (fp32 activations).
 
-This is the measurement behind WEBBOT_DTYPE=auto (bf16 on CUDA, fp32 on CPU). Both
-dtypes are loaded side by side and run interleaved, rep by rep, so machine noise hits
-them alike.
+This is the measurement behind WEBBOT_DTYPE=auto (bf16 on CUDA, fp32 on CPU). The models
+are loaded side by side and run interleaved, rep by rep, so machine noise hits them alike.
+The report names the CPU's vector capability (AVX2, AVX512): native bf16 arithmetic
+changes the answer.
 
     .venv/bin/python -m bench.bench_dtype                 # Llama-3.2-1B shape, random weights
     .venv/bin/python -m bench.bench_dtype --prefill 256 --decode 16 --reps 2
@@ -20,8 +22,8 @@ from bench.common import llama32_1b_random_dir, save_report
 
 
 def weights_gb(model) -> float:
-    """Bytes held by the model's parameters, in GB."""
-    return sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9
+    """Bytes held by the model's parameters and buffers (int8 weights and their scales are buffers), in GB."""
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]) / 1e9
 
 
 def time_prefill_decode(model, prompt_len: int, decode: int, device: str) -> dict:
@@ -61,6 +63,11 @@ def main() -> None:
     model_dir = Path(args.model).expanduser() if args.model else llama32_1b_random_dir()
     models = {dtype: AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).to(device).eval()
               for dtype in ("float32", "bfloat16")}
+    if device == "cpu":
+        from webbot.model.quant import quantise_int8
+
+        models["int8"] = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").eval()
+        quantise_int8(models["int8"], torch.float32)
     memory = {dtype: weights_gb(model) for dtype, model in models.items()}
     print(f"model {model_dir.name} on {device}, {torch.get_num_threads()} threads", flush=True)
     runs = {dtype: [] for dtype in models}
@@ -73,7 +80,8 @@ def main() -> None:
                   f"decode {runs[dtype][-1]['decode_tok_s']:.2f} tok/s", flush=True)
 
     report = {"model": model_dir.name, "device": device, "threads": torch.get_num_threads(),
-              "machine": platform.machine(), "prefill_tokens": args.prefill, "decode_tokens": args.decode,
+              "machine": platform.machine(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+              "prefill_tokens": args.prefill, "decode_tokens": args.decode,
               "dtypes": {}}
     print(f"\n{'dtype':<10}{'prefill tok/s':>15}{'decode tok/s':>14}{'weights GB':>12}")
     for dtype, rows in runs.items():
@@ -87,7 +95,13 @@ def main() -> None:
     report["fp32_over_bf16_decode"] = fp32["decode_tok_s"] / bf16["decode_tok_s"]
     print(f"fp32 / bf16: prefill {report['fp32_over_bf16_prefill']:.2f}x, "
           f"decode {report['fp32_over_bf16_decode']:.2f}x")
-    save_report(f"dtype-{model_dir.name}-{device}", report)
+    if "int8" in report["dtypes"]:
+        int8 = report["dtypes"]["int8"]
+        report["int8_over_bf16_prefill"] = int8["prefill_tok_s"] / bf16["prefill_tok_s"]
+        report["int8_over_bf16_decode"] = int8["decode_tok_s"] / bf16["decode_tok_s"]
+        print(f"int8 / bf16: prefill {report['int8_over_bf16_prefill']:.2f}x, "
+              f"decode {report['int8_over_bf16_decode']:.2f}x")
+    save_report(f"dtype-{model_dir.name}-{device}-{report['cpu_capability'].lower()}", report)
 
 
 if __name__ == "__main__":
