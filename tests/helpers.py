@@ -150,6 +150,26 @@ def plain_greedy(bot: ChatBot, prompt_ids: list[int], new_tokens: int) -> list[i
 @pytest.mark.slow
 
 
+class ModelStandIn(torch.nn.Module):
+    """The real model behind a forward pass the test changes, to inject a failure that cannot be had on demand on
+    CPU (a NaN score, an error in one prompt's pass). The engine reads only forward, get_input_embeddings and
+    device."""
+
+    def __init__(self, model, forward):
+        super().__init__()
+        self.inner, self._forward = model, forward
+
+    def forward(self, **kwargs):
+        return self._forward(self.inner, **kwargs)
+
+    def get_input_embeddings(self):
+        return self.inner.get_input_embeddings()
+
+    @property
+    def device(self):
+        return self.inner.device
+
+
 def fake_kv(tokens: int) -> list[tuple]:
     """Tensors shaped like one layer's keys and values for `tokens` tokens (100 bytes a token)."""
     return [(torch.zeros(1, 1, tokens, 50, dtype=torch.uint8), torch.zeros(1, 1, tokens, 50, dtype=torch.uint8))]

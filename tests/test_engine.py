@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from chat_bot import ChatBot
+from tests.helpers import ModelStandIn
 from webbot.model.decoding import TextDecoder
 from webbot.model.loading import resolve_device_dtype, split_gguf
 from webbot.model.stream import EngineBusy, SamplingParams
@@ -161,3 +162,84 @@ def test_generation_stops_at_llama3_end_of_turn_tokens(tiny_bot):
     # <|end_of_text|>, <|eom_id|>, <|eot_id|>: the ids Llama 3.2 Instruct ends a turn with.
     assert {128001, 128008, 128009} <= set(tiny_bot.engine.eos_ids)
     assert tiny_bot.memory.tokenizer.convert_ids_to_tokens(128009) == "<|eot_id|>"
+
+
+def _read_in_background(stream) -> tuple[threading.Event, list]:
+    """Read a stream to its end on another thread, so a stream that never ends fails a test instead of hanging it."""
+    done, text = threading.Event(), []
+
+    def read():
+        try:
+            text.append("".join(stream))
+        except Exception as exc:  # the engine's error, raised to the reader
+            text.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    return done, text
+
+
+def test_a_reply_whose_cache_cannot_be_kept_still_ends_whole(tiny_bot, monkeypatch):
+    """Issue 23, item 1: keeping a finished reply's KV cache copies it, which can run out of memory on a busy GPU.
+    The error is injected here (an OOM cannot be had on demand on CPU). Before, the reply's stream never ended
+    (the page waited forever) and a reply batched beside it was failed; now the first ends whole, the second
+    goes on to its end, and the engine serves the next request as usual."""
+    plan = tiny_bot.plan([], "Tell me a story about a robot.")
+    params = SamplingParams(max_new_tokens=10, temperature=0)
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("injected: no memory left to keep the cache")
+
+    monkeypatch.setattr(tiny_bot.engine.cache, "add", out_of_memory)
+    short = tiny_bot.generate(plan, params)
+    longer = tiny_bot.generate(tiny_bot.plan([], "Tell me another."), SamplingParams(max_new_tokens=30, temperature=0))
+    (short_done, short_text), (longer_done, _) = _read_in_background(short), _read_in_background(longer)
+    assert short_done.wait(60) and longer_done.wait(60), "a reply never ended"
+    assert (short.finish_reason, short.completion_tokens) == ("length", 10) and short_text[0].strip()
+    assert (longer.finish_reason, longer.completion_tokens) == ("length", 30)
+    monkeypatch.undo()
+    again = tiny_bot.generate(plan, params)
+    assert "".join(again).strip() and again.finish_reason == "length"
+
+
+def test_scores_that_are_not_numbers_end_the_reply_with_a_sentence(tiny_bot, monkeypatch):
+    """Issue 23, item 2: NaN scores (an fp16 overflow, say) were argmax'd into a garbage token or, sampled,
+    failed torch.multinomial, which on CUDA is a device-side assert that leaves the GPU unusable. Now such a row
+    never reaches the sampler: the reply ends with an error that says why, and the engine goes on."""
+    from webbot.model.decoding import sample_tokens
+
+    nan_row = torch.full((1, 50), float("nan"))
+    assert sample_tokens(nan_row, [SamplingParams(temperature=0)]) == [None]
+    mixed = torch.full((1, 50), float("nan"))
+    mixed[0, 7], mixed[0, 9], mixed[0, 11] = 1.0, 3.0, float("inf")
+    assert sample_tokens(mixed, [SamplingParams(temperature=0)]) == [9]
+    assert {sample_tokens(mixed, [SamplingParams(temperature=1.0, top_p=1.0)])[0] for _ in range(50)} <= {7, 9}
+
+    calls = []
+
+    def nan_after_two_passes(model, **kwargs):  # the tiny model's scores never overflow: made NaN from pass 3
+        out = model(**kwargs)
+        calls.append(1)
+        if len(calls) > 2:
+            out.logits.fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(tiny_bot.engine, "model", ModelStandIn(tiny_bot.engine.model, nan_after_two_passes))
+    stream = tiny_bot.generate(tiny_bot.plan([], "Hello"), SamplingParams(max_new_tokens=20, temperature=0))
+    done, _ = _read_in_background(stream)
+    assert done.wait(60)
+    assert stream.finish_reason == "error" and stream.completion_tokens == 2
+    assert "not numbers" in str(stream.error)
+    monkeypatch.undo()
+    assert "".join(tiny_bot.generate(tiny_bot.plan([], "Hello"), SamplingParams(max_new_tokens=5, temperature=0)))
+
+
+def test_a_token_id_outside_the_vocabulary_is_refused_before_it_reaches_the_model(tiny_bot):
+    """Issue 23, item 2: on CUDA an embedding lookup past the table is a device-side assert; the engine refuses
+    such a prompt when it is submitted (a tokenizer that does not match its model), and goes on serving."""
+    rows = tiny_bot.engine.model.get_input_embeddings().num_embeddings
+    for bad in ([1, rows], [-1, 5]):
+        with pytest.raises(ValueError, match="outside the model's vocabulary"):
+            tiny_bot.engine.submit(bad, SamplingParams(max_new_tokens=2))
+    assert "".join(tiny_bot.generate(tiny_bot.plan([], "Hello"), SamplingParams(max_new_tokens=3, temperature=0)))

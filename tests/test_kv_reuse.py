@@ -11,7 +11,7 @@ import time
 import pytest
 
 from chat_bot import ChatBot
-from tests.helpers import QUESTIONS, converse, fake_kv, greedy, plain_greedy
+from tests.helpers import QUESTIONS, ModelStandIn, converse, fake_kv, greedy, plain_greedy
 from webbot.model.kv_cache import common_prefix
 from webbot.model.stream import SamplingParams
 
@@ -201,9 +201,19 @@ def test_cache_settings_come_from_the_environment():
 
 def test_a_failing_prompt_fails_only_its_own_stream(tiny_model_dir):
     bot = ChatBot(str(tiny_model_dir), max_tokens=2048, max_batch=4).load()
+    poison = 128100  # a reserved token no text holds: a prompt with it fails its forward pass, as a real failure
+    # would (an out-of-vocabulary id once served here; the engine now refuses those at submit, see test_engine.py)
+
+    def fails_on_poison(model, **kwargs):
+        ids = kwargs["input_ids"]
+        if ids.shape[1] > 1 and bool((ids == poison).any()):  # a prompt's pass, never a decode step
+            raise RuntimeError("injected: this prompt's forward pass fails")
+        return model(**kwargs)
+
+    bot.engine.model = ModelStandIn(bot.engine.model, fails_on_poison)
     good = bot.generate(bot.plan([], QUESTIONS[0]), greedy(30))
-    bad = bot.engine.submit([128000, 10, 10**7], greedy(5))  # a token id past the vocabulary: the forward fails
-    with pytest.raises(IndexError):
+    bad = bot.engine.submit([128000, 10, poison], greedy(5))
+    with pytest.raises(RuntimeError, match="injected"):
         list(bad)
     assert bad.finish_reason == "error"
     list(good)

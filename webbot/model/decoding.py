@@ -7,10 +7,21 @@ cut out before a caller sees them.
 import torch
 
 
-def sample_tokens(logits, params: list) -> list[int]:
-    """One next token per row of `logits` [rows, vocab]: greedy at temperature 0, else top-p sampling."""
+def sample_tokens(logits, params: list) -> list[int | None]:
+    """One next token per row of `logits` [rows, vocab]: greedy at temperature 0, else top-p sampling.
+
+    Scores that are not finite numbers (NaN or infinite, as an fp16 overflow gives) are never chosen; a row with
+    no finite score gives None, for the engine to end that reply with an error. The sampler never sees them: on
+    CUDA, torch.multinomial checks its input with a device-side assert, which would leave the process's GPU
+    unusable for every later request."""
     chosen = []
     for row, p in zip(logits, params, strict=True):
+        finite = torch.isfinite(row)
+        if not bool(finite.all()):
+            if not bool(finite.any()):
+                chosen.append(None)
+                continue
+            row = row.float().masked_fill(~finite, float("-inf"))
         if p.temperature <= 0:
             chosen.append(int(row.argmax()))
             continue

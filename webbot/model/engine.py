@@ -37,6 +37,14 @@ _CLOSE = object()  # put in the queue to wake an idle worker when the engine clo
 __all__ = ["Engine", "EngineBusy", "SamplingParams", "Stream"]
 
 
+class NoUsableToken(RuntimeError):
+    """The model's scores for the next token were not numbers (NaN or infinite), so no token could be chosen."""
+
+    def __init__(self):
+        super().__init__("the model gave no usable next token (its scores were not numbers); try again, or use "
+                         "another dtype (WEBBOT_DTYPE) if it happens again")
+
+
 class _Row:
     """A stream's state inside the engine: its ids so far and where its KV cache lives."""
 
@@ -125,6 +133,10 @@ class Engine:
         already waiting."""
         if not prompt_ids:
             raise ValueError("the prompt has no tokens")
+        rows = self.model.get_input_embeddings().num_embeddings
+        if not (0 <= min(prompt_ids) and max(prompt_ids) < rows):  # never reaches the model (a CUDA assert)
+            raise ValueError(f"the prompt holds a token id outside the model's vocabulary of {rows}: the "
+                             f"tokenizer does not match the model")
         stream = Stream(prompt_ids, params, owner, public_tokens, conversation)
         try:
             self.requests.put_nowait(stream)
@@ -162,8 +174,10 @@ class Engine:
                         self._decode_step()
                     except BaseException as exc:
                         log.exception("decode step failed")
-                        for row in list(self.rows):
-                            self._leave(row, "error", exc)
+                        rows, self.rows, self._batch, self._mask = list(self.rows), [], None, None
+                        for row in rows:  # the batch may be what failed: nothing of it is touched again
+                            row.kv = None
+                            self._finish(row, "error", exc)
         for row in self.prefilling + self.rows:  # closed: whatever was running ends, as cancelled
             self._finish(row, "cancelled")
         self.prefilling, self.rows, self._batch = [], [], None
@@ -216,6 +230,10 @@ class Engine:
         row.kv = [(layer.keys, layer.values) for layer in row.cache.layers]
         row.cache = None
         token = sample_tokens(out.logits[:, -1], [stream.params])[0]
+        if token is None:
+            log.error("a reply ended: %s", NoUsableToken())
+            self._finish(row, "error", NoUsableToken())
+            return
         reason = self._emit(row, token)
         if reason:
             self._finish(row, reason)
@@ -240,6 +258,10 @@ class Engine:
                          attention_mask=self._mask, past_key_values=self._batch, use_cache=True)
         tokens = sample_tokens(out.logits[:, -1], [row.stream.params for row in self.rows])
         for row, token in list(zip(self.rows, tokens, strict=True)):
+            if token is None:
+                log.error("a reply ended: %s", NoUsableToken())
+                self._leave(row, "error", NoUsableToken())
+                continue
             reason = self._emit(row, token)
             if reason:
                 self._leave(row, reason)
@@ -295,19 +317,26 @@ class Engine:
         return None
 
     def _finish(self, row: _Row, reason: str, error: BaseException | None = None) -> None:
-        """End a stream: flush held-back text, keep its cache for the next turn, wake the caller."""
+        """End a stream: flush held-back text, keep its cache for the next turn, wake the caller. The stream ends
+        whatever happens here: a cache that cannot be kept (copying it can run out of memory on a busy GPU) is
+        only not kept, and the reply is whole."""
         stream = row.stream
-        tail = row.decoder.flush() if reason != "error" else ""
-        if tail:
-            stream.push(tail)
-        if reason != "error" and len(row.ids) > len(stream.prompt_ids):
-            kv = [(_compact(k), _compact(v)) for k, v in row.kv] if row.kv and self.cache.reuse else None
-            # kv covers all ids but the last
-            self.cache.add(row.ids, kv, len(stream.prompt_ids), row.source, stream.owner, stream.public_tokens,
-                           stream.conversation)
-        row.kv = row.cache = None
-        self.metrics.replies.labels(reason).inc()
-        stream.end(reason, error)
+        try:
+            tail = row.decoder.flush() if reason != "error" else ""
+            if tail:
+                stream.push(tail)
+            if reason != "error" and len(row.ids) > len(stream.prompt_ids):
+                try:
+                    kv = [(_compact(k), _compact(v)) for k, v in row.kv] if row.kv and self.cache.reuse else None
+                    # kv covers all ids but the last
+                    self.cache.add(row.ids, kv, len(stream.prompt_ids), row.source, stream.owner,
+                                   stream.public_tokens, stream.conversation)
+                except Exception:
+                    log.exception("a finished reply's KV cache could not be kept; its next turn reads it again")
+        finally:
+            row.kv = row.cache = None
+            self.metrics.replies.labels(reason).inc()
+            stream.end(reason, error)
 
 
 def _compact(tensor):
