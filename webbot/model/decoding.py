@@ -15,13 +15,14 @@ def sample_tokens(logits, params: list) -> list[int | None]:
     CUDA, torch.multinomial checks its input with a device-side assert, which would leave the process's GPU
     unusable for every later request."""
     chosen = []
-    for row, p in zip(logits, params, strict=True):
-        finite = torch.isfinite(row)
-        if not bool(finite.all()):
-            if not bool(finite.any()):
+    finite = torch.isfinite(logits)
+    all_finite = bool(finite.all())  # one check a step; rows are looked at one by one only when it fails
+    for row, row_finite, p in zip(logits, finite, params, strict=True):
+        if not all_finite and not bool(row_finite.all()):
+            if not bool(row_finite.any()):
                 chosen.append(None)
                 continue
-            row = row.float().masked_fill(~finite, float("-inf"))
+            row = row.float().masked_fill(~row_finite, float("-inf"))
         if p.temperature <= 0:
             chosen.append(int(row.argmax()))
             continue

@@ -45,6 +45,13 @@ class NoUsableToken(RuntimeError):
                          "another dtype (WEBBOT_DTYPE) if it happens again")
 
 
+def _no_usable_token() -> NoUsableToken:
+    """The error that ends a reply whose next token could not be chosen, logged once."""
+    error = NoUsableToken()
+    log.error("a reply ended: %s", error)
+    return error
+
+
 class _Row:
     """A stream's state inside the engine: its ids so far and where its KV cache lives."""
 
@@ -174,7 +181,7 @@ class Engine:
                         self._decode_step()
                     except BaseException as exc:
                         log.exception("decode step failed")
-                        rows, self.rows, self._batch, self._mask = list(self.rows), [], None, None
+                        rows, self.rows, self._batch = list(self.rows), [], None  # the next step rebuilds it
                         for row in rows:  # the batch may be what failed: nothing of it is touched again
                             row.kv = None
                             self._finish(row, "error", exc)
@@ -231,8 +238,7 @@ class Engine:
         row.cache = None
         token = sample_tokens(out.logits[:, -1], [stream.params])[0]
         if token is None:
-            log.error("a reply ended: %s", NoUsableToken())
-            self._finish(row, "error", NoUsableToken())
+            self._finish(row, "error", _no_usable_token())
             return
         reason = self._emit(row, token)
         if reason:
@@ -259,8 +265,7 @@ class Engine:
         tokens = sample_tokens(out.logits[:, -1], [row.stream.params for row in self.rows])
         for row, token in list(zip(self.rows, tokens, strict=True)):
             if token is None:
-                log.error("a reply ended: %s", NoUsableToken())
-                self._leave(row, "error", NoUsableToken())
+                self._leave(row, "error", _no_usable_token())
                 continue
             reason = self._emit(row, token)
             if reason:
