@@ -60,10 +60,13 @@ def bot_from_config(config: dict):
 
 
 def transcriber_from_config(config: dict) -> Transcriber:
-    """A Transcriber (not yet loaded) from the WEBBOT_* settings."""
+    """A Transcriber (not yet loaded) from the WEBBOT_* settings. Beside a language model in this process,
+    faster-whisper keeps to SPEECH_CPU_THREADS_BESIDE_MODEL threads on CPU (it is used only there)."""
+    beside_model = config["WEBBOT_BACKEND"] == "local"
     return Transcriber(config["WEBBOT_WHISPER_MODEL"], config["WEBBOT_SPEECH_BACKEND"], config["WEBBOT_DEVICE"],
                        config["WEBBOT_MAX_AUDIO_SECONDS"], config["WEBBOT_SPEECH_MAX_WAITING"],
-                       config["WEBBOT_SPEECH_URL"], config["WEBBOT_SPEECH_KEY"], config["WEBBOT_BACKEND_TIMEOUT"])
+                       config["WEBBOT_SPEECH_URL"], config["WEBBOT_SPEECH_KEY"], config["WEBBOT_BACKEND_TIMEOUT"],
+                       settings.SPEECH_CPU_THREADS_BESIDE_MODEL if beside_model else 0)
 
 
 def speaker_from_config(config: dict) -> Speaker:

@@ -43,13 +43,15 @@ class Transcriber:
 
     def __init__(self, model: str = DEFAULT_WHISPER_MODEL, backend: str = "transformers", device: str = "auto",
                  max_seconds: float = MAX_AUDIO_SECONDS, max_waiting: int = SPEECH_MAX_WAITING,
-                 url: str | None = None, key: str | None = None, timeout: float = 120.0):
+                 url: str | None = None, key: str | None = None, timeout: float = 120.0, cpu_threads: int = 0):
+        """`cpu_threads`: faster-whisper's threads on CPU (0: CTranslate2's default); see
+        SPEECH_CPU_THREADS_BESIDE_MODEL for a CPU the language model also runs on."""
         if url:
             backend = REMOTE
         elif backend not in SPEECH_BACKENDS:
             raise ValueError(f"WEBBOT_SPEECH_BACKEND must be one of {', '.join(SPEECH_BACKENDS)}, not {backend!r}")
         self.model_id, self.backend_name, self.requested_device = model, backend, device
-        self.url, self.key, self.timeout = url, key, timeout
+        self.url, self.key, self.timeout, self.cpu_threads = url, key, timeout, cpu_threads
         self.max_seconds = max_seconds
         self.admission = Admission(max_waiting, REMOTE_SLOTS if url else 1, SpeechBusy, "transcriptions")
         self.error: str | None = None
@@ -85,10 +87,11 @@ class Transcriber:
                     self._backend = OpenAIBackend(self.model_id, self.url, self.key, self.timeout)
                 else:
                     if self.backend_name == "transformers":
-                        from webbot.voice.transformers_whisper import TransformersBackend as kind
+                        from webbot.voice.transformers_whisper import TransformersBackend
+
+                        self._backend = TransformersBackend(self.model_id, device)
                     else:
-                        kind = FasterWhisperBackend
-                    self._backend = kind(self.model_id, device)
+                        self._backend = FasterWhisperBackend(self.model_id, device, self.cpu_threads)
             except Exception as exc:
                 self.error = f"{type(exc).__name__}: {exc}"
                 log.exception("speech model %s failed to load", self.model_id)

@@ -6,8 +6,12 @@ tests/assets.py. A 2-layer random-weight Whisper with the real tokenizer checks 
 transformers backend's mechanics (chunking, limits) quickly.
 """
 
+import os
 import re
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +25,7 @@ from webbot.voice.admission import Admission
 from webbot.voice.uploads import SAMPLE_RATE, AudioError
 
 QUESTION = "What is the capital of France?"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def words(text: str) -> list[str]:
@@ -248,3 +253,53 @@ def speech_samples() -> np.ndarray:
 def test_unknown_backend_is_refused():
     with pytest.raises(ValueError, match="faster-whisper"):
         Transcriber("x", "whisper.cpp")
+
+
+# --- sharing the CPU with the language model -----------------------------------------------------------
+
+def test_faster_whisper_keeps_to_one_thread_beside_a_model_in_this_process(make_app):
+    """Beside a model on this CPU, faster-whisper gets SPEECH_CPU_THREADS_BESIDE_MODEL threads; with the model on a
+    server it keeps CTranslate2's default (bench/bench_threads.py measures why)."""
+    from webbot.config import SPEECH_CPU_THREADS_BESIDE_MODEL
+    from webbot.web.services import services
+
+    with make_app(WEBBOT_SPEECH_BACKEND="faster-whisper").app_context():
+        assert services().transcriber.cpu_threads == SPEECH_CPU_THREADS_BESIDE_MODEL == 1
+    from app import transcriber_from_config
+    from webbot.config import from_env
+
+    remote = from_env({"WEBBOT_BACKEND": "openai", "WEBBOT_BACKEND_URL": "http://127.0.0.1:9/v1",
+                       "WEBBOT_SPEECH_BACKEND": "faster-whisper"})
+    assert transcriber_from_config(remote).cpu_threads == 0
+
+
+THREADS_AFTER_A_CLIP = """
+import os, sys, threading
+from harness.audio import speak
+from speech import Transcriber
+transcriber = Transcriber(sys.argv[1], "faster-whisper", "cpu", cpu_threads=int(sys.argv[2])).load()
+before = len(os.listdir("/proc/self/task"))
+done, stay = threading.Event(), threading.Event()
+def request_thread():  # a server's request thread lives on after the request
+    transcriber.transcribe_bytes(speak("What is the capital of France?"))
+    done.set()
+    stay.wait()
+threading.Thread(target=request_thread, daemon=True).start()
+done.wait()
+print(len(os.listdir("/proc/self/task")) - before, flush=True)
+os._exit(0)
+"""
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="CTranslate2's default is one thread on one core")
+def test_one_faster_whisper_thread_leaves_no_thread_pool_behind(whisper_ct2_dir):
+    """The cause bench_threads measures: with CTranslate2's default, a transcription leaves an OpenMP pool alive
+    (threads that outlive the clip, which slow every later decode step of the model on the same CPU); with one
+    thread it leaves none. Each in its own process, as thread pools are per process."""
+    left = {}
+    for threads in (0, 1):
+        out = subprocess.run([sys.executable, "-c", THREADS_AFTER_A_CLIP, str(whisper_ct2_dir), str(threads)],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        left[threads] = int(out.stdout.strip().splitlines()[-1])
+    assert left[1] < left[0], left

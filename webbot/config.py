@@ -71,6 +71,10 @@ SPEECH_LOADS = ("startup", "lazy")
 MAX_AUDIO_MB = 25
 MAX_AUDIO_SECONDS = 300.0
 SPEECH_MAX_WAITING = 4
+# CTranslate2 (faster-whisper) threads on a CPU that also runs the language model. Its default (4) keeps an
+# OpenMP pool alive after the first clip, and from then on every decode step waits on slow thread wake-ups: on
+# 2 cores the model's tokens/s halved for good. One thread transcribed as fast there (bench/bench_threads.py).
+SPEECH_CPU_THREADS_BESIDE_MODEL = 1
 
 # Spoken replies (text to speech with Piper)
 DEFAULT_TTS_VOICE = "en_US-lessac-medium"  # a Piper voice name (fetched from TTS_VOICES_REPO on first use) or a path

@@ -86,13 +86,16 @@ def language_code(value: str | None) -> str | None:
 class FasterWhisperBackend:
     """Whisper on CTranslate2 (faster-whisper), which handles long clips and pauses itself."""
 
-    def __init__(self, model: str, device: str):
+    def __init__(self, model: str, device: str, cpu_threads: int = 0):
+        """`cpu_threads`: CTranslate2's threads on CPU (0: its own default)."""
         from faster_whisper import WhisperModel
 
         if model.startswith("openai/whisper-"):  # the same model under faster-whisper's own names
             model = model.removeprefix("openai/whisper-")
         cuda = device.startswith("cuda")
-        self.model = WhisperModel(model, device="cuda" if cuda else "cpu", compute_type="float16" if cuda else "int8")
+        self.cpu_threads = 0 if cuda else cpu_threads
+        self.model = WhisperModel(model, device="cuda" if cuda else "cpu", compute_type="float16" if cuda else "int8",
+                                  cpu_threads=self.cpu_threads)
 
     def transcribe(self, samples: np.ndarray, spans: list[tuple[int, int]], language: str | None):
         pieces, info = self.model.transcribe(samples, language=language, beam_size=5, vad_filter=True,
