@@ -139,12 +139,15 @@ def _datetime(timestamp: float) -> str:
 
 def start_loading(app: Flask) -> threading.Thread:
     """Make this process a server: pin malloc's mmap threshold, then load the app's models in the
-    background; /healthz is 503 until the chat model is ready.
+    background; /healthz is 503 until the chat model is ready. Should the model's GPU fail for good later,
+    the process exits with status 1 (`exit_after_failure`), so gunicorn or systemd starts a fresh one.
 
     The speech model and the default voice load after it when WEBBOT_SPEECH_LOAD is `startup`, else on first use.
     """
     app_services = services(app)
     fix_mmap_threshold()
+    if hasattr(app_services.bot, "on_failure"):
+        app_services.bot.on_failure = lambda sentence: exit_after_failure(app)
 
     def load():
         try:
@@ -180,6 +183,22 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda sig, frame: stop_serving(app))
     app.run(host=app.config["WEBBOT_HOST"], port=app.config["WEBBOT_PORT"], threaded=True, use_reloader=False,
             ssl_context=tls)
+
+
+def exit_after_failure(app: Flask, grace_s: float = settings.FAILED_EXIT_GRACE_S) -> threading.Thread:
+    """The model's GPU failed for good: every reply has ended with the reason and /healthz is 503 with it. After
+    `grace_s` (for the pages to read why), exit with status 1: gunicorn starts a new worker, systemd
+    (Restart=on-failure) a new process, with a fresh GPU context. Nothing is written from the GPU on the way out."""
+
+    def leave():
+        time.sleep(grace_s)
+        log.critical("exiting so that a fresh process can load the model again")
+        logging.shutdown()
+        os._exit(1)
+
+    thread = threading.Thread(target=leave, name="exit-after-gpu-failure", daemon=True)
+    thread.start()
+    return thread
 
 
 def stop_serving(app: Flask, grace_s: float = 10.0) -> None:

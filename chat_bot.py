@@ -66,12 +66,22 @@ class ChatBot(PlansReplies):
         self.cache: PrefixCache | None = None
         self.engine = None  # the generation engine, made by load()
         self.error: str | None = None
+        self.on_failure = None  # called with a sentence if the GPU fails after loading (the app restarts then)
         self._loaded = threading.Event()
 
     @property
     def ready(self) -> bool:
-        """True once the model is loaded and can answer."""
-        return self._loaded.is_set()
+        """True once the model is loaded and can answer (and its GPU has not failed since)."""
+        return self._loaded.is_set() and not self.failure
+
+    @property
+    def failure(self) -> str | None:
+        """Why the loaded model can no longer answer in this process (its GPU failed), a sentence; else None."""
+        return self.engine.failed if self.engine is not None else None
+
+    def _failed(self, sentence: str) -> None:
+        if self.on_failure is not None:
+            self.on_failure(sentence)
 
     @property
     def name(self) -> str:
@@ -165,7 +175,7 @@ class ChatBot(PlansReplies):
         restored = self.cache.restore()
         self.engine = Engine(model, tokenizer, end_of_turn_ids(model, tokenizer), self.cache, self.max_waiting,
                              self.max_batch or MAX_BATCH[kind], PREFILL_CHUNK[kind], self.max_seconds,
-                             self.metrics).start()
+                             self.metrics, on_failure=self._failed).start()
         log.info("KV cache reuse %s, budget %d MB, %s; up to %d replies decoded together",
                  "on" if self.kv_reuse else "off", budget_mb,
                  f"disk tier {disk.budget // 2**20} MB in {self.kv_disk_dir} ({restored} kept from before)" if disk

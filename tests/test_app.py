@@ -64,6 +64,65 @@ def test_healthz_reports_a_failed_load(make_app, tmp_path):
     assert "WEBBOT_MODEL" in response.json["error"]["message"]
 
 
+def test_a_gpu_that_fails_for_good_ends_every_reply_says_why_and_restarts_the_process(make_app, tiny_model_dir,
+                                                                                      monkeypatch):
+    """Issue 23, item 2: after a CUDA error such as a device-side assert, every later kernel fails, yet /healthz
+    said ok and each request failed on its own. Now the reply in flight ends with the reason (stored as an
+    error, its text so far kept), /healthz is 503 with it, a new message is a 503 that says it, and the process
+    is asked to exit so that gunicorn or systemd starts a fresh one. No GPU here: the CUDA error is injected into
+    the real tiny model's forward (the error type torch raises for it)."""
+    import torch
+
+    from tests.helpers import ModelStandIn
+
+    bot = ChatBot(str(tiny_model_dir), max_tokens=1024).load()
+    told = []
+    app = make_app(bot=bot)
+    bot.on_failure = told.append  # start_loading would make this exit the process
+    client = app.test_client()
+    passes = []
+
+    def fails_on_pass_4(model, **kwargs):
+        passes.append(1)
+        if len(passes) == 4:
+            raise torch.AcceleratorError("CUDA error: device-side assert triggered")
+        return model(**kwargs)
+
+    monkeypatch.setattr(bot.engine, "model", ModelStandIn(bot.engine.model, fails_on_pass_4))
+    cid = new_conversation(client)
+    events = send(client, cid, "Tell me a story.")
+    assert events[-1][0] == "error" and "GPU failed" in events[-1][1]["message"], events[-1]
+    assert told and "GPU failed" in told[0] and "restarts itself" in told[0]
+    stored = client.get(f"/api/conversations/{cid}").json["messages"]
+    assert [m["role"] for m in stored] == ["user", "assistant"] and stored[1]["status"] == "error"
+    health = client.get("/healthz")
+    assert health.status_code == 503 and health.json["checks"]["model"]["status"] == "error"
+    assert "GPU failed" in health.json["error"]
+    response = client.post(f"/api/conversations/{cid}/messages", json={"content": "Are you there?"})
+    assert response.status_code == 503 and "GPU failed" in response.json["error"]["message"]
+    assert len(client.get(f"/api/conversations/{cid}").json["messages"]) == 2  # nothing lost, nothing added
+    other = make_app(bot=bot).test_client()  # another browser, and the API: the same sentence
+    assert "GPU failed" in other.get("/healthz").json["error"]
+    response = other.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 503 and "GPU failed" in response.json["error"]["message"]
+    assert len(passes) == 4 and len(told) == 1  # the model is never run again
+
+
+def test_after_a_gpu_failure_the_process_exits_with_status_1_for_a_fresh_start(tmp_path):
+    """exit_after_failure, in a child process (it ends its process): status 1 after the grace, which gunicorn
+    answers with a new worker and systemd (Restart=on-failure) with a new process."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = "import time, app; app.exit_after_failure(None, grace_s=0.2); time.sleep(30)"
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert time.monotonic() - started < 30
+
+
 def test_chat_page_lists_the_sessions_conversations(client):
     cid = new_conversation(client)
     client.patch(f"/api/conversations/{cid}", json={"title": "My <b>title</b>"})

@@ -1,5 +1,6 @@
 """The generation engine on a real (tiny, random-weight) Llama with the real Llama 3.2 tokenizer."""
 
+import math
 import threading
 import time
 
@@ -224,6 +225,50 @@ def test_scores_that_are_not_numbers_end_the_reply_with_a_sentence(tiny_bot, mon
     assert stream.finish_reason == "error" and stream.completion_tokens == 2
     monkeypatch.undo()
     assert "".join(tiny_bot.generate(tiny_bot.plan([], "Hello"), SamplingParams(max_new_tokens=5, temperature=0)))
+
+
+def test_a_batch_of_mixed_settings_is_chosen_together_row_by_row_as_asked(monkeypatch):
+    """Issue 23, speed: the rows of a step are chosen together and read back with one host sync; each row still
+    gets its own settings, and a row with no finite score (beside finite ones) gets None without stopping them."""
+    from webbot.model import decoding
+
+    torch.manual_seed(0)
+    logits = torch.randn(5, 40)
+    logits[1, 3] = 30.0  # a row whose top token holds nearly all the probability
+    logits[2] = float("nan")
+    logits[4, :] = -1e4
+    logits[4, 5], logits[4, 6] = 2.0, 2.0 - math.log(3)  # probabilities 3/4 and 1/4 of all but nothing else
+    params = [SamplingParams(temperature=0), SamplingParams(temperature=1.0, top_p=0.5),
+              SamplingParams(temperature=0.7), SamplingParams(temperature=1.0, top_p=1.0),
+              SamplingParams(temperature=1.0, top_p=1.0)]
+    reads = []
+    real_tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: reads.append(self.shape) or real_tolist(self))
+    picks = [decoding.sample_tokens(logits, params) for _ in range(400)]
+    monkeypatch.undo()
+    assert len(reads) == 2 * 400  # which rows have a finite score, then every row's token: once per step each
+    assert all(p[0] == int(logits[0].argmax()) and p[1] == 3 and p[2] is None for p in picks)
+    assert len({p[3] for p in picks}) > 10  # sampled at temperature 1 over 40 tokens
+    fives = sum(p[4] == 5 for p in picks)
+    assert {p[4] for p in picks} == {5, 6} and 240 < fives < 360  # 3/4 of 400 = 300
+    clean = logits.clone()
+    clean[2] = 0.0
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: reads.append(self.shape) or real_tolist(self))
+    reads.clear()
+    decoding.sample_tokens(clean, params)
+    monkeypatch.undo()
+    assert reads == [torch.Size([5])]  # all scores finite: one read for the whole batch
+
+
+def test_only_an_accelerator_error_counts_as_a_gpu_that_failed_for_good():
+    from webbot.model.gpu_failures import unrecoverable
+
+    assert unrecoverable(torch.AcceleratorError("CUDA error: an illegal memory access was encountered"))
+    assert unrecoverable(RuntimeError("CUDA error: device-side assert triggered"))
+    assert unrecoverable(RuntimeError("CUDA error: CUBLAS_STATUS_EXECUTION_FAILED when calling cublasGemmEx"))
+    assert not unrecoverable(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert not unrecoverable(RuntimeError("The size of tensor a (3) must match the size of tensor b (4)"))
+    assert not unrecoverable(ValueError("CUDA error"))
 
 
 def test_a_token_id_outside_the_vocabulary_is_refused_before_it_reaches_the_model(tiny_bot):

@@ -40,6 +40,7 @@ MAX_WAITING = 16  # replies that may wait for a slot (WEBBOT_MAX_WAITING); beyon
 MAX_BATCH = {"cpu": 8, "cuda": 32}  # replies decoded together when WEBBOT_MAX_BATCH is auto
 PREFILL_CHUNK = {"cpu": 256, "cuda": 2048}  # prompt tokens per step, so running replies keep moving
 MAX_REPLY_SECONDS = 600.0  # the longest one reply may generate (WEBBOT_MAX_REPLY_SECONDS)
+FAILED_EXIT_GRACE_S = 3.0  # after the GPU fails, how long the pages get to read why before the process exits
 KV_CACHE_MB_CPU = 2048  # kept KV caches when WEBBOT_KV_CACHE_MB is auto, on CPU
 KV_CACHE_GPU_SHARE = 0.25  # ... and on CUDA, this share of the GPU's memory
 KV_DISK_SHARE, KV_DISK_MB_MOST = 0.10, 8192  # WEBBOT_KV_DISK_MB=auto: this share of the free disk, at most this

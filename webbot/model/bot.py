@@ -18,6 +18,7 @@ class Bot(Protocol):
     memory: Memory | None  # set by load()
     metrics: Metrics
     error: str | None  # why loading failed
+    failure: str | None  # why a loaded model can no longer answer in this process (its GPU failed), a sentence
 
     @property
     def name(self) -> str:

@@ -10,32 +10,37 @@ import torch
 def sample_tokens(logits, params: list) -> list[int | None]:
     """One next token per row of `logits` [rows, vocab]: greedy at temperature 0, else top-p sampling.
 
+    All rows are chosen together and read back with one host sync (two when a score is not a number), so
+    a step of a big batch does not wait on the device once per row.
+
     Scores that are not finite numbers (NaN or infinite, as an fp16 overflow gives) are never chosen; a row with
     no finite score gives None, for the engine to end that reply with an error. The sampler never sees them: on
     CUDA, torch.multinomial checks its input with a device-side assert, which would leave the process's GPU
     unusable for every later request."""
-    chosen = []
     finite = torch.isfinite(logits)
-    all_finite = bool(finite.all())  # one check a step; rows are looked at one by one only when it fails
-    for row, row_finite, p in zip(logits, finite, params, strict=True):
-        if not all_finite and not bool(row_finite.all()):
-            if not bool(row_finite.any()):
-                chosen.append(None)
-                continue
-            row = row.float().masked_fill(~row_finite, float("-inf"))
-        if p.temperature <= 0:
-            chosen.append(int(row.argmax()))
-            continue
-        probs = torch.softmax(row.float() / p.temperature, dim=-1)
-        if p.top_p < 1.0:
-            sorted_probs, order = probs.sort(descending=True)
-            # keep the smallest set of tokens whose probabilities add up to top_p (always at least one)
-            outside = sorted_probs.cumsum(-1) - sorted_probs >= p.top_p
-            sorted_probs[outside] = 0
-            chosen.append(int(order[torch.multinomial(sorted_probs, 1)]))
+    usable = None  # every row has a finite score: the usual case, checked once a step
+    if not bool(finite.all()):
+        usable = finite.any(dim=-1).tolist()
+        logits = logits.float().masked_fill(~finite, float("-inf"))
+    chosen = logits.argmax(dim=-1)
+    sampled = [i for i, p in enumerate(params) if p.temperature > 0 and (usable is None or usable[i])]
+    if sampled:
+        rows = torch.tensor(sampled, device=logits.device)
+        temperatures = torch.tensor([[params[i].temperature] for i in sampled], device=logits.device)
+        probs = torch.softmax(logits[rows].float() / temperatures, dim=-1)
+        top_p = [params[i].top_p for i in sampled]
+        if min(top_p) < 1.0:
+            sorted_probs, order = probs.sort(descending=True, dim=-1)
+            # keep the smallest set of tokens whose probabilities add up to top_p (always at least one);
+            # a row at top_p 1 keeps them all
+            limit = torch.tensor([[p if p < 1.0 else float("inf")] for p in top_p], device=logits.device)
+            sorted_probs = sorted_probs.masked_fill(sorted_probs.cumsum(-1) - sorted_probs >= limit, 0)
+            picks = order.gather(-1, torch.multinomial(sorted_probs, 1)).squeeze(-1)
         else:
-            chosen.append(int(torch.multinomial(probs, 1)))
-    return chosen
+            picks = torch.multinomial(probs, 1).squeeze(-1)
+        chosen[rows] = picks
+    tokens = chosen.tolist()
+    return [None if usable is not None and not usable[i] else token for i, token in enumerate(tokens)]
 
 
 class TextDecoder:

@@ -11,38 +11,42 @@ leave before the next step, so a stopped reply frees its slot within one step.
 
 A prompt that begins like an earlier sequence reuses that sequence's KV cache from the
 prefix cache (`kv_cache.py`), so the next turn of a conversation prefills only its new
-tokens; a finished reply's cache goes back there.
+tokens; a finished reply's cache goes back there. KV caches (and the batch's padding mask)
+live in buffers with room to grow (`kv_buffer.py`): a decode step writes its token in
+place instead of copying the whole cache.
 
 The worker thread runs from `start()` until `close()`; constructing an engine starts nothing.
-The helper at the bottom stacks rows of different lengths into one left-padded batch, for
-when streams join or leave it.
+After an error that leaves the GPU unusable (`gpu_failures.py`) it runs nothing again: every
+reply ends with the reason, later ones are refused, and the app is told, to restart.
 """
 
 import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 
 import torch
-from transformers import DynamicCache
+from transformers.cache_utils import Cache
 
 from webbot.config import MAX_REPLY_SECONDS, MAX_WAITING
 from webbot.model.decoding import TextDecoder, sample_tokens
+from webbot.model.gpu_failures import unrecoverable
+from webbot.model.kv_buffer import (
+    GROWTH_ROOM,
+    BufferedLayer,
+    buffered_cache,
+    cache_nbytes,
+    padding_mask,
+    stack_left_padded,
+)
 from webbot.model.kv_cache import PrefixCache
 from webbot.model.metrics import Metrics
-from webbot.model.stream import EngineBusy, SamplingParams, Stream
+from webbot.model.stream import EngineBusy, EngineFailed, NoUsableToken, SamplingParams, Stream
 
 log = logging.getLogger(__name__)
 _CLOSE = object()  # put in the queue to wake an idle worker when the engine closes
-__all__ = ["Engine", "EngineBusy", "SamplingParams", "Stream"]
-
-
-class NoUsableToken(RuntimeError):
-    """The model's scores for the next token were not numbers (NaN or infinite), so no token could be chosen."""
-
-    def __init__(self):
-        super().__init__("the model gave no usable next token (its scores were not numbers); try again, or use "
-                         "another dtype (WEBBOT_DTYPE) if it happens again")
+__all__ = ["Engine", "EngineBusy", "EngineFailed", "NoUsableToken", "SamplingParams", "Stream"]
 
 
 def _no_usable_token() -> NoUsableToken:
@@ -58,7 +62,7 @@ class _Row:
     def __init__(self, stream: Stream, decoder: TextDecoder):
         self.stream, self.decoder = stream, decoder
         self.ids = list(stream.prompt_ids)  # the cache covers all but the last of these once prefilled
-        self.cache = None  # a DynamicCache while the prompt is prefilled
+        self.cache = None  # a buffered cache (kv_buffer) while the prompt is prefilled
         self.pos = 0  # prompt tokens in that cache
         self.kv: list[tuple] | None = None  # own tensors while outside the batch
         self.source = None  # the prefix-cache entry whose whole prompt this one reused, if any
@@ -69,22 +73,26 @@ class Engine:
 
     def __init__(self, model, tokenizer, eos_ids: list[int], cache: PrefixCache, max_waiting: int = MAX_WAITING,
                  max_batch: int = 8, prefill_chunk: int = 256, max_seconds: float = MAX_REPLY_SECONDS,
-                 metrics: Metrics | None = None):
+                 metrics: Metrics | None = None, growth_room: int = GROWTH_ROOM,
+                 on_failure: Callable[[str], None] | None = None):
         if max_waiting < 1 or max_batch < 1:
             raise ValueError("max_waiting and max_batch must be at least 1")
         self.model, self.tokenizer, self.cache = model, tokenizer, cache
         self.eos_ids = list(eos_ids)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
         self.max_batch, self.prefill_chunk, self.max_seconds = max_batch, prefill_chunk, max_seconds
+        self.growth_room = growth_room  # tokens of room the batch's KV buffers and mask get, and grow by
         self.metrics = metrics or Metrics()
         self.requests: queue.Queue = queue.Queue(maxsize=max_waiting)
         self.prefilling: list[_Row] = []
         self.rows: list[_Row] = []  # decoding together, in the order of the batch
-        self._batch = None  # DynamicCache holding self.rows left-padded, None when it must be rebuilt
+        self._batch = None  # a buffered cache holding self.rows left-padded, None when it must be rebuilt
         self._pads: list[int] = []
-        self._mask = None
+        self._mask = None  # the batch's padding mask, with room like its cache (None without padding)
         self._closing = threading.Event()
         self._worker: threading.Thread | None = None
+        self.failed: str | None = None  # why the accelerator can no longer run the model, once it cannot
+        self.on_failure = on_failure  # told that sentence once (the app restarts the process)
 
     def start(self) -> "Engine":
         """Start the worker thread (once)."""
@@ -117,15 +125,15 @@ class Engine:
     @property
     def kv_bytes(self) -> int:
         """Bytes of KV cache held: the prefix cache plus the streams in flight."""
-        held = self.cache.nbytes
-        batch = self._batch
-        if batch is not None:
-            held += sum(layer.keys.numel() * layer.keys.element_size() * 2 for layer in batch.layers)
+        held = self.cache.nbytes + cache_nbytes(self._batch)
+        storages = {}  # rows outside the batch may hold views of one buffer: each buffer counts once
         for row in list(self.rows) + list(self.prefilling):
             kv = row.kv  # read once: the worker may replace it meanwhile
-            if kv:
-                held += sum(k.numel() * k.element_size() * 2 for k, _ in kv)
-        return held
+            for pair in kv or ():
+                for tensor in pair:
+                    storage = tensor.untyped_storage()
+                    storages[storage.data_ptr()] = storage.nbytes()
+        return held + sum(storages.values())
 
     def position(self, stream: Stream) -> int:
         """Where a reply waits: 1 for the next to start, 0 once it has started (or left the queue)."""
@@ -138,6 +146,8 @@ class Engine:
         """Queue a reply for `owner`, who may reuse only their own cached prompts beyond the first `public_tokens`
         (its cache is kept under `conversation`, so deleting that removes it); raises EngineBusy when too many are
         already waiting."""
+        if self.failed:
+            raise EngineFailed(self.failed)
         if not prompt_ids:
             raise ValueError("the prompt has no tokens")
         rows = self.model.get_input_embeddings().num_embeddings
@@ -172,22 +182,53 @@ class Engine:
                         self._prefill_step(row)
                     except BaseException as exc:  # reported to the waiting caller, never kills the worker
                         log.exception("prefill failed")
+                        self._check_failure(exc)
                         if row in self.prefilling:
                             self.prefilling.remove(row)
                         if row not in self.rows:
-                            self._finish(row, "error", exc)
+                            self._finish(row, "error", EngineFailed(self.failed) if self.failed else exc)
                 if self.rows:
                     try:
                         self._decode_step()
                     except BaseException as exc:
                         log.exception("decode step failed")
                         rows, self.rows, self._batch = list(self.rows), [], None  # the next step rebuilds it
+                        self._check_failure(exc)
                         for row in rows:  # the batch may be what failed: nothing of it is touched again
                             row.kv = None
-                            self._finish(row, "error", exc)
+                            self._finish(row, "error", EngineFailed(self.failed) if self.failed else exc)
+        if self.failed:  # nothing is run on the accelerator again: every reply started or waiting ends
+            error = EngineFailed(self.failed)
+            waiting = []
+            while True:
+                try:
+                    waiting.append(self.requests.get_nowait())
+                except queue.Empty:
+                    break
+            for row in self.prefilling + self.rows:
+                row.kv = row.cache = None
+                self._finish(row, "error", error)
+            self.prefilling, self.rows = [], []
+            for stream in waiting:
+                if stream is not _CLOSE:
+                    self._finish(_Row(stream, TextDecoder(self.tokenizer, stream.params.stop)), "error", error)
         for row in self.prefilling + self.rows:  # closed: whatever was running ends, as cancelled
             self._finish(row, "cancelled")
         self.prefilling, self.rows, self._batch = [], [], None
+
+    def _check_failure(self, exc: BaseException) -> None:
+        """After an unrecoverable accelerator error, stop running the model and say so (once)."""
+        if self.failed or not unrecoverable(exc):
+            return
+        self.failed = (f"The GPU failed ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}) and "
+                       f"cannot run the model again in this process; the server restarts itself.")
+        log.critical("%s", self.failed)
+        self._closing.set()
+        if self.on_failure is not None:
+            try:
+                self.on_failure(self.failed)
+            except Exception:
+                log.exception("telling the app that the GPU failed went wrong")
 
     def _admit(self) -> None:
         """Take waiting requests while there is room; block when there is nothing else to do."""
@@ -217,7 +258,8 @@ class Engine:
             source = found.entry
             if source is not None and source.owner == stream.owner and found.tokens >= source.prompt_len - 1:
                 row.source = source
-            row.cache = DynamicCache(ddp_cache_data=found.kv) if found.kv else DynamicCache()
+            first = found.tokens if found.kv else min(self.prefill_chunk, len(row.ids))  # the first tokens written
+            row.cache = buffered_cache(found.kv, room=len(row.ids) - first)  # just the prompt: it never grows
             row.pos = stream.reused_tokens = found.tokens
             self.metrics.prompt_tokens.labels("reused").inc(found.tokens)
             self.metrics.prompt_tokens.labels("computed").inc(len(row.ids) - found.tokens)
@@ -257,11 +299,14 @@ class Engine:
             self._rebuild()
         device = self.model.device
         length = self._batch.get_seq_length()
+        mask = None
         if self._mask is not None:
-            self._mask = torch.cat([self._mask, self._mask.new_ones((len(self.rows), 1))], dim=1)
+            if self._mask.shape[1] <= length:
+                self._mask = padding_mask(self._pads, length + 1 + self.growth_room, device)
+            mask = self._mask[:, :length + 1]
         out = self.model(input_ids=torch.tensor([[row.ids[-1]] for row in self.rows], device=device),
                          position_ids=torch.tensor([[length - pad] for pad in self._pads], device=device),
-                         attention_mask=self._mask, past_key_values=self._batch, use_cache=True)
+                         attention_mask=mask, past_key_values=self._batch, use_cache=True)
         tokens = sample_tokens(out.logits[:, -1], [row.stream.params for row in self.rows])
         for row, token in list(zip(self.rows, tokens, strict=True)):
             if token is None:
@@ -273,17 +318,14 @@ class Engine:
 
     def _rebuild(self) -> None:
         """Stack the decoding rows' caches into one left-padded batch (after a join or a leave)."""
-        layers, self._pads = stack_left_padded([row.kv for row in self.rows])
+        layers, self._pads = stack_left_padded([row.kv for row in self.rows], self.growth_room)
         for row in self.rows:
             row.kv = None  # the batch holds it now
-        self._batch = DynamicCache(ddp_cache_data=layers)
-        if any(self._pads):
-            length = self._batch.get_seq_length()
-            self._mask = torch.ones((len(self.rows), length), dtype=torch.long, device=self.model.device)
-            for i, pad in enumerate(self._pads):
-                self._mask[i, :pad] = 0
-        else:
-            self._mask = None
+        capacity = layers[0][0].shape[2]
+        length = capacity - self.growth_room  # the longest row's
+        self._batch = Cache(layers=[BufferedLayer.over(keys, values, length, self.growth_room)
+                                    for keys, values in layers])
+        self._mask = padding_mask(self._pads, capacity, self.model.device) if any(self._pads) else None
 
     def _leave(self, row: _Row, reason: str, error: BaseException | None = None) -> None:
         """Take a row out of the batch; the others are restacked before the next step."""
@@ -349,25 +391,3 @@ def _compact(tensor):
     if tensor.untyped_storage().nbytes() > tensor.numel() * tensor.element_size():
         return tensor.clone()
     return tensor
-
-
-def stack_left_padded(rows: list[list[tuple]]) -> tuple[list[tuple], list[int]]:
-    """Per-layer (keys, values) of several rows as one batch, shorter rows padded on the left.
-
-    Returns the batch and each row's padding; padded positions must be masked out.
-    """
-
-    lengths = [row[0][0].shape[2] for row in rows]
-    longest = max(lengths)
-    pads = [longest - n for n in lengths]
-    layers = []
-    for layer in range(len(rows[0])):
-        stacked = []
-        for part in (0, 1):
-            first = rows[0][layer][part]
-            batch = first.new_zeros((len(rows), first.shape[1], longest, first.shape[3]))
-            for i, row in enumerate(rows):
-                batch[i, :, pads[i]:] = row[layer][part][0]
-            stacked.append(batch)
-        layers.append(tuple(stacked))
-    return layers, pads

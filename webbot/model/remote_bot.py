@@ -68,6 +68,8 @@ class RemoteStream(Stream):
 class RemoteBot(PlansReplies):
     """Trims memory locally and streams replies from `url` (an OpenAI-compatible /v1 base URL)."""
 
+    failure = None  # the model server's GPU is its own: a failure there is an upstream error
+
     def __init__(self, url: str, model: str, key: str | None = None, served_model: str | None = None,
                  max_tokens: int = DEFAULT_MAX_TOKENS, reply_share: float = DEFAULT_REPLY_SHARE,
                  system_prompt: str = DEFAULT_SYSTEM_PROMPT, timeout: float = 120.0,

@@ -17,6 +17,23 @@ class EngineBusy(RuntimeError):
     """The admission queue is full; the caller should retry later."""
 
 
+class ReplyFailed(RuntimeError):
+    """A reply ended by an error whose message is a sentence for the person, shown as it is."""
+
+
+class EngineFailed(ReplyFailed):
+    """The accelerator failed in a way that leaves it unusable for this process (a CUDA device-side assert, an
+    illegal memory access): no reply can run until the process restarts."""
+
+
+class NoUsableToken(ReplyFailed):
+    """The model's scores for the next token were not numbers (NaN or infinite), so no token could be chosen."""
+
+    def __init__(self):
+        super().__init__("The model gave no usable next token (its scores were not numbers); try again, or use "
+                         "another dtype (WEBBOT_DTYPE) if it happens again.")
+
+
 @dataclass
 class SamplingParams:
     """How to pick tokens for one reply."""

@@ -13,6 +13,7 @@ import uuid
 from flask import Blueprint, current_app, g, jsonify
 
 from webbot import config
+from webbot.model.stream import ReplyFailed
 from webbot.model.upstream import UpstreamError
 from webbot.web import files_api
 from webbot.web.auth import check_api_key
@@ -130,7 +131,8 @@ def chat_completions():
             yield ": waiting for the model\n\n" if piece is None else chunk({"content": piece})
         if stream.finish_reason == "error":
             error = stream.error if isinstance(stream.error, UpstreamError) else None
-            message = error.sentence if error else "The model failed while writing this reply."
+            message = error.sentence if error else str(stream.error) if isinstance(stream.error, ReplyFailed) \
+                else "The model failed while writing this reply."
             yield sse({"error": {"message": message, "type": "server_error", "code": error.code if error else None}})
             return
         if include_usage:

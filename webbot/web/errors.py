@@ -13,6 +13,7 @@ from flask import Flask, jsonify, render_template, request
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
+from webbot.model.stream import ReplyFailed
 from webbot.model.upstream import UpstreamError
 from webbot.storage.errors import StorageUnavailable
 
@@ -72,6 +73,10 @@ def register_error_handlers(app: Flask) -> None:
     def upstream_failed(exc: UpstreamError):
         headers = {"Retry-After": "5"} if exc.status == 503 else {}
         return error_response(exc.status, exc.sentence, "upstream_error", exc.code, headers)
+
+    @app.errorhandler(ReplyFailed)
+    def reply_failed(exc: ReplyFailed):  # a reply read whole (a non-streamed /v1 call) that the model could not end
+        return error_response(503, str(exc), "server_error", "model_failed")
 
     @app.errorhandler(StorageUnavailable)
     def database_down(exc: StorageUnavailable):

@@ -6,14 +6,16 @@ Retry-After).
 """
 
 from webbot.model.memory import MessageTooLong
-from webbot.model.stream import EngineBusy, SamplingParams
+from webbot.model.stream import EngineBusy, EngineFailed, SamplingParams
 from webbot.web.errors import ApiError
 
 
 def require_ready(bot) -> None:
-    """A 503 that says whether the model is still loading or failed to load."""
+    """A 503 that says whether the model is still loading, failed to load, or can no longer answer."""
     if bot.ready:
         return
+    if bot.failure:
+        raise ApiError(503, bot.failure, "model_failed", {"Retry-After": "60"})
     if bot.error:
         raise ApiError(503, f"The model {bot.model_id} could not be loaded ({bot.error}); check WEBBOT_MODEL "
                             "and the server log, then restart the server.", "model_failed")
@@ -39,6 +41,8 @@ def start_reply(bot, history: list[dict], message: str, params: SamplingParams, 
         raise ApiError(413, f"{exc.sentence()}. {advice}", code) from None
     try:
         return plan, bot.generate(plan, params, owner, conversation)
+    except EngineFailed as exc:  # the GPU failed between the check above and now
+        raise ApiError(503, str(exc), "model_failed", {"Retry-After": "60"}) from None
     except EngineBusy:
         raise ApiError(503, "The server is busy with other replies; try again in a few seconds.", "busy",
                        {"Retry-After": "10"}) from None

@@ -21,10 +21,12 @@ def redis_check(redis) -> dict:
 
 def model_check(bot) -> dict:
     """The local model's (or the model server's tokenizer's) loading state; once loaded here, how it runs (device,
-    dtype, and int8 when its weights are)."""
+    dtype, and int8 when its weights are), or that its GPU failed since."""
     if bot.ready:
         running = {key: getattr(bot, key) for key in ("device", "dtype", "quant") if getattr(bot, key, None)}
         return {"status": "ok", "model": bot.name, **running}
+    if bot.failure:
+        return {"status": "error", "model": bot.name, "error": bot.failure}
     if bot.error:
         return {"status": "error", "model": bot.name, "error": bot.error}
     return {"status": "loading", "model": bot.name}

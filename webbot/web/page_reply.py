@@ -16,6 +16,7 @@ import threading
 import time
 
 from webbot import config
+from webbot.model.stream import ReplyFailed
 from webbot.model.upstream import UpstreamError
 from webbot.storage.errors import StorageUnavailable
 from webbot.web.rendering import render_markdown
@@ -123,8 +124,9 @@ class PageReply:
             yield sse({"message": f"{stream.error.sentence} What arrived is kept.", "code": stream.error.code,
                        "status": "interrupted"}, "error")
         elif status == "error":
-            yield sse({"message": "The model failed while writing this reply; the error is in the server log."},
-                      "error")
+            said = isinstance(stream.error, ReplyFailed)  # a sentence for the person (the GPU failed, say)
+            yield sse({"message": str(stream.error) if said else
+                       "The model failed while writing this reply; the error is in the server log."}, "error")
         else:
             yield sse({"message": view({**self.reply, "content": self.text, "status": status}),
                        "finish_reason": stream.finish_reason, "usage": stream.usage(), "memory": gauge()}, "done")
