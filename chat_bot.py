@@ -40,6 +40,9 @@ from webbot.model.stream import SamplingParams, Stream
 log = logging.getLogger(__name__)
 
 
+WARM_UP = "warm-up"  # the owner and conversation of the reply that warms the GPU up at load
+
+
 class ChatBot(PlansReplies):
     """Holds the model and answers conversations; call `load()` once before use, `close()` when done."""
 
@@ -126,6 +129,7 @@ class ChatBot(PlansReplies):
             default_kv_cache_mb,
             default_kv_disk_mb,
             end_of_turn_ids,
+            kv_bytes_per_token,
             kv_layout,
             load_tokenizer,
             model_source,
@@ -162,7 +166,10 @@ class ChatBot(PlansReplies):
             self.max_tokens = context
         self.memory = Memory(tokenizer, self.max_tokens, self.reply_share, recall_share=self.recall_share)
         kind = "cuda" if self.device.startswith("cuda") else "cpu"
-        budget_mb = self.kv_cache_mb if self.kv_cache_mb is not None else default_kv_cache_mb(self.device)
+        max_batch = self.max_batch or MAX_BATCH[kind]
+        batch_bytes = max_batch * self.max_tokens * kv_bytes_per_token(model, self.dtype)  # the most a batch can hold
+        budget_mb = self.kv_cache_mb if self.kv_cache_mb is not None else default_kv_cache_mb(self.device,
+                                                                                             batch_bytes)
         disk = None
         if self.kv_disk_dir is not None and self.kv_reuse and self.kv_disk_mb != 0:
             disk_mb = self.kv_disk_mb if self.kv_disk_mb is not None else default_kv_disk_mb(self.kv_disk_dir)
@@ -174,13 +181,27 @@ class ChatBot(PlansReplies):
                                  on_evict=lambda entry: self.metrics.evictions.inc(), disk=disk, device=self.device)
         restored = self.cache.restore()
         self.engine = Engine(model, tokenizer, end_of_turn_ids(model, tokenizer), self.cache, self.max_waiting,
-                             self.max_batch or MAX_BATCH[kind], PREFILL_CHUNK[kind], self.max_seconds,
+                             max_batch, PREFILL_CHUNK[kind], self.max_seconds,
                              self.metrics, on_failure=self._failed).start()
         log.info("KV cache reuse %s, budget %d MB, %s; up to %d replies decoded together",
                  "on" if self.kv_reuse else "off", budget_mb,
                  f"disk tier {disk.budget // 2**20} MB in {self.kv_disk_dir} ({restored} kept from before)" if disk
                  else "no disk tier", self.engine.max_batch)
+        if kind == "cuda":
+            log.info("warmed up in %.1f s", self.warm_up())
         self._loaded.set()
+
+    def warm_up(self) -> float:
+        """Run one short reply through the engine, so that the first person does not pay the GPU's one-time set-up
+        (cuBLAS handles, attention kernels); nothing of it is kept. Returns the seconds it took."""
+        started = time.monotonic()
+        ids = self.memory.render([{"role": "user", "content": "Hello"}])
+        stream = self.engine.submit(ids, SamplingParams(max_new_tokens=4, temperature=0), owner=WARM_UP,
+                                    conversation=WARM_UP)
+        for _ in stream:
+            pass
+        self.cache.forget({WARM_UP})
+        return time.monotonic() - started
 
     def close(self, seconds: float = 30.0) -> None:
         """End every reply (as cancelled), stop the engine's worker thread, and write the kept KV caches to the

@@ -2,6 +2,11 @@
 
 Models come from harness/assets.py (PyPI packages that carry real files; nothing is
 fetched from a model hub). `HF_HUB_OFFLINE=1` makes any accidental hub access fail fast.
+
+The suite runs on CPU in fp32 even on a GPU machine (`CUDA_VISIBLE_DEVICES` is emptied for it
+and the servers it starts): its token-for-token comparisons are exact there, where bf16 on a
+GPU breaks near-ties differently (issue 23, item 6). The GPU has its own check,
+`bench/gpu_check.py`; `WEBBOT_TESTS_GPU=1` lets the suite see the GPU anyway.
 """
 
 import os
@@ -12,6 +17,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+if os.environ.get("WEBBOT_TESTS_GPU") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before anything initialises CUDA
 
 from harness import assets  # noqa: E402
 from harness.server_process import Server  # noqa: E402

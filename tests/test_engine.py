@@ -145,10 +145,58 @@ def test_reply_length_never_exceeds_the_context(tiny_bot):
 def test_auto_device_and_dtype_on_this_machine():
     device, dtype = resolve_device_dtype()
     if torch.cuda.is_available():
-        assert (device, dtype) == ("cuda", "bfloat16")
+        assert device == "cuda" and dtype == ("bfloat16" if torch.cuda.is_bf16_supported(False) else "float16")
     else:
         assert (device, dtype) == ("cpu", "float32")  # measured 5x faster prefill than bf16 here
     assert resolve_device_dtype("cpu", "bfloat16") == ("cpu", "bfloat16")
+
+
+@pytest.mark.parametrize("native_bf16, dtype", [(True, "bfloat16"), (False, "float16")])
+def test_auto_picks_fp16_on_a_gpu_without_native_bf16(monkeypatch, native_bf16, dtype):
+    """Issue 23, item 4: a T4 or V100 emulates bf16 slowly. No GPU here: torch.cuda's answer is replaced."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native_bf16)
+    assert resolve_device_dtype("cuda", "auto") == ("cuda", dtype)
+    assert resolve_device_dtype("cuda:1", "float32") == ("cuda:1", "float32")  # asked for: kept
+
+
+def test_the_gpu_kv_budget_leaves_room_for_the_largest_batch(monkeypatch):
+    """Issue 23, item 3: the budget was a quarter of the card's memory, blind to the weights, the batch in flight
+    and other processes. No GPU here: torch.cuda's memory queries are replaced by a 24 GiB card's."""
+    from types import SimpleNamespace
+
+    from webbot.model.loading import default_kv_cache_mb
+
+    gib = 1024**3
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=24 * gib))
+    for free, batch, expected in [(20 * gib, 2 * gib, 6 * 1024),  # plenty free: a quarter of the card
+                                  (8 * gib, 2 * gib, 4 * 1024),  # a busy card: what is free less two batches
+                                  (3 * gib, 2 * gib, 0)]:  # no room at all: nothing is kept
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, free=free: (free, 24 * gib))
+        assert default_kv_cache_mb("cuda:0", batch) == expected
+    assert default_kv_cache_mb("cpu", 10 * gib) == 2048  # KV_CACHE_MB_CPU
+
+
+def test_a_tokens_kv_bytes_are_what_the_model_writes(tiny_bot):
+    from transformers import DynamicCache
+
+    from webbot.model.loading import kv_bytes_per_token
+
+    cache = DynamicCache()
+    with torch.inference_mode():
+        tiny_bot.engine.model(input_ids=torch.tensor([[5, 6, 7, 8, 9, 10, 11]]), past_key_values=cache, use_cache=True)
+    written = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+    assert kv_bytes_per_token(tiny_bot.engine.model, tiny_bot.dtype) * 7 == written
+
+
+def test_warming_up_runs_one_reply_and_keeps_nothing_of_it(tiny_bot):
+    """Issue 23, item 4: on a GPU the load ends with one short reply, so the first person does not pay for cuBLAS
+    and the attention kernels starting; here on CPU the same call runs and leaves nothing behind."""
+    from chat_bot import WARM_UP
+
+    before = len(tiny_bot.cache)
+    assert tiny_bot.warm_up() > 0
+    assert len(tiny_bot.cache) == before and not any(e.owner == WARM_UP for e in tiny_bot.cache._entries)
+    assert tiny_bot.engine.running == 0 and tiny_bot.ready
 
 
 def test_gguf_paths_are_split_into_directory_and_file(tmp_path):

@@ -69,3 +69,42 @@ def test_buffers_that_grow_while_a_padded_batch_decodes_change_no_token(tiny_mod
         assert (moves == 0) if room == GROWTH_ROOM else (len(masks) // 8 - 1 <= moves <= len(masks) // 8 + 1)
     bot.close()
     assert replies[8] == replies[GROWTH_ROOM]
+
+
+def test_out_of_memory_mid_pass_lets_go_of_kept_caches_and_runs_the_pass_again(tiny_model_dir):
+    """Issue 23, item 3: an OOM on a busy GPU failed the whole batch. Now the prefix cache lets go of its kept
+    tensors and the pass runs once more from where it started, forgetting what its first try wrote into the
+    batch's buffers. The OOM is raised from the second decoder layer (a pre-hook on the real model), after the
+    first has written its keys and values: in prefill, and in a decode step of two rows. No GPU here: the error
+    is the one torch raises for CUDA."""
+    prompts = ["Hi", QUESTIONS[1] * 3]
+    bot = ChatBot(str(tiny_model_dir), max_tokens=2048, max_batch=2).load()
+    expected = []
+    for prompt in prompts:
+        stream = bot.generate(bot.plan([], prompt), greedy(30))
+        list(stream)
+        expected.append(stream.generated_ids)
+    assert bot.cache.nbytes > 0  # both replies' caches are kept
+
+    failed, batched = [], []
+
+    def oom_once_in_a_while(module, args):  # args[0]: the hidden states, [rows, tokens, width]
+        rows, tokens = args[0].shape[:2]
+        batched.append(rows == 2 and tokens == 1)
+        second_chunk = tokens > 1 and "prefill" not in failed and module.prefills_seen
+        module.prefills_seen += tokens > 1
+        if second_chunk or (sum(batched) == 10 and "decode" not in failed):
+            failed.append("prefill" if tokens > 1 else "decode")
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+
+    bot.engine.model.model.layers[1].prefills_seen = 0
+    bot.engine.prefill_chunk = 16  # a prompt in several chunks: the second of them fails
+    hook = bot.engine.model.model.layers[1].register_forward_pre_hook(oom_once_in_a_while)
+    streams = [bot.generate(bot.plan([], p), greedy(30), owner="other") for p in prompts]  # nothing to reuse
+    for stream in streams:
+        list(stream)
+    hook.remove()
+    bot.close()
+    assert [s.generated_ids for s in streams] == expected
+    assert failed == ["prefill", "decode"]  # each pass ran once more, and only once
+    assert not any(entry.kv for entry in bot.cache._entries if entry.owner == "")  # the kept tensors were let go

@@ -303,3 +303,34 @@ def test_one_faster_whisper_thread_leaves_no_thread_pool_behind(whisper_ct2_dir)
         assert out.returncode == 0, out.stderr[-2000:]
         left[threads] = int(out.stdout.strip().splitlines()[-1])
     assert left[1] < left[0], left
+
+
+def test_faster_whisper_on_a_gpu_says_at_load_what_it_lacks(monkeypatch, whisper_ct2_dir):
+    """Issue 23, item 5: faster-whisper on CUDA needs the CUDA 12 cuBLAS/cuDNN libraries its wheels expect; a
+    missing one failed the first clip. Now the load checks, says what to install, and uses the GPU asked for
+    (`cuda:1`). No GPU here: CTranslate2's device count and model are replaced (mocks), the rest is the product's."""
+    import ctranslate2
+    import faster_whisper
+
+    monkeypatch.setattr(ctranslate2, "get_cuda_device_count", lambda: 0)
+    broken = Transcriber(str(whisper_ct2_dir), "faster-whisper", "cuda:1")
+    with pytest.raises(SpeechUnavailable, match="sees no CUDA device"):
+        broken.load()
+    assert "nvidia-cublas-cu12" in broken.error and "WEBBOT_SPEECH_BACKEND=transformers" in broken.error
+
+    made = []
+
+    class WithoutCublas:
+        def __init__(self, model, **options):
+            made.append(options)
+
+        def transcribe(self, samples, **options):
+            raise RuntimeError("Library libcublas.so.12 is not found or cannot be loaded")
+
+    monkeypatch.setattr(ctranslate2, "get_cuda_device_count", lambda: 2)
+    monkeypatch.setattr(faster_whisper, "WhisperModel", WithoutCublas)
+    lacking = Transcriber(str(whisper_ct2_dir), "faster-whisper", "cuda:1")
+    with pytest.raises(SpeechUnavailable, match="cannot run on cuda:1: Library libcublas.so.12"):
+        lacking.load()
+    assert made == [{"device": "cuda", "device_index": 1, "compute_type": "float16", "cpu_threads": 0}]
+    assert "nvidia-cudnn-cu12" in lacking.error

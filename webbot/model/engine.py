@@ -30,16 +30,9 @@ import torch
 from transformers.cache_utils import Cache
 
 from webbot.config import MAX_REPLY_SECONDS, MAX_WAITING
+from webbot.model import kv_buffer
 from webbot.model.decoding import TextDecoder, sample_tokens
 from webbot.model.gpu_failures import unrecoverable
-from webbot.model.kv_buffer import (
-    GROWTH_ROOM,
-    BufferedLayer,
-    buffered_cache,
-    cache_nbytes,
-    padding_mask,
-    stack_left_padded,
-)
 from webbot.model.kv_cache import PrefixCache
 from webbot.model.metrics import Metrics
 from webbot.model.stream import EngineBusy, EngineFailed, NoUsableToken, SamplingParams, Stream
@@ -73,7 +66,7 @@ class Engine:
 
     def __init__(self, model, tokenizer, eos_ids: list[int], cache: PrefixCache, max_waiting: int = MAX_WAITING,
                  max_batch: int = 8, prefill_chunk: int = 256, max_seconds: float = MAX_REPLY_SECONDS,
-                 metrics: Metrics | None = None, growth_room: int = GROWTH_ROOM,
+                 metrics: Metrics | None = None, growth_room: int = kv_buffer.GROWTH_ROOM,
                  on_failure: Callable[[str], None] | None = None):
         if max_waiting < 1 or max_batch < 1:
             raise ValueError("max_waiting and max_batch must be at least 1")
@@ -125,7 +118,7 @@ class Engine:
     @property
     def kv_bytes(self) -> int:
         """Bytes of KV cache held: the prefix cache plus the streams in flight."""
-        held = self.cache.nbytes + cache_nbytes(self._batch)
+        held = self.cache.nbytes + kv_buffer.cache_nbytes(self._batch)
         storages = {}  # rows outside the batch may hold views of one buffer: each buffer counts once
         for row in list(self.rows) + list(self.prefilling):
             kv = row.kv  # read once: the worker may replace it meanwhile
@@ -259,7 +252,7 @@ class Engine:
             if source is not None and source.owner == stream.owner and found.tokens >= source.prompt_len - 1:
                 row.source = source
             first = found.tokens if found.kv else min(self.prefill_chunk, len(row.ids))  # the first tokens written
-            row.cache = buffered_cache(found.kv, room=len(row.ids) - first)  # just the prompt: it never grows
+            row.cache = kv_buffer.buffered_cache(found.kv, room=len(row.ids) - first)  # the prompt: never grows
             row.pos = stream.reused_tokens = found.tokens
             self.metrics.prompt_tokens.labels("reused").inc(found.tokens)
             self.metrics.prompt_tokens.labels("computed").inc(len(row.ids) - found.tokens)
@@ -268,9 +261,9 @@ class Engine:
         end = min(row.pos + self.prefill_chunk, len(row.ids))
         device = self.model.device
         started = time.monotonic()
-        out = self.model(input_ids=torch.tensor([row.ids[row.pos:end]], device=device),
-                         position_ids=torch.arange(row.pos, end, device=device).unsqueeze(0),
-                         past_key_values=row.cache, use_cache=True, logits_to_keep=1)
+        out = self._forward(row.cache, row.pos, input_ids=torch.tensor([row.ids[row.pos:end]], device=device),
+                            position_ids=torch.arange(row.pos, end, device=device).unsqueeze(0),
+                            past_key_values=row.cache, use_cache=True, logits_to_keep=1)
         self.cache.rates.prefilled(end - row.pos, time.monotonic() - started)
         row.pos = end
         if end < len(row.ids):
@@ -302,11 +295,12 @@ class Engine:
         mask = None
         if self._mask is not None:
             if self._mask.shape[1] <= length:
-                self._mask = padding_mask(self._pads, length + 1 + self.growth_room, device)
+                self._mask = kv_buffer.padding_mask(self._pads, length + 1 + self.growth_room, device)
             mask = self._mask[:, :length + 1]
-        out = self.model(input_ids=torch.tensor([[row.ids[-1]] for row in self.rows], device=device),
-                         position_ids=torch.tensor([[length - pad] for pad in self._pads], device=device),
-                         attention_mask=mask, past_key_values=self._batch, use_cache=True)
+        out = self._forward(self._batch, length,
+                            input_ids=torch.tensor([[row.ids[-1]] for row in self.rows], device=device),
+                            position_ids=torch.tensor([[length - pad] for pad in self._pads], device=device),
+                            attention_mask=mask, past_key_values=self._batch, use_cache=True)
         tokens = sample_tokens(out.logits[:, -1], [row.stream.params for row in self.rows])
         for row, token in list(zip(self.rows, tokens, strict=True)):
             if token is None:
@@ -316,16 +310,29 @@ class Engine:
             if reason:
                 self._leave(row, reason)
 
+    def _forward(self, cache, length: int, **inputs):
+        """The model's forward pass. Out of memory, the prefix cache's kept tensors are let go and the pass runs
+        once more from where it started (what it wrote into `cache` past `length` is forgotten first)."""
+        try:
+            return self.model(**inputs)
+        except torch.OutOfMemoryError:
+            freed = self.cache.release()
+            for layer in cache.layers:
+                layer.truncate(length)
+            log.warning("out of memory in a forward pass: let go of %.0f MB of kept KV caches, trying it once more",
+                        freed / 2**20)
+            return self.model(**inputs)
+
     def _rebuild(self) -> None:
         """Stack the decoding rows' caches into one left-padded batch (after a join or a leave)."""
-        layers, self._pads = stack_left_padded([row.kv for row in self.rows], self.growth_room)
+        layers, self._pads = kv_buffer.stack_left_padded([row.kv for row in self.rows], self.growth_room)
         for row in self.rows:
             row.kv = None  # the batch holds it now
         capacity = layers[0][0].shape[2]
         length = capacity - self.growth_room  # the longest row's
-        self._batch = Cache(layers=[BufferedLayer.over(keys, values, length, self.growth_room)
+        self._batch = Cache(layers=[kv_buffer.BufferedLayer.over(keys, values, length, self.growth_room)
                                     for keys, values in layers])
-        self._mask = padding_mask(self._pads, capacity, self.model.device) if any(self._pads) else None
+        self._mask = kv_buffer.padding_mask(self._pads, capacity, self.model.device) if any(self._pads) else None
 
     def _leave(self, row: _Row, reason: str, error: BaseException | None = None) -> None:
         """Take a row out of the batch; the others are restacked before the next step."""
@@ -374,7 +381,8 @@ class Engine:
                 stream.push(tail)
             if reason != "error" and len(row.ids) > len(stream.prompt_ids):
                 try:
-                    kv = [(_compact(k), _compact(v)) for k, v in row.kv] if row.kv and self.cache.reuse else None
+                    kept = row.kv if self.cache.reuse else None
+                    kv = [(kv_buffer.compact(k), kv_buffer.compact(v)) for k, v in kept] if kept else None
                     # kv covers all ids but the last
                     self.cache.add(row.ids, kv, len(stream.prompt_ids), row.source, stream.owner,
                                    stream.public_tokens, stream.conversation)
@@ -384,10 +392,3 @@ class Engine:
             row.kv = row.cache = None
             self.metrics.replies.labels(reason).inc()
             stream.end(reason, error)
-
-
-def _compact(tensor):
-    """The tensor itself when it owns just its own memory, else a copy (so a big batch can be freed)."""
-    if tensor.untyped_storage().nbytes() > tensor.numel() * tensor.element_size():
-        return tensor.clone()
-    return tensor

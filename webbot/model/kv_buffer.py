@@ -86,6 +86,12 @@ class BufferedLayer(DynamicLayer):
     def get_seq_length(self) -> int:
         return self.length
 
+    def truncate(self, length: int) -> None:
+        """Forget the tokens after the first `length` (those a failed forward pass wrote)."""
+        if self.is_initialized and length < self.length:
+            self.length = length
+            self.keys, self.values = self._keys[:, :, :length], self._values[:, :, :length]
+
     def reset(self) -> None:
         self.length, self._keys, self._values = 0, None, None
         self.keys = self.values = None
@@ -141,3 +147,10 @@ def padding_mask(pads: list[int], capacity: int, device) -> torch.Tensor:
     for i, pad in enumerate(pads):
         mask[i, :pad] = 0
     return mask
+
+
+def compact(tensor):
+    """The tensor itself when it owns just its own memory, else a copy (so a big batch can be freed)."""
+    if tensor.untyped_storage().nbytes() > tensor.numel() * tensor.element_size():
+        return tensor.clone()
+    return tensor

@@ -280,6 +280,18 @@ class PrefixCache:
         self._writes.join()
         return written
 
+    def release(self) -> int:
+        """Out of memory: every kept tensor leaves memory now (an entry keeps its ids, and its file if it has one),
+        so a failed step can be tried again; returns the bytes let go."""
+        with self._lock:
+            freed = 0
+            for entry in self._entries:
+                if entry.kv is not None:
+                    freed += entry.nbytes
+                    entry.kv = None
+                    self.on_evict(entry)
+            return freed
+
     def _drop(self, gone: list[Entry]) -> None:
         """Take entries out (under the lock), and their files with them."""
         if not gone:

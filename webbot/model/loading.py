@@ -22,7 +22,8 @@ LOAD_HEARTBEAT_S = 10
 
 
 def resolve_device_dtype(device: str = "auto", dtype: str = "auto") -> tuple[str, str]:
-    """Pick the device and dtype: CUDA with bf16 when there is a GPU; on CPU, fp32.
+    """Pick the device and dtype: CUDA with bf16 when there is a GPU (fp16 where it has no native bf16); on CPU,
+    fp32.
 
     On CPU, fp32 prefill is measured 5x faster than bf16 on an AVX2 machine without native
     bf16 (docs/benchmarks.md, the dtype table), at twice the memory.
@@ -30,7 +31,10 @@ def resolve_device_dtype(device: str = "auto", dtype: str = "auto") -> tuple[str
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+        if device.startswith("cuda"):  # fp16 on cards without native bf16 (T4, V100); non-numbers are never sampled
+            dtype = "bfloat16" if torch.cuda.is_bf16_supported(including_emulation=False) else "float16"
+        else:
+            dtype = "float32"
     return device, dtype
 
 
@@ -77,12 +81,24 @@ def progress_in_log(what: str):
         done.set()
 
 
-def default_kv_cache_mb(device: str) -> int:
-    """The KV cache budget when none is set: a share of the GPU's memory, or KV_CACHE_MB_CPU on CPU."""
+def default_kv_cache_mb(device: str, batch_bytes: int = 0) -> int:
+    """The KV cache budget when none is set: KV_CACHE_MB_CPU on CPU. On CUDA, a share of the GPU's memory, but
+    never more than is free now (after the weights, and whatever else runs on the card) less twice the largest
+    batch's KV cache, `batch_bytes` (restacking a batch holds two copies for a moment)."""
     if device.startswith("cuda"):
         total = torch.cuda.get_device_properties(torch.device(device)).total_memory
-        return int(total * KV_CACHE_GPU_SHARE / (1024 * 1024))
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        budget = min(total * KV_CACHE_GPU_SHARE, max(0, free - 2 * batch_bytes))
+        return int(budget / (1024 * 1024))
     return KV_CACHE_MB_CPU
+
+
+def kv_bytes_per_token(model, dtype: str) -> int:
+    """Bytes of keys and values one token takes in the model's KV cache (all layers), computed in `dtype`."""
+    config = model.config
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return config.num_hidden_layers * 2 * heads * head_dim * getattr(torch, dtype).itemsize
 
 
 def default_kv_disk_mb(directory: Path) -> int:

@@ -83,19 +83,43 @@ def language_code(value: str | None) -> str | None:
     return code
 
 
+CUDA_LIBRARIES_ADVICE = ("faster-whisper on a GPU needs the CUDA 12 cuBLAS and cuDNN 9 libraries (pip install "
+                         "nvidia-cublas-cu12 nvidia-cudnn-cu12, or the system's CUDA 12), or use "
+                         "WEBBOT_SPEECH_BACKEND=transformers, which runs on PyTorch's own CUDA libraries.")
+
+
+def _require_cuda_libraries() -> None:
+    """Raise with a sentence when CTranslate2 sees no CUDA device (its build or the driver does not fit)."""
+    import ctranslate2
+
+    if ctranslate2.get_cuda_device_count() == 0:
+        raise RuntimeError(f"faster-whisper (CTranslate2 {ctranslate2.__version__}) sees no CUDA device. "
+                           f"{CUDA_LIBRARIES_ADVICE}")
+
+
 class FasterWhisperBackend:
     """Whisper on CTranslate2 (faster-whisper), which handles long clips and pauses itself."""
 
     def __init__(self, model: str, device: str, cpu_threads: int = 0):
-        """`cpu_threads`: CTranslate2's threads on CPU (0: its own default)."""
+        """`cpu_threads`: CTranslate2's threads on CPU (0: its own default). On CUDA (`cuda` or `cuda:N`) the
+        libraries CTranslate2 needs are checked now, by transcribing a moment of silence, so that a missing one
+        is said at load, with what to install, instead of failing the first clip."""
         from faster_whisper import WhisperModel
 
         if model.startswith("openai/whisper-"):  # the same model under faster-whisper's own names
             model = model.removeprefix("openai/whisper-")
         cuda = device.startswith("cuda")
         self.cpu_threads = 0 if cuda else cpu_threads
-        self.model = WhisperModel(model, device="cuda" if cuda else "cpu", compute_type="float16" if cuda else "int8",
-                                  cpu_threads=self.cpu_threads)
+        if cuda:
+            _require_cuda_libraries()
+        index = int(device.partition(":")[2] or 0) if cuda else 0
+        self.model = WhisperModel(model, device="cuda" if cuda else "cpu", device_index=index,
+                                  compute_type="float16" if cuda else "int8", cpu_threads=self.cpu_threads)
+        if cuda:
+            try:
+                list(self.model.transcribe(np.zeros(SAMPLE_RATE, dtype=np.float32), beam_size=1)[0])
+            except RuntimeError as exc:
+                raise RuntimeError(f"faster-whisper cannot run on {device}: {exc}. {CUDA_LIBRARIES_ADVICE}") from exc
 
     def transcribe(self, samples: np.ndarray, spans: list[tuple[int, int]], language: str | None):
         pieces, info = self.model.transcribe(samples, language=language, beam_size=5, vad_filter=True,
