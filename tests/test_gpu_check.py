@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_the_gpu_check_dry_run_passes_every_stage_and_writes_a_docs_section(tmp_path):
     from bench.gpu_check import STAGES, docs_section
 

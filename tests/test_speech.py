@@ -291,6 +291,7 @@ os._exit(0)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="CTranslate2's default is one thread on one core")
 def test_one_faster_whisper_thread_leaves_no_thread_pool_behind(whisper_ct2_dir):
     """The cause bench_threads measures: with CTranslate2's default, a transcription leaves an OpenMP pool alive
