@@ -386,8 +386,8 @@ def docs_section(results: list[dict]) -> str:
     return "\n".join(lines) + "\n" + DOCS_MARK + "\n"
 
 
-def write_docs(results: list[dict]) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
+def write_docs(results: list[dict], path: Path) -> None:
+    """Put the figures' section into `path` (in place of the last run's, if it has one)."""
     text = path.read_text()
     section = docs_section(results)
     if DOCS_MARK in text:
@@ -406,6 +406,7 @@ def main() -> None:
     parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     parser.add_argument("--out", type=Path, help="also write the JSON lines here")
     parser.add_argument("--docs", action="store_true", help="write the figures into docs/benchmarks.md")
+    parser.add_argument("--docs-file", type=Path, default=ROOT / "docs" / "benchmarks.md", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     results = []
@@ -418,7 +419,7 @@ def main() -> None:
             with args.out.open("a") as out:
                 out.write(line + "\n")
     if args.docs:
-        write_docs(results)
+        write_docs(results, args.docs_file)
     sys.exit(0 if all(r["ok"] for r in results) else 1)
 
 

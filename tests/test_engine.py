@@ -319,6 +319,34 @@ def test_only_an_accelerator_error_counts_as_a_gpu_that_failed_for_good():
     assert not unrecoverable(ValueError("CUDA error"))
 
 
+def test_after_a_gpu_failure_replies_running_and_waiting_end_with_it_and_new_ones_are_refused(tiny_model_dir,
+                                                                                               monkeypatch):
+    """Issue 23, item 2, in the engine: one reply runs (max_batch 1), two wait; the CUDA error (injected: no GPU
+    here) ends all three with the same sentence, and a later submit is refused with it."""
+    from webbot.model.stream import EngineFailed
+
+    bot = ChatBot(str(tiny_model_dir), max_tokens=1024, max_batch=1).load()
+    passes = []
+
+    def fails_on_pass_3(model, **kwargs):
+        passes.append(1)
+        if len(passes) == 3:
+            raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+        return model(**kwargs)
+
+    monkeypatch.setattr(bot.engine, "model", ModelStandIn(bot.engine.model, fails_on_pass_3))
+    streams = [bot.generate(bot.plan([], f"Story {i}"), SamplingParams(max_new_tokens=20, temperature=0))
+               for i in range(3)]
+    for stream in streams:
+        with pytest.raises(EngineFailed, match="GPU failed .*illegal memory access"):
+            _read(stream)
+        assert stream.finish_reason == "error"
+    with pytest.raises(EngineFailed):
+        bot.generate(bot.plan([], "Anyone there?"), SamplingParams(max_new_tokens=5, temperature=0))
+    assert not bot.ready and "GPU failed" in bot.failure and len(passes) == 3
+    bot.close()
+
+
 def test_a_token_id_outside_the_vocabulary_is_refused_before_it_reaches_the_model(tiny_bot):
     """Issue 23, item 2: on CUDA an embedding lookup past the table is a device-side assert; the engine refuses
     such a prompt when it is submitted (a tokenizer that does not match its model), and goes on serving."""

@@ -85,6 +85,7 @@ class Engine:
         self._closing = threading.Event()
         self._worker: threading.Thread | None = None
         self.failed: str | None = None  # why the accelerator can no longer run the model, once it cannot
+        self._admission = threading.Lock()  # submit's check of `failed` and its put, against the failure's drain
         self.on_failure = on_failure  # told that sentence once (the app restarts the process)
 
     def start(self) -> "Engine":
@@ -139,8 +140,6 @@ class Engine:
         """Queue a reply for `owner`, who may reuse only their own cached prompts beyond the first `public_tokens`
         (its cache is kept under `conversation`, so deleting that removes it); raises EngineBusy when too many are
         already waiting."""
-        if self.failed:
-            raise EngineFailed(self.failed)
         if not prompt_ids:
             raise ValueError("the prompt has no tokens")
         rows = self.model.get_input_embeddings().num_embeddings
@@ -149,7 +148,10 @@ class Engine:
                              f"tokenizer does not match the model")
         stream = Stream(prompt_ids, params, owner, public_tokens, conversation)
         try:
-            self.requests.put_nowait(stream)
+            with self._admission:  # a GPU failure empties the queue under this lock: nothing slips in after
+                if self.failed:
+                    raise EngineFailed(self.failed)
+                self.requests.put_nowait(stream)
         except queue.Full:
             self.metrics.rejected.inc()
             raise EngineBusy(f"{self.requests.maxsize} requests are already waiting") from None
@@ -180,7 +182,7 @@ class Engine:
                             self.prefilling.remove(row)
                         if row not in self.rows:
                             self._finish(row, "error", EngineFailed(self.failed) if self.failed else exc)
-                if self.rows:
+                if self.rows and not self.failed:
                     try:
                         self._decode_step()
                     except BaseException as exc:
@@ -193,11 +195,9 @@ class Engine:
         if self.failed:  # nothing is run on the accelerator again: every reply started or waiting ends
             error = EngineFailed(self.failed)
             waiting = []
-            while True:
-                try:
+            with self._admission:
+                while not self.requests.empty():
                     waiting.append(self.requests.get_nowait())
-                except queue.Empty:
-                    break
             for row in self.prefilling + self.rows:
                 row.kv = row.cache = None
                 self._finish(row, "error", error)
