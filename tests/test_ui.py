@@ -540,7 +540,8 @@ def test_switch_chats_and_start_one_while_a_reply_is_written(start_server, tiny_
 
 
 def test_scrolled_up_to_read_the_view_stays_put_while_a_reply_streams(start_server, tiny_model_dir, page):
-    server = start_server(tiny_model_dir, WEBBOT_MAX_TOKENS="65536")  # a reply long enough to read back in
+    # a reply long enough to read back in: greedy, since a sampled one from this random model may end any time
+    server = start_server(tiny_model_dir, WEBBOT_MAX_TOKENS="65536", WEBBOT_TEMPERATURE="0")
     page.goto(server.url)
     ask(page, "Write at length.")
     page.wait_for_selector(".message.assistant.streaming")
@@ -549,9 +550,11 @@ def test_scrolled_up_to_read_the_view_stays_put_while_a_reply_streams(start_serv
     gap = f"{box}.scrollHeight - {box}.scrollTop - {box}.clientHeight"
     assert page.evaluate(gap) < 48  # following the stream while at the bottom
     page.hover("#messages")
-    page.mouse.wheel(0, -5000)  # the reader scrolls up to read
-    # Near the top: Chromium sometimes stops a few pixels short of it (23 px was seen on a busy machine)
-    wait_for(page, f"{box}.scrollTop < 48")
+    # the reader scrolls up to read: past the top, however long the reply has grown meanwhile (a fixed 5,000 px
+    # fell short once replies came faster)
+    page.mouse.wheel(0, -(page.evaluate(f"{box}.scrollHeight") + 20_000))
+    # Near the top: Chromium sometimes stops short of it while the reply grows (23 px and 68 px were seen)
+    wait_for(page, f"{box}.scrollTop < {box}.clientHeight / 4")
     top = page.evaluate(f"{box}.scrollTop")
     page.wait_for_timeout(1000)  # tokens keep coming
     assert page.evaluate(f"{box}.scrollTop") == top and page.evaluate(gap) > 400  # the view stays put
