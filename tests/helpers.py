@@ -170,6 +170,20 @@ class ModelStandIn(torch.nn.Module):
         return self.inner.device
 
 
+def failing_on_pass(model, n: int, error: BaseException) -> ModelStandIn:
+    """The real model, raising `error` on its n-th forward pass (`.passes` counts them), as a GPU fails."""
+
+    def forward(inner, **kwargs):
+        stand_in.passes += 1
+        if stand_in.passes == n:
+            raise error
+        return inner(**kwargs)
+
+    stand_in = ModelStandIn(model, forward)
+    stand_in.passes = 0
+    return stand_in
+
+
 def fake_kv(tokens: int) -> list[tuple]:
     """Tensors shaped like one layer's keys and values for `tokens` tokens (100 bytes a token)."""
     return [(torch.zeros(1, 1, tokens, 50, dtype=torch.uint8), torch.zeros(1, 1, tokens, 50, dtype=torch.uint8))]

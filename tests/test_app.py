@@ -73,22 +73,15 @@ def test_a_gpu_that_fails_for_good_ends_every_reply_says_why_and_restarts_the_pr
     the real tiny model's forward (the error type torch raises for it)."""
     import torch
 
-    from tests.helpers import ModelStandIn
+    from tests.helpers import failing_on_pass
 
     bot = ChatBot(str(tiny_model_dir), max_tokens=1024).load()
     told = []
     app = make_app(bot=bot)
     bot.on_failure = told.append  # start_loading would make this exit the process
     client = app.test_client()
-    passes = []
-
-    def fails_on_pass_4(model, **kwargs):
-        passes.append(1)
-        if len(passes) == 4:
-            raise torch.AcceleratorError("CUDA error: device-side assert triggered")
-        return model(**kwargs)
-
-    monkeypatch.setattr(bot.engine, "model", ModelStandIn(bot.engine.model, fails_on_pass_4))
+    stand_in = failing_on_pass(bot.engine.model, 4, torch.AcceleratorError("CUDA error: device-side assert triggered"))
+    monkeypatch.setattr(bot.engine, "model", stand_in)
     cid = new_conversation(client)
     events = send(client, cid, "Tell me a story.")
     assert events[-1][0] == "error" and "GPU failed" in events[-1][1]["message"], events[-1]
@@ -105,7 +98,7 @@ def test_a_gpu_that_fails_for_good_ends_every_reply_says_why_and_restarts_the_pr
     assert "GPU failed" in other.get("/healthz").json["error"]
     response = other.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
     assert response.status_code == 503 and "GPU failed" in response.json["error"]["message"]
-    assert len(passes) == 4 and len(told) == 1  # the model is never run again
+    assert stand_in.passes == 4 and len(told) == 1  # the model is never run again
 
 
 def test_after_a_gpu_failure_the_process_exits_with_status_1_for_a_fresh_start(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from chat_bot import ChatBot
-from tests.helpers import ModelStandIn
+from tests.helpers import ModelStandIn, failing_on_pass
 from webbot.model.decoding import TextDecoder
 from webbot.model.engine import NoUsableToken
 from webbot.model.loading import resolve_device_dtype, split_gguf
@@ -326,15 +326,9 @@ def test_after_a_gpu_failure_replies_running_and_waiting_end_with_it_and_new_one
     from webbot.model.stream import EngineFailed
 
     bot = ChatBot(str(tiny_model_dir), max_tokens=1024, max_batch=1).load()
-    passes = []
-
-    def fails_on_pass_3(model, **kwargs):
-        passes.append(1)
-        if len(passes) == 3:
-            raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
-        return model(**kwargs)
-
-    monkeypatch.setattr(bot.engine, "model", ModelStandIn(bot.engine.model, fails_on_pass_3))
+    stand_in = failing_on_pass(bot.engine.model, 3,
+                               torch.AcceleratorError("CUDA error: an illegal memory access was encountered"))
+    monkeypatch.setattr(bot.engine, "model", stand_in)
     streams = [bot.generate(bot.plan([], f"Story {i}"), SamplingParams(max_new_tokens=20, temperature=0))
                for i in range(3)]
     for stream in streams:
@@ -343,7 +337,7 @@ def test_after_a_gpu_failure_replies_running_and_waiting_end_with_it_and_new_one
         assert stream.finish_reason == "error"
     with pytest.raises(EngineFailed):
         bot.generate(bot.plan([], "Anyone there?"), SamplingParams(max_new_tokens=5, temperature=0))
-    assert not bot.ready and "GPU failed" in bot.failure and len(passes) == 3
+    assert not bot.ready and "GPU failed" in bot.failure and stand_in.passes == 3
     bot.close()
 
 

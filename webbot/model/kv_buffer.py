@@ -110,12 +110,8 @@ def buffered_cache(kv: list[tuple] | None = None, room: int = GROWTH_ROOM) -> Ca
 
 
 def cache_nbytes(cache: Cache | None) -> int:
-    """Bytes a cache's layers hold (their buffers' capacity for buffered layers)."""
-    if cache is None:
-        return 0
-    return sum(layer.nbytes if isinstance(layer, BufferedLayer)
-               else 2 * layer.keys.numel() * layer.keys.element_size()
-               for layer in cache.layers if layer.keys is not None)
+    """Bytes a buffered cache's layers hold (their capacity, not just the filled part)."""
+    return sum(layer.nbytes for layer in cache.layers) if cache is not None else 0
 
 
 def stack_left_padded(rows: list[list[tuple]], room: int = 0) -> tuple[list[tuple], list[int]]:

@@ -13,7 +13,7 @@ from flask import Flask, jsonify, render_template, request
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
-from webbot.model.stream import ReplyFailed
+from webbot.model.stream import EngineFailed, ReplyFailed
 from webbot.model.upstream import UpstreamError
 from webbot.storage.errors import StorageUnavailable
 
@@ -75,8 +75,9 @@ def register_error_handlers(app: Flask) -> None:
         return error_response(exc.status, exc.sentence, "upstream_error", exc.code, headers)
 
     @app.errorhandler(ReplyFailed)
-    def reply_failed(exc: ReplyFailed):  # a reply read whole (a non-streamed /v1 call) that the model could not end
-        return error_response(503, str(exc), "server_error", "model_failed")
+    def reply_failed(exc: ReplyFailed):  # a GPU that failed (at submit, or for a reply read whole) or no usable token
+        headers = {"Retry-After": "60"} if isinstance(exc, EngineFailed) else {}  # a fresh process is on its way
+        return error_response(503, str(exc), "server_error", "model_failed", headers)
 
     @app.errorhandler(StorageUnavailable)
     def database_down(exc: StorageUnavailable):

@@ -2,7 +2,8 @@
 
 Whatever stands in the way is an ApiError with a sentence: a model still loading or
 failed (503), a message that alone overflows the context (413), a full queue (503 with
-Retry-After).
+Retry-After); a GPU that failed for good is an EngineFailed, which errors.py answers as a
+503 with its sentence wherever it is raised.
 """
 
 from webbot.model.memory import MessageTooLong
@@ -15,7 +16,7 @@ def require_ready(bot) -> None:
     if bot.ready:
         return
     if bot.failure:
-        raise ApiError(503, bot.failure, "model_failed", {"Retry-After": "60"})
+        raise EngineFailed(bot.failure)  # errors.py answers it
     if bot.error:
         raise ApiError(503, f"The model {bot.model_id} could not be loaded ({bot.error}); check WEBBOT_MODEL "
                             "and the server log, then restart the server.", "model_failed")
@@ -41,8 +42,6 @@ def start_reply(bot, history: list[dict], message: str, params: SamplingParams, 
         raise ApiError(413, f"{exc.sentence()}. {advice}", code) from None
     try:
         return plan, bot.generate(plan, params, owner, conversation)
-    except EngineFailed as exc:  # the GPU failed between the check above and now
-        raise ApiError(503, str(exc), "model_failed", {"Retry-After": "60"}) from None
     except EngineBusy:
         raise ApiError(503, "The server is busy with other replies; try again in a few seconds.", "busy",
                        {"Retry-After": "10"}) from None
