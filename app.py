@@ -30,7 +30,7 @@ from webbot.storage.documents import DocumentStore
 from webbot.storage.replies import LocalReplies, RedisReplies
 from webbot.storage.users import Users
 from webbot.voice.speaker import Speaker
-from webbot.web import accounts, api, attachments, conversations, messages, pages
+from webbot.web import accounts, api, attachments, conversations, memory_notes, messages, pages
 from webbot.web.auth import init_auth
 from webbot.web.cli import db_command, users_command
 from webbot.web.errors import register_error_handlers
@@ -107,7 +107,7 @@ def create_app(config: dict | None = None, bot=None, transcriber: Transcriber | 
 
     app.before_request(lambda: raise_body_limit(app))  # before the CSRF check, which reads the body
     init_auth(app, app_services.users)
-    for blueprint in (pages.bp, accounts.bp, conversations.bp, messages.bp, attachments.bp, api.bp):
+    for blueprint in (pages.bp, accounts.bp, conversations.bp, messages.bp, memory_notes.bp, attachments.bp, api.bp):
         app.register_blueprint(blueprint)
     app.cli.add_command(users_command)
     app.cli.add_command(db_command)

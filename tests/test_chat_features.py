@@ -287,11 +287,12 @@ def test_migrations_make_old_conversations_one_branch_searchable_and_unpinned(tm
                                     "VALUES ('c1', :role, :content, 'complete', :at)"),
                                {"role": role, "content": content, "at": n})
     database.upgrade(engine)
-    assert database.current_revision(engine) == database.head_revision() == "0006"
+    assert database.current_revision(engine) == database.head_revision() == "0007"
     store = store_module.Store(engine)
     messages = store.messages("c1")
     assert [m["parent_id"] for m in messages] == [None] + [m["id"] for m in messages[:-1]]
     assert all(m["pinned"] is False and m["recalled"] == [] for m in messages)  # 0004 on messages already there
+    assert all(m["note"] is None for m in messages)  # 0007: no notes yet
     conversation = store.get_conversation("me", "c1")
     assert conversation["leaf_id"] == messages[-1]["id"] and conversation["pinned"] is False
     assert store.search("me", "comet")[0]["conversation_id"] == "c1"

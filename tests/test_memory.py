@@ -44,7 +44,7 @@ def test_prompt_is_byte_equal_to_the_llama32_format(memory, llama_tokenizer):
     assert plan.prompt_ids[0] == 128000 and plan.prompt_ids.count(128009) == 4  # one <|eot_id|> per message
     assert 128001 not in plan.prompt_ids  # no <|end_of_text|> inside the history
     assert plan.as_dict() == {"used": len(plan.prompt_ids), "budget": 6144, "dropped": 0, "recalled": 0, "pinned": 0,
-                                 "passages": 0}
+                                 "passages": 0, "notes": 0, "unnoted": 0}
 
 
 def test_budget_is_context_minus_reply_reserve(memory):

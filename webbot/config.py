@@ -23,6 +23,9 @@ DEFAULT_REPLY_SHARE = 0.25  # of the context, kept for the reply (WEBBOT_MEMORY_
 DEFAULT_RECALL_SHARE = 0.15  # of the prompt budget, for messages recalled from outside memory (WEBBOT_RECALL_SHARE)
 RECALL_MOST = 3  # messages recalled for one reply at most
 PIN_SHARE = 0.10  # of the prompt budget, for pinned messages
+NOTE_SHARE = 0.10  # of the prompt budget, for the model's notes of messages outside memory (WEBBOT_MEMORY_SUMMARY)
+NOTE_TOKENS = 120  # the most tokens the model writes for one note
+MAX_NOTE_CHARS = 2000  # a note as stored, written by the model or edited by a person
 MODEL_BACKENDS = ("local", "openai")  # the model in this process, or an OpenAI-compatible server
 QUANTS = ("auto", "none", "int8")  # WEBBOT_QUANT: auto is int8 on CPU, none (bf16) on CUDA
 
@@ -150,6 +153,8 @@ def from_env(environ: dict | None = None) -> dict:
         # recall of messages outside memory: the default for every conversation (each can turn it off) and its room
         "WEBBOT_RECALL": _choice(env, "WEBBOT_RECALL", ("on", "off")) == "on",
         "WEBBOT_RECALL_SHARE": float(env.get("WEBBOT_RECALL_SHARE", DEFAULT_RECALL_SHARE)),
+        # the model writes notes of turns once they fall out of memory; they ride with the pinned messages
+        "WEBBOT_MEMORY_SUMMARY": _choice(env, "WEBBOT_MEMORY_SUMMARY", ("off", "on")) == "on",
         "WEBBOT_TEMPERATURE": float(env.get("WEBBOT_TEMPERATURE", PAGE_TEMPERATURE)),
         "WEBBOT_HOST": env.get("WEBBOT_HOST", "127.0.0.1"),
         "WEBBOT_PORT": int(env.get("WEBBOT_PORT", 5000)),

@@ -6,6 +6,7 @@ import { copyText } from "./rich.js";
 import { config, form, input, messagesBox, noticeIsAboutTheModel, showNotice, state, stopButton }
   from "./page.js";
 import { bringBack, followStoredReply, moveToBackground, streamReply } from "./reply.js";
+import { editNote } from "./notes.js";
 import { readingPressed } from "./speak.js";
 import { messageElement, setStatus, showConversation, showExportLinks, showGauge, showMessages, showPinned,
   showTitle, toolButton } from "./render.js";
@@ -242,6 +243,7 @@ export function init() {
     else if (button.classList.contains("continue")) continueReply(element);
     else if (button.classList.contains("pin")) pin(element, button);
     else if (button.classList.contains("recalled-link")) showRecalled(button.dataset.target);
+    else if (button.classList.contains("edit-note")) editNote(element);
     else if (button.classList.contains("read-aloud") || button.classList.contains("stop-reading")) {
       readingPressed(element, button);
     }

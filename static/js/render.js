@@ -1,5 +1,6 @@
 // Showing a conversation: its messages (Markdown already rendered and sanitised by the server), the versions
-// switch and tools of each message, pins, what a reply recalled, reply statuses, and the memory gauge.
+// switch and tools of each message, pins, what a reply recalled, notes of earlier messages, reply statuses, and the
+// memory gauge.
 // Text from users and titles is only ever set with textContent; assistant replies are
 // set as HTML only when the server has rendered and sanitised them.
 import { documentChips } from "./attach.js";
@@ -84,6 +85,33 @@ function sourcesLine(sources) {
   return line;
 }
 
+// Under the last message they cover: the notes kept of the messages up to it once they left memory ("": none worth
+// keeping). Set with textContent: a person may have written them.
+export function noteBox(note) {
+  const box = document.createElement("section");
+  box.className = "note";
+  box.setAttribute("aria-label", "Notes of the messages up to here");
+  const label = document.createElement("span");
+  label.className = "note-label";
+  label.textContent = note ? "Notes kept in memory of the messages up to here:" : "No notes kept of the messages up to here.";
+  const text = document.createElement("div");
+  text.className = "note-text";
+  text.textContent = note;
+  box.append(label, text, toolButton("edit-note", "Edit notes", "Edit the notes of the messages up to here"));
+  return box;
+}
+
+// A message's notes as stored now (after they were written, edited or forgotten).
+export function showNote(message) {
+  const element = messagesBox.querySelector(`.message[data-id="${message.id}"]`);
+  if (!element) return;
+  const old = element.querySelector(".note");
+  if (old) old.remove();
+  if (message.note !== null && message.note !== undefined) {
+    element.insertBefore(noteBox(message.note), element.querySelector(".message-tools"));
+  }
+}
+
 export function showPinned(element, pinned) {
   element.classList.toggle("pinned", pinned);
   const button = element.querySelector(".pin");
@@ -135,6 +163,7 @@ export function messageElement(message) {
     element.insertBefore(documentChips(message.documents, state.current), tools);
   }
   if (message.sources && message.sources.length) element.insertBefore(sourcesLine(message.sources), tools);
+  if (message.note !== null && message.note !== undefined) element.insertBefore(noteBox(message.note), tools);
   setStatus(element, message.status);
   return element;
 }
@@ -239,6 +268,7 @@ export function showGauge(memory) {
   const parts = n ? [`${n} earlier message${n === 1 ? " is" : "s are"} outside memory`] : [];
   if (memory.recalled) parts.push(`${memory.recalled} recalled for this reply`);
   if (memory.pinned) parts.push(`${memory.pinned} pinned`);
+  if (memory.notes) parts.push(`notes of ${memory.notes} part${memory.notes === 1 ? "" : "s"} kept`);
   if (memory.passages) parts.push(`${memory.passages} document passage${memory.passages === 1 ? "" : "s"} read`);
   document.getElementById("gauge-dropped").textContent = parts.join("; ");
 }

@@ -2,6 +2,7 @@
 // and, when the connection drops mid-reply, following the stored reply until it is whole.
 import { CSRF_TOKEN, api, errorText, reach, readEvents } from "./api.js";
 import { input, messagesBox, sendButton, showNotice, state, stopButton } from "./page.js";
+import { writeNotes } from "./notes.js";
 import { messageElement, scrollDown, setStatus, setWaiting, showConversation, showGauge } from "./render.js";
 
 // The finished reply is announced once (the message list is not a live region: it would read every token).
@@ -107,6 +108,7 @@ export async function streamReply(conversation, path, body, place, retry) {
           showGauge(data.memory);
           announce(`The reply is written: ${text.slice(0, ANNOUNCED_CHARS)}`);
         }
+        writeNotes(conversation, data.memory);
       } else if (event === "error") {
         setStatus(reply, data.status || "error");
         if (here()) showNotice(data.message);

@@ -40,7 +40,8 @@ class Bot(Protocol):
 
     def plan(self, history: list[dict], message: str, system_prompt: str | None = None,
              partial_reply: str | None = None, owner: str = "", pins: list[int] = (),
-             recall: bool = False, passages: list = (), question: str | None = None) -> MemoryPlan:
+             recall: bool = False, passages: list = (), question: str | None = None,
+             notes: dict[int, str] | None = None) -> MemoryPlan:
         """What the model would see for `message`; raises MessageTooLong."""
 
     def generate(self, plan: MemoryPlan, params: SamplingParams, owner: str = "",
@@ -77,14 +78,16 @@ class PlansReplies:
 
     def plan(self, history: list[dict], message: str, system_prompt: str | None = None,
              partial_reply: str | None = None, owner: str = "", pins: list[int] = (),
-             recall: bool = False, passages: list = (), question: str | None = None) -> MemoryPlan:
+             recall: bool = False, passages: list = (), question: str | None = None,
+             notes: dict[int, str] | None = None) -> MemoryPlan:
         """What the model would see for `message` after `history` in `owner`'s conversation, going on from
         `partial_reply` when given (raises MessageTooLong), with the pinned history messages `pins`, when
-        `recall` the best matches from outside memory, and the attached documents' `passages` that best match
-        `question` (see memory.py). The server's own system prompt makes a public head (see kv_cache.py)."""
+        `recall` the best matches from outside memory, the attached documents' `passages` that best match
+        `question`, and the `notes` kept on history messages (see memory.py). The server's own system prompt
+        makes a public head (see kv_cache.py)."""
         system = self.system_prompt if system_prompt is None else system_prompt
         return self.memory.plan(history, message, system, partial_reply, system == self.system_prompt, owner,
-                                pins, recall, passages, question)
+                                pins, recall, passages, question, notes)
 
     def reply_tokens(self, prompt_tokens: int, requested: int | None) -> int:
         """The most tokens a reply may have: as many as asked (else the reserve), as far as the context has room."""

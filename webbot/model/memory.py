@@ -10,12 +10,13 @@ KV cache can reuse it): once the history overflows, the oldest whole turns cover
 whole number of chunks (`chunk_ratio` of the budget) are left out, so the first kept
 turn moves only after the history has grown by another chunk.
 
-Two things reach back past the window. Pinned messages ride in the system message, ahead of
-the history, within their own budget (`pin_share`), so the prefix changes only when the
-pins do. Recall (see `recall.py`) ranks the messages outside memory against the new
-message and puts the best few into the new message's turn, right before its text, within
-`recall_share` of the budget (`recall_block` says in what words): the history before it,
-and so its cached keys and values, stays as it was. Once anything falls out of the
+Three things reach back past the window. Pinned messages ride in the system message, ahead of
+the history, within their own budget (`pin_share`), and so do the notes the model wrote of
+turns once they left the window (WEBBOT_MEMORY_SUMMARY), within `note_share` (see `head.py`):
+the prefix changes only when pins or notes do. Recall (see `recall.py`) ranks the messages
+outside memory against the new message and puts the best few into the new message's turn,
+right before its text, within `recall_share` of the budget (`recall_block` says in what
+words): the history before it, and so its cached keys and values, stays as it was. Once anything falls out of the
 window, `recall_share` more is left out, so recall has room without moving the window
 from turn to turn.
 
@@ -32,12 +33,19 @@ from bisect import bisect_left
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 
-from webbot.config import DEFAULT_MAX_TOKENS, DEFAULT_RECALL_SHARE, DEFAULT_REPLY_SHARE, PIN_SHARE, RECALL_MOST
+from webbot.config import (
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_RECALL_SHARE,
+    DEFAULT_REPLY_SHARE,
+    NOTE_SHARE,
+    PIN_SHARE,
+    RECALL_MOST,
+)
 from webbot.model import attached
 from webbot.model import recall as recall_ranking
+from webbot.model.head import system_message
 
 TURN_COST_ENTRIES = 50_000  # turns whose token cost is remembered; each key is a 20-byte digest, never the text
-PINNED_INTRO = "Pinned in this conversation, to keep in mind:\n"
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
 
@@ -83,6 +91,8 @@ class MemoryPlan:
     recalled: list[int] = field(default_factory=list)  # history indexes of the messages recalled for this reply
     pinned: list[int] = field(default_factory=list)  # history indexes of the pinned messages in the prompt
     sources: list[int] = field(default_factory=list)  # indexes into the candidate passages that are in the prompt
+    noted: list[int] = field(default_factory=list)  # history indexes of the messages whose notes are in the prompt
+    unnoted: int = 0  # messages outside memory after the last one with a note: what notes would cover next
 
     @property
     def prompt_tokens(self) -> int:
@@ -92,16 +102,12 @@ class MemoryPlan:
     def as_dict(self) -> dict:
         """The gauge the page shows."""
         return {"used": self.prompt_tokens, "budget": self.budget, "dropped": self.dropped,
-                "recalled": len(self.recalled), "pinned": len(self.pinned), "passages": len(self.sources)}
+                "recalled": len(self.recalled), "pinned": len(self.pinned), "passages": len(self.sources),
+                "notes": len(self.noted), "unnoted": self.unnoted}
 
 
 def _one_line(message: dict) -> str:
     return " ".join(message["content"].split())
-
-
-def pin_line(message: dict) -> str:
-    """A pinned message as a line of the system message."""
-    return f'{"The user" if message["role"] == "user" else "You"} said: "{_one_line(message)}"'
 
 
 def recall_block(messages: list[dict]) -> str:
@@ -127,7 +133,8 @@ class Memory:
 
     def __init__(self, tokenizer, max_tokens: int = DEFAULT_MAX_TOKENS, reply_share: float = DEFAULT_REPLY_SHARE,
                  chunk_ratio: float = 0.25, template_kwargs: dict | None = None,
-                 recall_share: float = DEFAULT_RECALL_SHARE, pin_share: float = PIN_SHARE):
+                 recall_share: float = DEFAULT_RECALL_SHARE, pin_share: float = PIN_SHARE,
+                 note_share: float = NOTE_SHARE):
         if not 0 <= reply_share < 1:
             raise ValueError("the reply's share of the context (WEBBOT_MEMORY_RATIO) must be at least 0 and below 1")
         if not 0 <= recall_share < 0.5:
@@ -138,6 +145,7 @@ class Memory:
         self.chunk = max(1, int(self.budget * chunk_ratio))
         self.recall_budget = int(self.budget * recall_share)
         self.pin_budget = int(self.budget * pin_share)
+        self.note_budget = int(self.budget * note_share)
         self.document_budget = int(self.budget * attached.DOCUMENT_SHARE)
         self.template_kwargs = template_kwargs or {}
         self._turn_costs: OrderedDict[bytes, int] = OrderedDict()
@@ -194,7 +202,7 @@ class Memory:
     def plan(self, history: list[dict], new_message: str, system_prompt: str | None = None,
              partial_reply: str | None = None, public_head: bool = False, owner: str = "",
              pins: list[int] = (), recall: bool = False, passages: list = (),
-             question: str | None = None) -> MemoryPlan:
+             question: str | None = None, notes: dict[int, str] | None = None) -> MemoryPlan:
         """Choose the newest turns that fit beside the system prompt and the new message (and, to continue a
         reply that was cut off, the start of that reply).
 
@@ -204,16 +212,24 @@ class Memory:
         `recall`: bring back the messages outside memory that best match the new message.
         `passages`: `attached.Passage`s of the conversation's documents, ranked against `question` (the
         person's own words; the new message when None).
+        `notes`: history index -> the note kept on that message (of the messages up to it since the previous
+        note); those of messages outside memory ride in the system message within the note budget.
         """
         history = [{**m, "content": valid_text(m["content"])} for m in history]
         new_message = valid_text(new_message)
         system_prompt = valid_text(system_prompt) if system_prompt else system_prompt
         partial_reply = valid_text(partial_reply) if partial_reply is not None else None
+        notes = {i: valid_text(text) for i, text in (notes or {}).items() if 0 <= i < len(history)}
         plan = self._plan(history, new_message, system_prompt, partial_reply, owner, list(pins), recall,
-                          bool(passages))
+                          bool(passages), notes)
+        if any(i >= plan.first_kept for i in plan.noted):  # notes of messages the window holds: leave them out
+            notes = {i: text for i, text in notes.items() if i < plan.first_kept}
+            plan = self._plan(history, new_message, system_prompt, partial_reply, owner, list(pins), recall,
+                              bool(passages), notes)
+        plan.unnoted = plan.first_kept - 1 - max((i for i in notes if i < plan.first_kept), default=-1)
         if passages:
             plan = self._documents(plan, list(passages), valid_text(question or new_message)) or plan
-        if public_head and system_prompt and not plan.pinned:
+        if public_head and system_prompt and not plan.pinned and not plan.noted:
             plan.public_tokens = self._public_tokens(system_prompt, plan)
         return plan
 
@@ -227,28 +243,16 @@ class Memory:
         head = self.encode(head_text)
         return len(head) if plan.prompt_ids[:len(head)] == head else 0
 
-    def _head(self, system_prompt: str | None, history: list[dict], pins: list[int]) -> tuple[list[dict], list[int]]:
-        """The system message (with the pinned messages that fit the pin budget, oldest first) and those pins."""
-        plain = ([{"role": "system", "content": system_prompt}] if system_prompt else []), []
-        if not pins:
-            return plain
-        kept, spent = [], len(self.encode(PINNED_INTRO))
-        for index in sorted(set(pins)):
-            if 0 <= index < len(history):
-                cost = len(self.encode(pin_line(history[index]))) + 1
-                if spent + cost <= self.pin_budget:
-                    kept.append(index)
-                    spent += cost
-        if not kept:
-            return plain
-        pinned = PINNED_INTRO + "\n".join(pin_line(history[index]) for index in kept)
-        content = f"{system_prompt}\n\n{pinned}" if system_prompt else pinned
-        return [{"role": "system", "content": content}], kept
+    def _head(self, system_prompt: str | None, history: list[dict], pins: list[int],
+              notes: dict[int, str]) -> tuple[list[dict], list[int], list[int]]:
+        """The system message with the pins and notes that fit their budgets, and which those are."""
+        return system_message(system_prompt, history, pins, notes, self.pin_budget, self.note_budget,
+                                   lambda text: len(self.encode(text)))
 
     def _plan(self, history: list[dict], new_message: str, system_prompt: str | None,
               partial_reply: str | None, owner: str, pins: list[int], recall: bool,
-              documents: bool = False) -> MemoryPlan:
-        head, pinned = self._head(system_prompt, history, pins)
+              documents: bool = False, notes: dict[int, str] | None = None) -> MemoryPlan:
+        head, pinned, noted = self._head(system_prompt, history, pins, notes or {})
         new = [{"role": "user", "content": new_message}]
         continuing = partial_reply is not None
         if continuing:
@@ -276,12 +280,13 @@ class Memory:
             ids = self.encode(text)
             if len(ids) <= self.budget:
                 first = sum(len(turn) for turn in turns[:start])
-                plan = MemoryPlan(ids, self.budget, first, first, head + kept + new, text, continuing, pinned=pinned)
+                plan = MemoryPlan(ids, self.budget, first, first, head + kept + new, text, continuing, pinned=pinned,
+                                  noted=noted)
                 break
         if plan is None:
             kept = []
             plan = MemoryPlan(minimal, self.budget, len(history), len(history), head + new, minimal_text, continuing,
-                              pinned=pinned)
+                              pinned=pinned, noted=noted)
         if recall and plan.first_kept:
             return self._recall(plan, history) or plan
         return plan

@@ -53,3 +53,14 @@ def rank(candidates: list[str], query: str, limit: int, floor: float = SHARE_OF_
         return []
     best = rows[0][1]  # FTS5's bm25() is negative: the lower, the better
     return [index for index, score in rows if score <= best * floor]
+
+
+def found(words: list[str], text: str) -> set[str]:
+    """Which of `words` occur in `text`, by stem or prefix (the same matching as `rank`)."""
+    if not words:
+        return set()
+    with sqlite3.connect(":memory:") as db:
+        db.execute("CREATE VIRTUAL TABLE passages USING fts5(body, tokenize='porter unicode61 remove_diacritics 2')")
+        db.execute("INSERT INTO passages(rowid, body) VALUES (1, ?)", (text,))
+        match = "SELECT 1 FROM passages WHERE passages MATCH ?"
+        return {word for word in words if db.execute(match, (f'"{word}"*',)).fetchone()}

@@ -67,6 +67,9 @@ messages = Table(
     Column("recalled", Text),  # JSON: for a reply, the ids of the messages recalled from outside memory for it
     Column("documents", Text),  # JSON: for a user message, the ids of the documents attached to it
     Column("sources", Text),  # JSON: for a reply, the document passages it was given ({"document", "source"})
+    # the model's notes (or a person's edit of them) of the messages up to this one since the previous note on its
+    # branch, written once they fell out of memory; "": noted, with nothing worth keeping
+    Column("note", Text),
 )
 
 documents = Table(
@@ -281,12 +284,20 @@ class Store:
     def pin_message(self, owner: str, conversation_id: str, message_id: int, pinned: bool) -> dict | None:
         """Pin a message of this owner's conversation (or unpin it); the message, or None when there is no such
         message for this owner."""
+        return self._change_message(owner, conversation_id, message_id, pinned=pinned)
+
+    def set_note(self, owner: str, conversation_id: str, message_id: int, note: str) -> dict | None:
+        """Keep `note` (the notes of the messages up to this one; "" for none worth keeping) on a message of this
+        owner's conversation; the message, or None when there is no such message for this owner."""
+        return self._change_message(owner, conversation_id, message_id, note=note)
+
+    def _change_message(self, owner: str, conversation_id: str, message_id: int, **values) -> dict | None:
         with self.engine.begin() as db:
             mine = db.execute(select(conversations.c.id).where(self._mine(owner, conversation_id))).first()
             if mine is None:
                 return None
             changed = db.execute(update(messages).where(messages.c.conversation_id == conversation_id,
-                                                        messages.c.id == message_id).values(pinned=pinned)).rowcount
+                                                        messages.c.id == message_id).values(**values)).rowcount
         return self.message(conversation_id, message_id) if changed else None
 
     def set_recalled(self, message_id: int, recalled: list[int], sources: list[dict] = ()) -> None:
@@ -360,7 +371,8 @@ class Store:
                         parent_id=new_ids.get(message["parent"]), pinned=message["pinned"],
                         recalled=json.dumps(recalled) if recalled else None,
                         documents=json.dumps(attached) if attached else None,
-                        sources=json.dumps(sources) if sources else None)).inserted_primary_key[0]
+                        sources=json.dumps(sources) if sources else None,
+                        note=message.get("note"))).inserted_primary_key[0]
                     leaf = new_ids[message["id"]]
                 leaf = new_ids.get(item["leaf"], leaf)
                 db.execute(update(conversations).where(conversations.c.id == conversation["id"]).values(leaf_id=leaf))

@@ -4,7 +4,8 @@ reading), and the checks an imported JSON file goes through before anything is s
 The JSON format: {"format": FORMAT, "conversations": [{"title", "created_at", "settings",
 "leaf", "messages": [{"id", "parent", "role", "content", "status", "created_at", "pinned",
 "recalled" (the ids of earlier messages recalled for a reply), "documents" (the ids of the files a message came
-with), "sources" (the document passages a reply was given)}], "documents": [{"id", "name", "data" (the file,
+with), "sources" (the document passages a reply was given), "note" (the notes of the messages up to it, once
+they fell out of memory; absent or null: none)}], "documents": [{"id", "name", "data" (the file,
 base64)}]}]}.
 Message ids are only meaningful inside the file; an import gets new ones. A file holding
 one conversation ({"title", "messages", ...} at the top) imports too.
@@ -15,7 +16,7 @@ import binascii
 import json
 import math
 
-from webbot.config import REPLY_STATUSES
+from webbot.config import MAX_NOTE_CHARS, REPLY_STATUSES
 from webbot.storage.branches import path_to
 from webbot.storage.text import UNSTORABLE
 
@@ -38,7 +39,7 @@ def as_json(items: list[tuple[dict, list[dict]]], files: dict[str, list[dict]] |
             "messages": [{"id": m["id"], "parent": m["parent_id"], "role": m["role"], "content": m["content"],
                           "status": m["status"], "created_at": m["created_at"], "pinned": m["pinned"],
                           "recalled": m["recalled"], "documents": m.get("documents") or [],
-                          "sources": m.get("sources") or []} for m in messages],
+                          "sources": m.get("sources") or [], "note": m.get("note")} for m in messages],
             "documents": [{"id": d["id"], "name": d["name"], "data": base64.b64encode(d["data"]).decode()}
                           for d in (files or {}).get(conversation["id"], [])]})
     return json.dumps({"format": FORMAT, "conversations": conversations}, ensure_ascii=False, indent=2)
@@ -117,7 +118,11 @@ def _conversation(item, number: int, max_chars: int) -> dict:
         if not isinstance(sources, list) or not all(isinstance(s, dict) and isinstance(s.get("source"), str)
                                                     and len(s["source"]) <= 300 for s in sources):
             _fail(spot, "has 'sources' that are not a list of {\"document\", \"source\"}")
-        messages.append({"id": ident, "parent": parent, "role": role, "content": content,
+        note = message.get("note")
+        if note is not None and (not isinstance(note, str) or len(note) > MAX_NOTE_CHARS or UNSTORABLE.search(note)):
+            _fail(spot, f"has a 'note' that is not text of at most {MAX_NOTE_CHARS} characters without NUL characters "
+                        "or unpaired surrogates")
+        messages.append({"id": ident, "parent": parent, "role": role, "content": content, "note": note,
                          "status": status if status in REPLY_STATUSES else "complete",
                          "created_at": _time(message.get("created_at"), spot),
                          "pinned": message.get("pinned") is True, "recalled": recalled,

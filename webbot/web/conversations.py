@@ -53,6 +53,7 @@ def message_view(message: dict, versions: list[int] | None = None, documents: di
     view["recalled"] = list(message.get("recalled") or [])
     view["documents"] = [document_view(documents[i]) for i in message.get("documents") or [] if i in (documents or {})]
     view["sources"] = list(message.get("sources") or [])
+    view["note"] = message.get("note")  # None: no notes end here; "": noted, nothing worth keeping
     return view
 
 
@@ -68,18 +69,33 @@ def memory_of(messages: list[dict]) -> tuple[list[dict], list[int], list[int]]:
     return history_of(chat), [m["id"] for m in chat], [i for i, m in enumerate(chat) if m.get("pinned")]
 
 
-def memory_gauge(bot, documents, owner: str, shown: list[dict], system_prompt: str | None) -> dict | None:
-    """The memory gauge for a branch of `owner`'s (None while the model loads): what the next reply's prompt
-    holds, and how many messages were recalled for the branch's last reply. Needs no request (a reply's stream
-    counts it after the request has returned). `documents`: the DocumentStore (the branch's files count)."""
-    if not bot.ready:
-        return None
+def notes_of(messages: list[dict]) -> dict[int, str]:
+    """The notes kept on a branch of stored messages, by their history index (as `memory_of` counts)."""
+    chat = [m for m in messages if m["role"] in ("user", "assistant")]
+    return {i: m["note"] for i, m in enumerate(chat) if m.get("note") is not None}
+
+
+def branch_plan(bot, documents, owner: str, shown: list[dict], system_prompt: str | None, recall: bool):
+    """What the next reply's prompt after a branch of `owner`'s would hold, for an empty message (the model must
+    be ready). `documents`: the DocumentStore (the branch's files count)."""
     history, _, pins = memory_of(shown)
     passages = []
     if shown:
         history, _, passages = with_documents(documents, bot, shown[0]["conversation_id"], shown, history, [], "",
                                                owner)
-    gauge = bot.plan(history, "", system_prompt, owner=owner, pins=pins, passages=passages).as_dict()
+    return bot.plan(history, "", system_prompt, owner=owner, pins=pins, recall=recall, passages=passages,
+                    notes=notes_of(shown))
+
+
+def memory_gauge(bot, documents, owner: str, shown: list[dict], system_prompt: str | None,
+                 recall: bool = False) -> dict | None:
+    """The memory gauge for a branch of `owner`'s (None while the model loads): what the next reply's prompt
+    holds, and how many messages were recalled for the branch's last reply. Needs no request (a reply's stream
+    counts it after the request has returned). `documents`: the DocumentStore (the branch's files count);
+    `recall`: the conversation recalls (room is kept for it once anything is outside memory)."""
+    if not bot.ready:
+        return None
+    gauge = branch_plan(bot, documents, owner, shown, system_prompt, recall).as_dict()
     last_reply = shown[-1] if shown and shown[-1]["role"] == "assistant" else {}
     gauge["recalled"] = len(last_reply.get("recalled") or [])
     gauge["passages"] = len(last_reply.get("sources") or [])
@@ -110,7 +126,8 @@ def conversation_view(conversation: dict, keep_reply_going: bool = False) -> dic
     stored = app_services.store.messages(cid)
     shown = path_to(stored, conversation["leaf_id"])
     chosen = reply_settings(conversation)
-    memory = memory_gauge(app_services.bot, app_services.documents, current_owner(), shown, chosen["system_prompt"])
+    memory = memory_gauge(app_services.bot, app_services.documents, current_owner(), shown, chosen["system_prompt"],
+                          chosen["recall"])
     documents = {d["id"]: d for d in app_services.documents.in_conversation(current_owner(), cid)}
     return {"conversation": conversation,
             "messages": [message_view(m, sibling_ids(stored, m), documents) for m in shown],
@@ -191,7 +208,8 @@ def pin_message(conversation_id, message_id):
         raise ApiError(404, "This conversation has no such message; reload the page.", "message_not_found")
     shown = path_to(store.messages(conversation_id), conversation["leaf_id"])
     bot = services().bot
-    gauge = memory_gauge(bot, services().documents, owner, shown, reply_settings(conversation)["system_prompt"])
+    chosen = reply_settings(conversation)
+    gauge = memory_gauge(bot, services().documents, owner, shown, chosen["system_prompt"], chosen["recall"])
     if pinned and gauge is not None and gauge["pinned"] < len(memory_of(shown)[2]):
         store.pin_message(owner, conversation_id, message_id, False)
         raise ApiError(413, f"This message does not fit beside the other pinned ones: pinned messages share "

@@ -26,9 +26,9 @@ def require_ready(bot) -> None:
 def start_reply(bot, history: list[dict], message: str, params: SamplingParams, system_prompt: str | None,
                 too_long: tuple[str, str], owner: str, partial_reply: str | None = None,
                 conversation: str | None = None, pins: list[int] = (), recall: bool = False, passages: list = (),
-                question: str | None = None) -> tuple:
-    """Plan the prompt (with the pinned history messages `pins`, recall when asked, and the attached documents'
-    best `passages` for `question`) and queue the reply for
+                question: str | None = None, notes: dict[int, str] | None = None) -> tuple:
+    """Plan the prompt (with the pinned history messages `pins`, recall when asked, the attached documents'
+    best `passages` for `question`, and the `notes` kept on history messages) and queue the reply for
     `owner` (in `conversation`, for the page); returns (plan, stream).
 
     A message that alone overflows the context is a 413 whose sentence ends with
@@ -36,7 +36,8 @@ def start_reply(bot, history: list[dict], message: str, params: SamplingParams, 
     """
     require_ready(bot)
     try:
-        plan = bot.plan(history, message, system_prompt, partial_reply, owner, pins, recall, passages, question)
+        plan = bot.plan(history, message, system_prompt, partial_reply, owner, pins, recall, passages, question,
+                        notes)
     except MessageTooLong as exc:
         advice, code = too_long
         raise ApiError(413, f"{exc.sentence()}. {advice}", code) from None

@@ -17,7 +17,15 @@ from webbot.storage.branches import path_to
 from webbot.storage.conversations import title_from
 from webbot.storage.errors import StorageUnavailable
 from webbot.web.attachments import attached_ids
-from webbot.web.conversations import conversation_view, memory_gauge, memory_of, message_view, own, reply_settings
+from webbot.web.conversations import (
+    conversation_view,
+    memory_gauge,
+    memory_of,
+    message_view,
+    notes_of,
+    own,
+    reply_settings,
+)
 from webbot.web.document_memory import sources_of, with_documents
 from webbot.web.errors import ApiError
 from webbot.web.generation import start_reply
@@ -72,11 +80,12 @@ def _write(conversation: dict, history: list[dict], message: str, body: dict, st
     cid, app_services, owner = conversation["id"], services(), current_owner()
     params, system_prompt, recall = _params(conversation, body)
     chat, ids, pins = memory_of(history)
+    notes = notes_of(history)
     chat, with_files, passages = with_documents(app_services.documents, app_services.bot, cid, history, chat,
                                                 list(attached), message, owner)
     plan, stream = start_reply(app_services.bot, chat, with_files, params, system_prompt,
                                ("Shorten it or split it into several messages.", "message_too_long"),
-                               owner, partial, cid, pins, recall, passages, message)
+                               owner, partial, cid, pins, recall, passages, message, notes)
     recalled, sources = [ids[index] for index in plan.recalled], sources_of(plan, passages)
     try:
         claimed = app_services.replies.claim(cid, stream)
@@ -99,7 +108,7 @@ def _write(conversation: dict, history: list[dict], message: str, body: dict, st
         try:
             return memory_gauge(app_services.bot, app_services.documents, owner,
                                 path_to(app_services.store.messages(cid), reply["id"]),
-                                system_prompt)
+                                system_prompt, recall)
         except StorageUnavailable:  # the database is down; the page hides the gauge until the next turn
             log.warning("could not count memory after reply %s", reply["id"], exc_info=True)
             return None

@@ -36,6 +36,7 @@ def page_config() -> dict:
     return {"maxMessageChars": settings["WEBBOT_MAX_MESSAGE_CHARS"],
             "maxAudioSeconds": int(settings["WEBBOT_MAX_AUDIO_SECONDS"]),
             "generateTitles": settings["WEBBOT_GENERATE_TITLES"],
+            "memorySummary": settings["WEBBOT_MEMORY_SUMMARY"],
             "continuable": list(config.CONTINUABLE),
             "speech": services().speaker.enabled,
             "documentTypes": ",".join(f".{ending}" for ending in formats.KINDS),

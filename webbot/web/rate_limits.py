@@ -45,6 +45,8 @@ LIMITED = {
     # The page asks for a title on its own after a first exchange: an allowance of its own (as large as the
     # messages'), so it never spends the person's; at most one title per conversation reaches the model.
     "messages.generate_title": ("WEBBOT_RATE_MESSAGES", "titles", client_key),
+    # Notes of turns outside memory: asked for by the page after a reply; their own allowance too.
+    "memory_notes.write_notes": ("WEBBOT_RATE_MESSAGES", "notes", client_key),
     "api.chat_completions": ("WEBBOT_RATE_MESSAGES", "messages", client_key),
     "pages.transcription": ("WEBBOT_RATE_TRANSCRIPTIONS", "recordings", client_key),
     "api.audio_transcriptions": ("WEBBOT_RATE_TRANSCRIPTIONS", "recordings", client_key),
