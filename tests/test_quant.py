@@ -7,6 +7,7 @@ and stays close to fp32 on a real model.
 """
 
 import math
+import threading
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,32 @@ def test_a_prompt_read_whole_or_in_pieces_gives_the_same_numbers():
     step = whole.abs() / 128  # one bf16 step of each element, at most
     differ = (whole - pieces).abs() > 0
     assert ((whole - pieces).abs() <= step + 1e-6).all() and differ.float().mean() < 0.01, differ.float().mean()
+
+
+def test_the_dequantised_product_is_the_same_through_its_scratch_buffers_in_any_order_and_thread():
+    """Many rows go through per-thread scratch buffers (no fresh tensor per block): layers of other shapes in
+    between, and the same layer on another thread at the same time, give exactly the numbers of blocks made anew."""
+    torch.manual_seed(3)
+    small, large = (Int8Linear.from_linear(torch.nn.Linear(i, o)) for i, o in ((64, 700), (320, 1100)))
+
+    def fresh(layer, x):  # the product as it was written before the buffers
+        rows = x.to(torch.bfloat16).float()
+        blocks = [(layer.qweight[s:s + quant.DEQUANT_BLOCK].float() * layer.scales[s:s + quant.DEQUANT_BLOCK, None])
+                  @ rows.t() for s in range(0, layer.out_features, quant.DEQUANT_BLOCK)]
+        return (torch.cat(blocks).t().to(torch.bfloat16).float() + layer.bias)
+
+    inputs = {layer: torch.randn(quant.DECODE_ROWS * 2, layer.in_features) for layer in (small, large)}
+    for layer in (large, small, large, small):
+        assert torch.equal(layer(inputs[layer]), fresh(layer, inputs[layer]))
+    results = {}
+    threads = [threading.Thread(target=lambda name=name, layer=layer: results.__setitem__(
+        name, [layer(inputs[layer]) for _ in range(20)])) for name, layer in (("small", small), ("large", large))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(torch.equal(out, fresh(small, inputs[small])) for out in results["small"])
+    assert all(torch.equal(out, fresh(large, inputs[large])) for out in results["large"])
 
 
 def test_one_row_of_a_batch_does_not_depend_on_the_others():
