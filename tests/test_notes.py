@@ -259,7 +259,7 @@ def test_the_page_writes_notes_after_a_reply_shows_them_and_lets_a_person_correc
         ".note-label").text_content().startswith("No notes kept")
     holder = box.locator("xpath=..")
     assert holder.get_attribute("data-id")  # under a message of the conversation
-    box.get_by_role("button", name="Edit the notes of the messages up to here").click()
+    box.get_by_role("button", name="Edit notes of the messages up to here").click()
     area = page.get_by_role("textbox", name="Notes of the messages up to here")
     area.fill("- My cat is called Pixel.")
     page.get_by_role("button", name="Save these notes").click()

@@ -97,7 +97,7 @@ export function noteBox(note) {
   const text = document.createElement("div");
   text.className = "note-text";
   text.textContent = note;
-  box.append(label, text, toolButton("edit-note", "Edit notes", "Edit the notes of the messages up to here"));
+  box.append(label, text, toolButton("edit-note", "Edit notes", "Edit notes of the messages up to here"));
   return box;
 }
 

@@ -71,11 +71,13 @@ _SCRATCH = threading.local()
 
 
 def _scratch(name: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
-    """A flat buffer of at least `numel` elements kept for this thread (grown when a larger one is asked for)."""
+    """A flat buffer of at least `numel` elements kept for this thread (grown when a larger one is asked for). It is
+    made as a normal tensor even inside inference mode: an inference tensor could not be written outside it."""
     buffers = _SCRATCH.__dict__.setdefault("buffers", {})
     buffer = buffers.get((name, dtype))
     if buffer is None or buffer.numel() < numel:
-        buffer = buffers[(name, dtype)] = torch.empty(numel, dtype=dtype)
+        with torch.inference_mode(False):
+            buffer = buffers[(name, dtype)] = torch.empty(numel, dtype=dtype)
     return buffer
 
 
