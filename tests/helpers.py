@@ -15,6 +15,7 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from chat_bot import ChatBot
+from harness.recall_chat import ADA, FILLER
 from harness.server_process import CSRF_META, METRICS_AUTH, ROOT, WRITES
 from webbot.model.stream import SamplingParams
 
@@ -187,6 +188,21 @@ def failing_on_pass(model, n: int, error: BaseException) -> ModelStandIn:
 def fake_kv(tokens: int) -> list[tuple]:
     """Tensors shaped like one layer's keys and values for `tokens` tokens (100 bytes a token)."""
     return [(torch.zeros(1, 1, tokens, 50, dtype=torch.uint8), torch.zeros(1, 1, tokens, 50, dtype=torch.uint8))]
+
+
+def open_canned_ada_chat(page, url: str) -> None:
+    """Import, in the page, the Ada message and the filler questions with short canned replies (26 messages, too
+    long for a 512-token context), and open it."""
+    canned = [ADA, "Nice to meet you, Ada!"]
+    for text in FILLER:
+        canned += [text, "Here is a short answer to that question, kept brief for this test."]
+    exported = {"title": "Long chat", "messages": [{"role": "user" if i % 2 == 0 else "assistant", "content": text}
+                                                   for i, text in enumerate(canned)]}
+    page.goto(url + "/")
+    made = page.evaluate("async (body) => (await import('/static/js/api.js')).api('POST', '/api/import', body)",
+                         exported)
+    page.goto(f"{url}/c/{made['conversations'][0]['id']}")
+    wait_for(page, "document.querySelectorAll('.message').length === 26")
 
 
 def row_action(page, row: str, action: str) -> None:

@@ -7,7 +7,7 @@ import pytest
 
 from harness.recall_chat import ADA, FILLER
 from harness.server_process import PageSession, Server, read_sse
-from tests.helpers import CHROMIUM, requires, wait_for
+from tests.helpers import CHROMIUM, open_canned_ada_chat, requires, wait_for
 from webbot.config import MAX_NOTE_CHARS
 from webbot.model import head, notes
 from webbot.model.memory import Memory
@@ -236,16 +236,7 @@ def test_the_page_writes_notes_after_a_reply_shows_them_and_lets_a_person_correc
     """Chromium: a long chat (imported, canned replies); a question typed in the page; after the reply the page has
     the model write notes of what is outside memory (progress in the gauge), shows them under the last message they
     cover, and Edit notes / Save keeps a person's correction."""
-    canned = [ADA, "Nice to meet you, Ada!"]
-    for text in FILLER:
-        canned += [text, "Here is a short answer to that question, kept brief for this test."]
-    exported = {"title": "Long chat", "messages": [{"role": "user" if i % 2 == 0 else "assistant", "content": text}
-                                                   for i, text in enumerate(canned)]}
-    page.goto(notes_server.url + "/")
-    made = page.evaluate("async (body) => (await import('/static/js/api.js')).api('POST', '/api/import', body)",
-                         exported)
-    page.goto(f"{notes_server.url}/c/{made['conversations'][0]['id']}")
-    wait_for(page, "document.querySelectorAll('.message').length === 26")
+    open_canned_ada_chat(page, notes_server.url)
     assert page.locator(".note").count() == 0
     page.fill("#input", "Name a city.")
     page.press("#input", "Enter")

@@ -8,7 +8,7 @@ import pytest
 from chat_bot import ChatBot
 from harness.recall_chat import ADA, FILLER, LOCKER
 from harness.server_process import PageSession, Server, read_sse
-from tests.helpers import wait_for
+from tests.helpers import open_canned_ada_chat, wait_for
 from webbot.config import DEFAULT_SYSTEM_PROMPT
 from webbot.model.memory import recall_block
 from webbot.model.stream import SamplingParams
@@ -215,16 +215,7 @@ def test_the_page_says_what_was_recalled_and_shows_it(recall_server, page):
     """Chromium: a long chat (imported, with short canned replies), then a question typed in the page; the gauge
     says how many messages are outside memory and how many were recalled, the reply lists what it recalled, and
     the link scrolls to that message."""
-    canned = [ADA, "Nice to meet you, Ada!"]
-    for text in FILLER:
-        canned += [text, "Here is a short answer to that question, kept brief for this test."]
-    exported = {"title": "Long chat", "messages": [{"role": "user" if i % 2 == 0 else "assistant", "content": text}
-                                                   for i, text in enumerate(canned)]}
-    page.goto(recall_server.url + "/")
-    made = page.evaluate("async (body) => (await import('/static/js/api.js')).api('POST', '/api/import', body)",
-                         exported)
-    page.goto(f"{recall_server.url}/c/{made['conversations'][0]['id']}")
-    wait_for(page, "document.querySelectorAll('.message').length === 26")
+    open_canned_ada_chat(page, recall_server.url)
     gauge = page.locator("#gauge-dropped")
     assert "outside memory" in gauge.text_content() and "recalled" not in gauge.text_content()
     page.fill("#input", "What is my cat called?")

@@ -10,13 +10,14 @@ PINNED_INTRO = "Pinned in this conversation, to keep in mind:\n"
 NOTES_INTRO = "Notes of earlier parts of this conversation:\n"
 
 
-def _one_line(message: dict) -> str:
+def one_line(message: dict) -> str:
+    """A message's text on one line, as the system message and the recalled block quote it."""
     return " ".join(message["content"].split())
 
 
 def pin_line(message: dict) -> str:
     """A pinned message as a line of the system message."""
-    return f'{"The user" if message["role"] == "user" else "You"} said: "{_one_line(message)}"'
+    return f'{"The user" if message["role"] == "user" else "You"} said: "{one_line(message)}"'
 
 
 def note_text(note: str) -> str:

@@ -43,7 +43,7 @@ from webbot.config import (
 )
 from webbot.model import attached
 from webbot.model import recall as recall_ranking
-from webbot.model.head import system_message
+from webbot.model.head import one_line, system_message
 
 TURN_COST_ENTRIES = 50_000  # turns whose token cost is remembered; each key is a 20-byte digest, never the text
 _SURROGATES = re.compile("[\ud800-\udfff]")
@@ -106,16 +106,12 @@ class MemoryPlan:
                 "notes": len(self.noted), "unnoted": self.unnoted}
 
 
-def _one_line(message: dict) -> str:
-    return " ".join(message["content"].split())
-
-
 def recall_block(messages: list[dict]) -> str:
     """Recalled messages as the person's own words at the start of their new message. Of the forms tried with
     SmolLM2-135M (a heading and "I said:" lines, "Me:"/"You:" lines, "Remember what I said earlier"), this one
     answered most of the planted facts (4 of 5, against 2-3; bench/recall_forms.py)."""
-    return "\n".join(f'Earlier I told you: "{_one_line(m)}"' if m["role"] == "user"
-                     else f'Earlier you said: "{_one_line(m)}"' for m in messages)
+    return "\n".join(f'Earlier I told you: "{one_line(m)}"' if m["role"] == "user"
+                     else f'Earlier you said: "{one_line(m)}"' for m in messages)
 
 
 def group_turns(history: list[dict]) -> list[list[dict]]:
@@ -247,7 +243,7 @@ class Memory:
               notes: dict[int, str]) -> tuple[list[dict], list[int], list[int]]:
         """The system message with the pins and notes that fit their budgets, and which those are."""
         return system_message(system_prompt, history, pins, notes, self.pin_budget, self.note_budget,
-                                   lambda text: len(self.encode(text)))
+                              lambda text: len(self.encode(text)))
 
     def _plan(self, history: list[dict], new_message: str, system_prompt: str | None,
               partial_reply: str | None, owner: str, pins: list[int], recall: bool,

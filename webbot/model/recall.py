@@ -14,6 +14,7 @@ import sqlite3
 MAX_CANDIDATES = 5000  # the newest messages outside memory that are ranked; older ones are not searched
 SHARE_OF_BEST = 0.5  # a match scoring under this share of the best match's BM25 score is too weak to recall
 MAX_QUERY_WORDS = 32
+_INDEX = "CREATE VIRTUAL TABLE passages USING fts5(body, tokenize='porter unicode61 remove_diacritics 2')"
 STOPWORDS = frozenset("""
 a about above after again against all am an and any are as at be because been before being below between both but
 by can could did do does doing down during each few for from further had has have having he her here hers herself him
@@ -44,7 +45,7 @@ def rank(candidates: list[str], query: str, limit: int, floor: float = SHARE_OF_
         return []
     match = " OR ".join(f'"{word}"*' for word in words)  # quoted: FTS5 syntax in a message is only ever text
     with sqlite3.connect(":memory:") as db:
-        db.execute("CREATE VIRTUAL TABLE passages USING fts5(body, tokenize='porter unicode61 remove_diacritics 2')")
+        db.execute(_INDEX)
         db.executemany("INSERT INTO passages(rowid, body) VALUES (?, ?)",
                        ((index, candidates[index]) for index in range(offset, len(candidates))))
         rows = db.execute("SELECT rowid, bm25(passages) FROM passages WHERE passages MATCH ? "
@@ -60,7 +61,7 @@ def found(words: list[str], text: str) -> set[str]:
     if not words:
         return set()
     with sqlite3.connect(":memory:") as db:
-        db.execute("CREATE VIRTUAL TABLE passages USING fts5(body, tokenize='porter unicode61 remove_diacritics 2')")
+        db.execute(_INDEX)
         db.execute("INSERT INTO passages(rowid, body) VALUES (1, ?)", (text,))
         match = "SELECT 1 FROM passages WHERE passages MATCH ?"
         return {word for word in words if db.execute(match, (f'"{word}"*',)).fetchone()}

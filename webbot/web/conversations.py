@@ -57,22 +57,26 @@ def message_view(message: dict, versions: list[int] | None = None, documents: di
     return view
 
 
+def _chat(messages: list[dict]) -> list[dict]:
+    """The stored messages the model's memory reads: the person's and the replies."""
+    return [m for m in messages if m["role"] in ("user", "assistant")]
+
+
 def history_of(messages: list[dict]) -> list[dict]:
     """Stored messages as chat-template messages."""
-    return [{"role": m["role"], "content": m["content"]} for m in messages if m["role"] in ("user", "assistant")]
+    return [{"role": m["role"], "content": m["content"]} for m in _chat(messages)]
 
 
 def memory_of(messages: list[dict]) -> tuple[list[dict], list[int], list[int]]:
     """A branch of stored messages as the model's memory sees it: the chat-template messages, their ids (a plan's
     history indexes map to message ids through it), and the indexes of the pinned ones."""
-    chat = [m for m in messages if m["role"] in ("user", "assistant")]
+    chat = _chat(messages)
     return history_of(chat), [m["id"] for m in chat], [i for i, m in enumerate(chat) if m.get("pinned")]
 
 
 def notes_of(messages: list[dict]) -> dict[int, str]:
     """The notes kept on a branch of stored messages, by their history index (as `memory_of` counts)."""
-    chat = [m for m in messages if m["role"] in ("user", "assistant")]
-    return {i: m["note"] for i, m in enumerate(chat) if m.get("note") is not None}
+    return {i: m["note"] for i, m in enumerate(_chat(messages)) if m.get("note") is not None}
 
 
 def branch_plan(bot, documents, owner: str, shown: list[dict], system_prompt: str | None, recall: bool):

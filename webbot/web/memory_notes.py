@@ -17,7 +17,7 @@ from webbot.model import notes
 from webbot.model.memory import MessageTooLong
 from webbot.model.stream import EngineBusy
 from webbot.storage.branches import path_to
-from webbot.web.conversations import branch_plan, history_of, memory_gauge, message_view, own, reply_settings
+from webbot.web.conversations import branch_plan, memory_gauge, memory_of, message_view, own, reply_settings
 from webbot.web.errors import ApiError
 from webbot.web.generation import require_ready
 from webbot.web.inputs import json_body, text_field
@@ -51,10 +51,10 @@ def write_notes(conversation_id):
                        chosen["recall"])
     if not plan.unnoted:
         return jsonify(message=None, noted=0, memory=_gauge(conversation))
-    chat = [m for m in shown if m["role"] in ("user", "assistant")]
-    todo = chat[plan.first_kept - plan.unnoted:plan.first_kept]
+    history, ids, _ = memory_of(shown)
+    first = plan.first_kept - plan.unnoted
     try:
-        count, note = notes.generate(app_services.bot, history_of(todo), owner)
+        count, note = notes.generate(app_services.bot, history[first:plan.first_kept], owner)
     except EngineBusy:
         raise ApiError(503, "The server is busy with replies; the notes are written after a later reply.", "busy",
                        {"Retry-After": "10"}) from None
@@ -64,10 +64,10 @@ def write_notes(conversation_id):
     except MessageTooLong:  # the instruction alone overflows a very small context (WEBBOT_MAX_TOKENS)
         raise ApiError(409, "The model's context is too small to write notes; raise WEBBOT_MAX_TOKENS or turn "
                             "WEBBOT_MEMORY_SUMMARY off.", "notes_do_not_fit") from None
-    last = todo[count - 1]
-    stored = app_services.store.message(conversation_id, last["id"])
+    last = ids[first + count - 1]
+    stored = app_services.store.message(conversation_id, last)
     if stored is not None and stored.get("note") is None:  # a note written meanwhile (another tab) is kept
-        stored = app_services.store.set_note(owner, conversation_id, last["id"], note)
+        stored = app_services.store.set_note(owner, conversation_id, last, note)
     if stored is None:  # the conversation was deleted meanwhile
         raise ApiError(404, "There is no such conversation here; it may have been deleted.", "conversation_not_found")
     return jsonify(message=message_view(stored), noted=count, memory=_gauge(own(conversation_id)))
