@@ -29,7 +29,8 @@ def step_cost(model, prefill: list[tuple], pads: list[int], kind: str, steps: in
     import torch
     from transformers import DynamicCache
 
-    from webbot.model.kv_buffer import GROWTH_ROOM, buffered_cache, padding_mask
+    from bench.left_padded import padding_mask
+    from webbot.model.kv_buffer import GROWTH_ROOM, buffered_cache
 
     rows = prefill[0][0].shape[0]
     if kind == "dynamic":
@@ -55,7 +56,7 @@ def prefilled(model, context: int, rows: int) -> tuple[list[tuple], list[int]]:
     import torch
     from transformers import DynamicCache
 
-    from webbot.model.kv_buffer import stack_left_padded
+    from bench.left_padded import stack_left_padded
 
     per_row = []
     for row in range(rows):

@@ -11,9 +11,10 @@ leave before the next step, so a stopped reply frees its slot within one step.
 
 A prompt that begins like an earlier sequence reuses that sequence's KV cache from the
 prefix cache (`kv_cache.py`), so the next turn of a conversation prefills only its new
-tokens; a finished reply's cache goes back there. KV caches (and the batch's padding mask)
-live in buffers with room to grow (`kv_buffer.py`): a decode step writes its token in
-place instead of copying the whole cache.
+tokens; a finished reply's cache goes back there. A prompt's KV cache is read into a
+buffer with room for it (`kv_buffer.py`); the decoding replies share one pool of slots
+(`kv_pool.py`), each writing its token in place at its own length, so neither a step nor a
+reply joining or leaving copies the other replies' caches.
 
 The worker thread runs from `start()` until `close()`; constructing an engine starts nothing.
 After an error that leaves the GPU unusable (`gpu_failures.py`) it runs nothing again: every
@@ -27,10 +28,9 @@ import time
 from collections.abc import Callable
 
 import torch
-from transformers.cache_utils import Cache
 
 from webbot.config import MAX_REPLY_SECONDS, MAX_WAITING
-from webbot.model import kv_buffer
+from webbot.model import kv_buffer, kv_pool
 from webbot.model.decoding import TextDecoder, sample_tokens
 from webbot.model.gpu_failures import unrecoverable
 from webbot.model.kv_cache import PrefixCache
@@ -67,7 +67,7 @@ class Engine:
     def __init__(self, model, tokenizer, eos_ids: list[int], cache: PrefixCache, max_waiting: int = MAX_WAITING,
                  max_batch: int = 8, prefill_chunk: int = 256, max_seconds: float = MAX_REPLY_SECONDS,
                  metrics: Metrics | None = None, growth_room: int = kv_buffer.GROWTH_ROOM,
-                 on_failure: Callable[[str], None] | None = None):
+                 on_failure: Callable[[str], None] | None = None, fixed_steps: Callable | None = None):
         if max_waiting < 1 or max_batch < 1:
             raise ValueError("max_waiting and max_batch must be at least 1")
         self.model, self.tokenizer, self.cache = model, tokenizer, cache
@@ -79,9 +79,9 @@ class Engine:
         self.requests: queue.Queue = queue.Queue(maxsize=max_waiting)
         self.prefilling: list[_Row] = []
         self.rows: list[_Row] = []  # decoding together, in the order of the batch
-        self._batch = None  # a buffered cache holding self.rows left-padded, None when it must be rebuilt
-        self._pads: list[int] = []
-        self._mask = None  # the batch's padding mask, with room like its cache (None without padding)
+        self._pool: kv_pool.SlotPool | None = None  # the decoding rows' KV caches, rows[i] in slot i
+        self.fixed_steps = fixed_steps  # makes FixedSteps (fixed_steps.py) from a row's KV; None: steps at any shape
+        self._steps = None  # those steps, over their static pool, once made
         self._closing = threading.Event()
         self._worker: threading.Thread | None = None
         self.failed: str | None = None  # why the accelerator can no longer run the model, once it cannot
@@ -119,7 +119,7 @@ class Engine:
     @property
     def kv_bytes(self) -> int:
         """Bytes of KV cache held: the prefix cache plus the streams in flight."""
-        held = self.cache.nbytes + kv_buffer.cache_nbytes(self._batch)
+        held = self.cache.nbytes + (self._pool.nbytes if self._pool else 0)
         storages = {}  # rows outside the batch may hold views of one buffer: each buffer counts once
         for row in list(self.rows) + list(self.prefilling):
             kv = row.kv  # read once: the worker may replace it meanwhile
@@ -187,7 +187,7 @@ class Engine:
                         self._decode_step()
                     except BaseException as exc:
                         log.exception("decode step failed")
-                        rows, self.rows, self._batch = list(self.rows), [], None  # the next step rebuilds it
+                        rows, self.rows, self._pool, self._steps = list(self.rows), [], None, None
                         self._check_failure(exc)
                         for row in rows:  # the batch may be what failed: nothing of it is touched again
                             row.kv = None
@@ -207,7 +207,7 @@ class Engine:
                     self._finish(_Row(stream, TextDecoder(self.tokenizer, stream.params.stop)), "error", error)
         for row in self.prefilling + self.rows:  # closed: whatever was running ends, as cancelled
             self._finish(row, "cancelled")
-        self.prefilling, self.rows, self._batch = [], [], None
+        self.prefilling, self.rows, self._pool, self._steps = [], [], None, None
 
     def _check_failure(self, exc: BaseException) -> None:
         """After an unrecoverable accelerator error, stop running the model and say so (once)."""
@@ -261,9 +261,10 @@ class Engine:
         end = min(row.pos + self.prefill_chunk, len(row.ids))
         device = self.model.device
         started = time.monotonic()
-        out = self._forward(row.cache, row.pos, input_ids=torch.tensor([row.ids[row.pos:end]], device=device),
-                            position_ids=torch.arange(row.pos, end, device=device).unsqueeze(0),
-                            past_key_values=row.cache, use_cache=True, logits_to_keep=1)
+        inputs = {"input_ids": torch.tensor([row.ids[row.pos:end]], device=device),
+                  "position_ids": torch.arange(row.pos, end, device=device).unsqueeze(0)}
+        logits = self._forward(row.cache, row.pos, lambda: self.model(**inputs, past_key_values=row.cache,
+                                                                      use_cache=True, logits_to_keep=1).logits[:, -1])
         self.cache.rates.prefilled(end - row.pos, time.monotonic() - started)
         row.pos = end
         if end < len(row.ids):
@@ -271,7 +272,7 @@ class Engine:
         self.prefilling.remove(row)
         row.kv = [(layer.keys, layer.values) for layer in row.cache.layers]
         row.cache = None
-        token = sample_tokens(out.logits[:, -1], [stream.params])[0]
+        token = sample_tokens(logits, [stream.params])[0]
         if token is None:
             self._finish(row, "error", _no_usable_token())
             return
@@ -279,29 +280,26 @@ class Engine:
         if reason:
             self._finish(row, reason)
         else:
-            self._detach()
-            self.rows.append(row)
+            self.rows.append(row)  # joins the pool at the next decode step
 
     def _decode_step(self) -> None:
-        """One token for every decoding stream, in one forward pass."""
+        """One token for every decoding stream, in one forward pass over the pool's slots."""
         for row in [r for r in self.rows if r.stream.cancelled.is_set()]:
             self._leave(row, "cancelled")
         if not self.rows:
             return
-        if self._batch is None:
-            self._rebuild()
-        device = self.model.device
-        length = self._batch.get_seq_length()
-        mask = None
-        if self._mask is not None:
-            if self._mask.shape[1] <= length:
-                self._mask = kv_buffer.padding_mask(self._pads, length + 1 + self.growth_room, device)
-            mask = self._mask[:, :length + 1]
-        out = self._forward(self._batch, length,
-                            input_ids=torch.tensor([[row.ids[-1]] for row in self.rows], device=device),
-                            position_ids=torch.tensor([[length - pad] for pad in self._pads], device=device),
-                            attention_mask=mask, past_key_values=self._batch, use_cache=True)
-        tokens = sample_tokens(out.logits[:, -1], [row.stream.params for row in self.rows])
+        self._join()
+        ids = [row.ids[-1] for row in self.rows]
+        if self._steps is not None:
+            logits = self._forward(self._pool.cache, 0, lambda: self._steps.run(ids))
+        else:
+            cache, mask, positions = self._pool.prepare()
+            inputs = {"input_ids": torch.tensor([[i] for i in ids], device=self.model.device),
+                      "position_ids": positions, "attention_mask": mask}
+            logits = self._forward(cache, 0, lambda: self.model(**inputs, past_key_values=cache,
+                                                                use_cache=True).logits[:, -1])
+        self._pool.advance()
+        tokens = sample_tokens(logits, [row.stream.params for row in self.rows])
         for row, token in list(zip(self.rows, tokens, strict=True)):
             if token is None:
                 self._leave(row, "error", _no_usable_token())
@@ -310,44 +308,52 @@ class Engine:
             if reason:
                 self._leave(row, reason)
 
-    def _forward(self, cache, length: int, **inputs):
-        """The model's forward pass. Out of memory, the prefix cache's kept tensors are let go and the pass runs
-        once more from where it started (what it wrote into `cache` past `length` is forgotten first)."""
+    def _forward(self, cache, length: int, run: Callable):
+        """`run()`: a forward pass of the model. Out of memory, the prefix cache's kept tensors are let go and the
+        pass runs once more from where it started (what it wrote into `cache` past `length` is forgotten first)."""
         try:
-            return self.model(**inputs)
+            return run()
         except torch.OutOfMemoryError:
             freed = self.cache.release()
             for layer in cache.layers:
                 layer.truncate(length)
             log.warning("out of memory in a forward pass: let go of %.0f MB of kept KV caches, trying it once more",
                         freed / 2**20)
-            return self.model(**inputs)
+            return run()
 
-    def _rebuild(self) -> None:
-        """Stack the decoding rows' caches into one left-padded batch (after a join or a leave)."""
-        layers, self._pads = kv_buffer.stack_left_padded([row.kv for row in self.rows], self.growth_room)
-        for row in self.rows:
-            row.kv = None  # the batch holds it now
-        capacity = layers[0][0].shape[2]
-        length = capacity - self.growth_room  # the longest row's
-        self._batch = Cache(layers=[kv_buffer.BufferedLayer.over(keys, values, length, self.growth_room)
-                                    for keys, values in layers])
-        self._mask = kv_buffer.padding_mask(self._pads, capacity, self.model.device) if any(self._pads) else None
+    def _join(self) -> None:
+        """Copy the caches of rows that finished their prompt into the pool's next slots (rows[i] is in slot i)."""
+        joining = self.rows[self._pool.rows if self._pool else 0:]
+        if joining and self._pool is None:
+            if self.fixed_steps is not None:  # a static pool, kept while the engine runs
+                self._steps = self.fixed_steps(joining[0].kv)
+                self._pool = self._steps.pool
+            else:
+                slots = self.max_batch if self.model.device.type == "cpu" else 1  # CPU: unwritten slots cost nothing
+                self._pool = kv_pool.SlotPool.like(joining[0].kv, room=self.growth_room, slots=slots)
+        for row in joining:
+            self._pool.add(row.kv)
+            row.kv = None  # the pool holds it now
 
     def _leave(self, row: _Row, reason: str, error: BaseException | None = None) -> None:
-        """Take a row out of the batch; the others are restacked before the next step."""
-        self._detach()
-        self.rows.remove(row)
-        self._finish(row, reason, error)
-
-    def _detach(self) -> None:
-        """Give every decoding row a view of its part of the batch, so the batch can be restacked."""
-        if self._batch is None:
+        """Take a row out of the batch: its cache is kept (copied out of its slot), and the last row moves into
+        the slot."""
+        slot = self.rows.index(row)
+        pool = self._pool
+        if pool is None or slot >= pool.rows:  # not in the pool yet: it holds its own cache
+            self.rows.remove(row)
+            self._finish(row, reason, error)
             return
-        layers = [(layer.keys, layer.values) for layer in self._batch.layers]
-        for i, row in enumerate(self.rows):
-            row.kv = [(k[i:i + 1, :, self._pads[i]:], v[i:i + 1, :, self._pads[i]:]) for k, v in layers]
-        self._batch = None
+        row.kv = pool.view(slot)
+        last = self.rows.pop(pool.rows - 1)  # the row in the pool's last slot moves into this one
+        if last is not row:
+            self.rows[slot] = last
+        try:
+            self._finish(row, reason, error)  # copies what it keeps before the slot is reused
+        finally:
+            pool.remove(slot)
+            if not self.rows and not pool.static:
+                self._pool = None
 
     def _emit(self, row: _Row, token: int) -> str | None:
         """Hand one new token to the stream; returns why the reply ends here, if it does."""

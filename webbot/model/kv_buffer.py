@@ -8,10 +8,8 @@ model reads a view of the filled part; a full buffer grows by `room` tokens at o
 copy happens once per `room` steps instead of every step.
 
 A buffer's tensors are shaped [batch, heads, capacity, head_dim]; the view handed out is
-[batch, heads, length, head_dim] over the same memory, so slicing a row out of it (as the
-engine does when the batch changes) costs nothing, and the engine copies a finished row
-into an exact-sized tensor for keeping. The helpers at the bottom stack rows of different
-lengths into one left-padded batch with room, and build its padding mask.
+[batch, heads, length, head_dim] over the same memory. The engine reads each prompt into
+one of these, then copies it into the decoding batch's pool (`kv_pool.py`).
 """
 
 import torch
@@ -34,15 +32,6 @@ class BufferedLayer(DynamicLayer):
         """A layer that starts with a copy of `keys` and `values`, with `room` tokens free after them."""
         layer = cls(room)
         layer.update(keys, values)
-        return layer
-
-    @classmethod
-    def over(cls, keys: torch.Tensor, values: torch.Tensor, length: int, room: int = GROWTH_ROOM) -> "BufferedLayer":
-        """A layer using `keys` and `values` themselves as its buffers, the first `length` tokens filled."""
-        layer = cls(room)
-        layer.lazy_initialization(keys, values)
-        layer._keys, layer._values, layer.length = keys, values, length
-        layer.keys, layer.values = keys[:, :, :length], values[:, :, :length]
         return layer
 
     @property
@@ -112,37 +101,6 @@ def buffered_cache(kv: list[tuple] | None = None, room: int = GROWTH_ROOM) -> Ca
 def cache_nbytes(cache: Cache | None) -> int:
     """Bytes a buffered cache's layers hold (their capacity, not just the filled part)."""
     return sum(layer.nbytes for layer in cache.layers) if cache is not None else 0
-
-
-def stack_left_padded(rows: list[list[tuple]], room: int = 0) -> tuple[list[tuple], list[int]]:
-    """Per-layer (keys, values) of several rows as one batch, shorter rows padded on the left, in buffers with
-    `room` tokens free after the longest row.
-
-    Returns the batch and each row's padding; padded positions must be masked out.
-    """
-
-    lengths = [row[0][0].shape[2] for row in rows]
-    longest = max(lengths)
-    pads = [longest - n for n in lengths]
-    layers = []
-    for layer in range(len(rows[0])):
-        stacked = []
-        for part in (0, 1):
-            first = rows[0][layer][part]
-            batch = first.new_zeros((len(rows), first.shape[1], longest + room, first.shape[3]))
-            for i, row in enumerate(rows):
-                batch[i, :, pads[i]:longest] = row[layer][part][0]
-            stacked.append(batch)
-        layers.append(tuple(stacked))
-    return layers, pads
-
-
-def padding_mask(pads: list[int], capacity: int, device) -> torch.Tensor:
-    """The attention mask of a left-padded batch for up to `capacity` tokens: 0 over each row's padding."""
-    mask = torch.ones((len(pads), capacity), dtype=torch.long, device=device)
-    for i, pad in enumerate(pads):
-        mask[i, :pad] = 0
-    return mask
 
 
 def compact(tensor):
