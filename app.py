@@ -56,7 +56,8 @@ def bot_from_config(config: dict):
                    max_seconds=config["WEBBOT_MAX_REPLY_SECONDS"],
                    cpu_batch_matmul=config["WEBBOT_CPU_BATCH_MATMUL"],
                    kv_disk_dir=Path(config["WEBBOT_DATA_DIR"]) / "kv-cache", kv_disk_mb=config["WEBBOT_KV_DISK_MB"],
-                   recall_share=config["WEBBOT_RECALL_SHARE"], quant=config["WEBBOT_QUANT"])
+                   recall_share=config["WEBBOT_RECALL_SHARE"], quant=config["WEBBOT_QUANT"],
+                   cuda_graphs=config["WEBBOT_CUDA_GRAPHS"])
 
 
 def transcriber_from_config(config: dict) -> Transcriber:

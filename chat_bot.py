@@ -16,6 +16,7 @@ ids the model generated), so the cached prefix matches token for token.
 import logging
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 from webbot.config import (
@@ -31,6 +32,7 @@ from webbot.config import (
     QUANTS,
 )
 from webbot.model.bot import PlansReplies
+from webbot.model.fixed_steps import FixedSteps
 from webbot.model.kv_cache import PrefixCache
 from webbot.model.memory import Memory, MemoryPlan
 from webbot.model.metrics import Metrics
@@ -52,12 +54,13 @@ class ChatBot(PlansReplies):
                  max_batch: int | None = None, kv_cache_mb: float | None = None, kv_reuse: bool = True,
                  max_seconds: float = MAX_REPLY_SECONDS, cpu_batch_matmul: bool = True, metrics=None,
                  kv_disk_dir: Path | None = None, kv_disk_mb: float | None = None,
-                 recall_share: float = DEFAULT_RECALL_SHARE, quant: str = QUANTS[0]):
+                 recall_share: float = DEFAULT_RECALL_SHARE, quant: str = QUANTS[0], cuda_graphs: bool = False):
         self.model_id = model
         self.max_waiting, self.max_batch, self.max_seconds = max_waiting, max_batch, max_seconds
         self.kv_cache_mb, self.kv_reuse = kv_cache_mb, kv_reuse
         self.kv_disk_dir, self.kv_disk_mb = kv_disk_dir, kv_disk_mb  # no directory or 0 MB: no disk tier
         self.cpu_batch_matmul = cpu_batch_matmul
+        self.cuda_graphs = cuda_graphs  # decode steps replayed from CUDA graphs (fixed_steps.py), on CUDA only
         self.metrics = metrics or Metrics()  # counters of this bot's engine, served at /metrics
         self.metrics.watch(self)
         self.requested = (device, dtype, quant)
@@ -180,9 +183,15 @@ class ChatBot(PlansReplies):
         self.cache = PrefixCache(self.memory.decode, int(budget_mb * 1024 * 1024), self.kv_reuse,
                                  on_evict=lambda entry: self.metrics.evictions.inc(), disk=disk, device=self.device)
         restored = self.cache.restore()
+        fixed = None
+        if self.cuda_graphs and kind == "cuda":
+            fixed = partial(FixedSteps.for_model, model, slots=max_batch, tokens=self.max_tokens,
+                            pad_id=tokenizer.pad_token_id or 0, capture=True)
+        elif self.cuda_graphs:
+            log.warning("CUDA graphs need a CUDA GPU; decoding on %s without them", self.device)
         self.engine = Engine(model, tokenizer, end_of_turn_ids(model, tokenizer), self.cache, self.max_waiting,
                              max_batch, PREFILL_CHUNK[kind], self.max_seconds,
-                             self.metrics, on_failure=self._failed).start()
+                             self.metrics, on_failure=self._failed, fixed_steps=fixed).start()
         log.info("KV cache reuse %s, budget %d MB, %s; up to %d replies decoded together",
                  "on" if self.kv_reuse else "off", budget_mb,
                  f"disk tier {disk.budget // 2**20} MB in {self.kv_disk_dir} ({restored} kept from before)" if disk

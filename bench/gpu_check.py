@@ -10,6 +10,10 @@ a stage that fails says why and the others still run:
   speed      the Llama-3.2-1B shape (random weights) through ChatBot: time to first token, decode tok/s at
              batch 1/8/32 x 512/4k context, against the roofline (weights + KV read once per step at the
              copy bandwidth measured here), peak memory
+  graphs     decode steps replayed from CUDA graphs (WEBBOT_CUDA_GRAPHS=on, never run on a GPU before this):
+             greedy tokens of 3 replies of different lengths equal to eager steps', then decode tok/s of the
+             1B shape at batch 1/8/32 x 512 context, graphs against eager side by side (on CPU: the same
+             fixed-shape steps without capture, tokens only)
   profile    kernels (device ops) and host syncs per decode step
   oom        an out-of-memory error in every pass for a while: every stream ends, the worker lives, the next
              reply is whole; one OOM alone is retried and changes no token
@@ -33,7 +37,7 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("env", "engine", "speed", "profile", "oom", "whisper", "nan", "oov")
+STAGES = ("env", "engine", "speed", "graphs", "profile", "oom", "whisper", "nan", "oov")
 DOCS_MARK = "<!-- gpu_check -->"
 
 
@@ -191,14 +195,79 @@ def stage_speed(args) -> dict:
         bot.close()
 
 
+def graphed_bot(model: Path, device: str, **options):
+    """A bot whose decode steps replay CUDA graphs; off CUDA, the same fixed-shape steps run without capture."""
+    from functools import partial
+
+    from webbot.model.fixed_steps import FixedSteps
+
+    bot = load_bot(model, device, cuda_graphs=device.startswith("cuda"), **options)
+    if not device.startswith("cuda"):
+        bot.engine.fixed_steps = partial(FixedSteps.for_model, bot.engine.model, slots=bot.engine.max_batch,
+                                         tokens=bot.max_tokens, pad_id=0, capture=False)
+    return bot
+
+
+def decode_rate(bot, prompts: list[list[int]], new_tokens: int) -> float:
+    """Tokens per second while every one of `prompts` decodes together."""
+    streams = [bot.engine.submit(p, greedy(new_tokens)) for p in prompts]
+    while not all(s.generated_ids for s in streams):
+        time.sleep(0.001)
+    started, counted = time.perf_counter(), sum(len(s.generated_ids) for s in streams)
+    for stream in streams:
+        read(stream)
+    return (sum(len(s.generated_ids) for s in streams) - counted) / (time.perf_counter() - started)
+
+
+def stage_graphs(args) -> dict:
+    from bench.common import llama32_1b_random_dir
+    from harness import assets
+
+    questions = ["Hi", "Tell me a long story about a robot who learns to paint, with three chapters.",
+                 "Name five colours."]
+    tokens = {}
+    for kind in ("eager", "graphs"):
+        make = graphed_bot if kind == "graphs" else load_bot
+        bot = make(assets.tiny_llama_dir(), args.device, max_tokens=1024)
+        try:
+            streams = [bot.engine.submit(bot.memory.render([{"role": "user", "content": q}]), greedy(n))
+                       for q, n in zip(questions, (40, 25, 33), strict=True)]
+            for stream in streams:
+                read(stream)
+            tokens[kind] = [s.generated_ids for s in streams]
+            captured = len([g for g in (bot.engine._steps.graphs.values() if bot.engine._steps else ()) if g])
+        finally:
+            bot.close()
+    out = {"ok": tokens["graphs"] == tokens["eager"], "greedy_equal": tokens["graphs"] == tokens["eager"],
+           "graphs_captured": captured, "mode": "graphs" if args.device.startswith("cuda") else "fixed shapes, eager"}
+    if args.small:
+        return out
+    model, context, rows = llama32_1b_random_dir(), 512, []
+    bots = {"eager": load_bot(model, args.device, max_tokens=context + 256, max_batch=32),
+            "graphs": graphed_bot(model, args.device, max_tokens=context + 256, max_batch=32)}
+    try:
+        vocab = bots["eager"].engine.model.get_input_embeddings().num_embeddings
+        for batch in (1, 8, 32):
+            prompts = [[1000 + (i * 7919 + j * 104729) % (vocab - 2000) for j in range(context)] for i in range(batch)]
+            rates = {kind: decode_rate(bot, prompts, 64) for kind, bot in bots.items()}
+            rows.append({"batch": batch, "context": context, **{f"{k}_tok_s": v for k, v in rates.items()},
+                         "graphs_over_eager": rates["graphs"] / rates["eager"]})
+    finally:
+        for bot in bots.values():
+            bot.close()
+    return {**out, "rows": rows}
+
+
 def stage_profile(args) -> dict:
-    """Ten decode steps as the engine runs them (the model's forward on a buffered KV cache, then the sampler),
-    on this thread so that the profiler sees every op: device kernels, host syncs and aten ops per step."""
+    """Ten decode steps as the engine runs them without graphs (the model's forward over the pool of slots, then
+    the sampler), on this thread so that the profiler sees every op: device kernels, host syncs and aten ops per
+    step."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     from webbot.model.decoding import sample_tokens
     from webbot.model.kv_buffer import buffered_cache
+    from webbot.model.kv_pool import SlotPool
 
     bot = tiny_bot(args.device)
     try:
@@ -206,17 +275,19 @@ def stage_profile(args) -> dict:
         ids = bot.memory.render([{"role": "user", "content": "Count from one to a hundred."}])
         params = [greedy(1)]
         with torch.inference_mode():
-            cache = buffered_cache(None, room=256)
-            out = model(input_ids=torch.tensor([ids], device=device), past_key_values=cache, use_cache=True,
+            prompt = buffered_cache(None, room=0)
+            out = model(input_ids=torch.tensor([ids], device=device), past_key_values=prompt, use_cache=True,
                         logits_to_keep=1)
             token = sample_tokens(out.logits[:, -1], params)[0]
+            pool = SlotPool.like([(layer.keys, layer.values) for layer in prompt.layers])
+            pool.add([(layer.keys, layer.values) for layer in prompt.layers])
 
             def step():
                 nonlocal token
-                length = cache.get_seq_length()
-                out = model(input_ids=torch.tensor([[token]], device=device),
-                            position_ids=torch.tensor([[length]], device=device), past_key_values=cache,
-                            use_cache=True)
+                cache, mask, positions = pool.prepare()
+                out = model(input_ids=torch.tensor([[token]], device=device), position_ids=positions,
+                            attention_mask=mask, past_key_values=cache, use_cache=True)
+                pool.advance()
                 token = sample_tokens(out.logits[:, -1], params)[0]
 
             for _ in range(3):
@@ -355,7 +426,8 @@ def stage_child(name: str, args) -> dict:
 # --- running and reporting ----------------------------------------------------------------------------------
 
 def run_stage(name: str, args) -> dict:
-    functions = {"env": stage_env, "engine": stage_engine, "speed": stage_speed, "profile": stage_profile,
+    functions = {"env": stage_env, "engine": stage_engine, "speed": stage_speed, "graphs": stage_graphs,
+                 "profile": stage_profile,
                  "oom": stage_oom, "whisper": stage_whisper}
     started = time.perf_counter()
     try:
@@ -383,6 +455,12 @@ def docs_section(results: list[dict]) -> str:
                   "|---|---|---|---|---|---|---|"]
         lines += [f"| {r['context']} | {r['batch']} | {r['ttft_s']:.3f} | {r['decode_tok_s']:.0f} | "
                   f"{r['roofline_tok_s']:.0f} | {r['of_roofline']:.0%} | {r['peak_gb']:.1f} |" for r in speed["rows"]]
+    graphs = next((r for r in results if r["stage"] == "graphs" and r.get("rows")), None)
+    if graphs:
+        lines += ["", "Decode steps from CUDA graphs against eager steps, side by side (`WEBBOT_CUDA_GRAPHS`):", "",
+                  "| context | batch | eager tok/s | graphs tok/s | graphs / eager |", "|---|---|---|---|---|"]
+        lines += [f"| {r['context']} | {r['batch']} | {r['eager_tok_s']:.0f} | {r['graphs_tok_s']:.0f} | "
+                  f"{r['graphs_over_eager']:.2f}x |" for r in graphs["rows"]]
     return "\n".join(lines) + "\n" + DOCS_MARK + "\n"
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ["env", "engine", "speed", "profile", "oom", "whisper", "nan", "oov"]
+STAGES = ["env", "engine", "speed", "graphs", "profile", "oom", "whisper", "nan", "oov"]
 
 
 @pytest.mark.slow
@@ -27,6 +27,7 @@ def test_the_gpu_check_dry_run_passes_every_stage_and_writes_a_docs_section(tmp_
     assert done.returncode == 0
     by_stage = {r["stage"]: r for r in results}
     assert by_stage["engine"]["greedy_equal"] and by_stage["engine"]["sampled_finished"] == 8
+    assert by_stage["graphs"]["greedy_equal"] and by_stage["graphs"]["mode"] == "fixed shapes, eager"
     assert by_stage["oom"]["retried_equal"] and by_stage["oom"]["worker_alive"] and len(by_stage["oom"]["ended"]) == 4
     assert by_stage["nan"]["ended"] == "NoUsableToken" and "vocabulary" in by_stage["oov"]["refused"]
     assert all(row["decode_tok_s"] > 0 and 0 < row["of_roofline"] for row in by_stage["speed"]["rows"])

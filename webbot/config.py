@@ -183,6 +183,7 @@ def from_env(environ: dict | None = None) -> dict:
         "WEBBOT_MAX_REPLY_SECONDS": float(env.get("WEBBOT_MAX_REPLY_SECONDS", MAX_REPLY_SECONDS)),
         "WEBBOT_KV_CACHE_MB": _auto_int(env, "WEBBOT_KV_CACHE_MB"),
         "WEBBOT_KV_REUSE": _choice(env, "WEBBOT_KV_REUSE", ("on", "off")) == "on",
+        "WEBBOT_CUDA_GRAPHS": _choice(env, "WEBBOT_CUDA_GRAPHS", ("off", "on")) == "on",
         # the disk tier of kept KV caches (files under the data dir); 0 turns it off
         "WEBBOT_KV_DISK_MB": _auto_int(env, "WEBBOT_KV_DISK_MB"),
         "WEBBOT_MAX_CONVERSATIONS": int(env.get("WEBBOT_MAX_CONVERSATIONS", MAX_CONVERSATIONS)),
