@@ -119,15 +119,10 @@ class Engine:
     @property
     def kv_bytes(self) -> int:
         """Bytes of KV cache held: the prefix cache plus the streams in flight."""
-        held = self.cache.nbytes + (self._pool.nbytes if self._pool else 0)
-        storages = {}  # rows outside the batch may hold views of one buffer: each buffer counts once
-        for row in list(self.rows) + list(self.prefilling):
-            kv = row.kv  # read once: the worker may replace it meanwhile
-            for pair in kv or ():
-                for tensor in pair:
-                    storage = tensor.untyped_storage()
-                    storages[storage.data_ptr()] = storage.nbytes()
-        return held + sum(storages.values())
+        pool = self._pool  # read once: the worker may drop it meanwhile
+        storages = {tensor.untyped_storage().data_ptr(): tensor.untyped_storage().nbytes()  # a buffer counts once
+                    for row in list(self.rows) + list(self.prefilling) for pair in (row.kv or ()) for tensor in pair}
+        return self.cache.nbytes + (pool.nbytes if pool else 0) + sum(storages.values())
 
     def position(self, stream: Stream) -> int:
         """Where a reply waits: 1 for the next to start, 0 once it has started (or left the queue)."""
