@@ -2,11 +2,15 @@
 numbers as concatenating each reply's cache alone; replies join and leave without moving the others (issue 23,
 speed). Unit checks on random tensors, then the real tiny Llama through the engine."""
 
+from functools import partial
+
+import pytest
 import torch
 from transformers import DynamicCache
 
 from chat_bot import ChatBot
 from tests.helpers import QUESTIONS, greedy
+from webbot.model.fixed_steps import FixedSteps
 from webbot.model.kv_buffer import GROWTH_ROOM
 from webbot.model.kv_pool import PoolFull, SlotPool
 
@@ -153,3 +157,48 @@ def test_on_cpu_slots_no_reply_has_written_take_no_memory():
     grown = resident() - before
     assert pool.nbytes == slot_bytes  # one slot written, as the engine's memory gauge counts it
     assert 0.8 * slot_bytes < grown < 2 * slot_bytes, grown / slot_bytes
+
+
+@pytest.fixture(scope="module")
+def sliding_model_dir(tmp_path_factory):
+    """A 2-layer random-weight Qwen2 whose second layer attends only 16 tokens back (as Gemma's and Mistral's
+    sliding layers do), with the real Llama 3.2 tokenizer and template; made here, nothing downloaded."""
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    from harness import assets
+
+    config = Qwen2Config(vocab_size=128256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True, sliding_window=16,
+                         max_window_layers=1, bos_token_id=128000, eos_token_id=assets.LLAMA3_EOS_IDS,
+                         tie_word_embeddings=True, initializer_range=0.5)
+    assert config.layer_types == ["full_attention", "sliding_attention"]
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("sliding")
+    Qwen2ForCausalLM(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(assets.llama32_tokenizer_dir()).save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("steps", ["engine", "fixed shapes"])
+def test_a_sliding_window_models_replies_equal_generate(sliding_model_dir, steps):
+    """Decode steps pass the pool's mask to the model as it is, so the sliding layers get their own: without it they
+    attended to the whole context once a reply passed 16 tokens. Two replies batched together, each equal to
+    transformers' generate (whose cache keeps only the window for those layers); with the engine's steps and with
+    the fixed-shape steps CUDA graphs replay (here without capture)."""
+    bot = ChatBot(str(sliding_model_dir), max_tokens=2048, max_batch=2, kv_reuse=False).load()
+    if steps == "fixed shapes":
+        bot.engine.fixed_steps = partial(FixedSteps.for_model, bot.engine.model, slots=2, tokens=bot.max_tokens,
+                                         pad_id=0, capture=False)
+    try:
+        plans = [bot.plan([], p) for p in ("Hi", QUESTIONS[1])]
+        streams = [bot.generate(plan, greedy(30)) for plan in plans]
+        for stream in streams:
+            list(stream)
+        model = bot.engine.model
+        for plan, stream in zip(plans, streams, strict=True):
+            with torch.inference_mode():
+                out = model.generate(torch.tensor([plan.prompt_ids]), max_new_tokens=30, do_sample=False,
+                                     eos_token_id=bot.engine.eos_ids, pad_token_id=bot.engine.pad_id)
+            assert stream.generated_ids == out[0, len(plan.prompt_ids):].tolist()
+    finally:
+        bot.close()

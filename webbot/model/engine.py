@@ -325,7 +325,8 @@ class Engine:
                 self._pool = self._steps.pool
             else:
                 slots = self.max_batch if self.model.device.type == "cpu" else 1  # CPU: unwritten slots cost nothing
-                self._pool = kv_pool.SlotPool.like(joining[0].kv, room=self.growth_room, slots=slots)
+                self._pool = kv_pool.SlotPool.like(joining[0].kv, room=self.growth_room, slots=slots,
+                                                   window=kv_pool.window_of(self.model.config))
         for row in joining:
             self._pool.add(row.kv)
             row.kv = None  # the pool holds it now

@@ -21,13 +21,21 @@ import logging
 
 import torch
 
-from webbot.model.kv_pool import SlotPool
+from webbot.model.kv_pool import SlotPool, window_of
 
 log = logging.getLogger(__name__)
 
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)  # batch sizes a step is padded to (then the pool's slots)
 SPAN_BUCKET = 256  # the fewest positions a step attends over; spans double from it up to the pool's capacity
 WARM_UP_RUNS = 2  # eager runs before a capture (lazy initialisation must not happen inside one)
+STATIC_POOL_SHARE = 0.5  # of the GPU memory free after loading, the most a static pool may take
+
+
+def static_slots(free_bytes: int, tokens: int, bytes_per_token: int, max_batch: int) -> int:
+    """How many replies of up to `tokens` tokens a static pool may hold within STATIC_POOL_SHARE of `free_bytes`: at
+    most `max_batch`, 0 when not even one fits. The pool is allocated whole when decoding starts, so a card with
+    less room batches fewer replies rather than running out of memory at the first reply."""
+    return min(max_batch, int(free_bytes * STATIC_POOL_SHARE) // ((tokens + 1) * bytes_per_token))
 
 
 def bucket(value: int, buckets, largest: int) -> int:
@@ -60,7 +68,8 @@ class FixedSteps:
     def for_model(cls, model, kv: list[tuple], slots: int, tokens: int, pad_id: int, capture: bool) -> "FixedSteps":
         """Steps for up to `slots` replies of up to `tokens` tokens each, with a pool shaped like `kv` (one reply's
         per-layer keys and values)."""
-        return cls(model, SlotPool.like(kv, slots=slots, capacity=tokens + 1, static=True), pad_id, capture)
+        pool = SlotPool.like(kv, slots=slots, capacity=tokens + 1, static=True, window=window_of(model.config))
+        return cls(model, pool, pad_id, capture)
 
     def shape(self, rows: int) -> tuple[int, int]:
         """The (rows, span) a step over the pool's replies runs at."""

@@ -26,6 +26,11 @@ from transformers.cache_utils import Cache, DynamicLayer
 from webbot.model.kv_buffer import GROWTH_ROOM
 
 
+def window_of(config) -> int | None:
+    """The sliding window of a model whose layers include sliding-window ones (Gemma, Qwen2 with it on), else None."""
+    return config.sliding_window if "sliding_attention" in (getattr(config, "layer_types", None) or ()) else None
+
+
 class PoolFull(RuntimeError):
     """A static pool has no free slot, or no room for a reply this long."""
 
@@ -72,8 +77,9 @@ class SlotPool:
     """Every decoding reply's keys and values, reply i in slot i; `lengths[i]` tokens of it are filled."""
 
     def __init__(self, layers: int, kv_heads: int, head_dim: int, dtype, device, room: int = GROWTH_ROOM,
-                 slots: int = 1, capacity: int = 0, static: bool = False):
+                 slots: int = 1, capacity: int = 0, static: bool = False, window: int | None = None):
         self.shape = (kv_heads, head_dim)
+        self.window = window  # the model's sliding window, when some of its layers attend only that far back
         self.dtype, self.device, self.room, self.static = dtype, torch.device(device), room, static
         self.lengths: list[int] = []
         self.keys = self.values = None
@@ -82,8 +88,8 @@ class SlotPool:
         self.span = 1  # positions the current step attends over
         self.step_rows = self.step_positions = None
         self._layers = layers
-        self._resize(max(slots, 1), max(capacity, 1))
         self.cache = Cache(layers=[PoolLayer(self, i) for i in range(layers)])
+        self._resize(max(slots, 1), max(capacity, 1))
 
     @classmethod
     def like(cls, kv: list[tuple], **options) -> "SlotPool":
@@ -150,7 +156,8 @@ class SlotPool:
         """Ready a decode step over the first `step_rows` slots attending over the first `span` positions (by default
         the rows held and the longest one's positions; a graph's fixed shape asks for more): grows capacity when a
         row would not fit, marks each row's new position in the mask. Returns the cache to hand the model, its
-        attention mask [step_rows, 1, 1, span] and position ids [step_rows, 1]."""
+        attention mask [step_rows, 1, 1, span] (with a sliding window, a mask per kind of layer, as transformers
+        takes them) and position ids [step_rows, 1]."""
         step_rows = step_rows or self.rows
         longest = max(self.lengths)
         if longest + 1 > self.capacity:
@@ -163,7 +170,13 @@ class SlotPool:
         self.step_positions.copy_(torch.tensor(at), non_blocking=True)
         self.mask[self.step_rows, 0, 0, self.step_positions] = True
         self.span = span or longest + 1
-        return self.cache, self.mask[:step_rows, :, :, :self.span], self.step_positions[:, None]
+        mask = self.mask[:step_rows, :, :, :self.span]
+        if self.window:  # the sliding layers' own mask: also nothing a window or more behind the new token
+            near = self._window_mask[:step_rows, :, :, :self.span]
+            reach = (self.step_positions - self.window)[:, None, None, None]
+            torch.logical_and(mask, self._columns[:self.span] > reach, out=near)
+            mask = {"full_attention": mask, "sliding_attention": near}
+        return self.cache, mask, self.step_positions[:, None]
 
     def advance(self) -> None:
         """The step succeeded: every row holds one more token."""
@@ -189,6 +202,10 @@ class SlotPool:
                     new[slot, :, length:] = 0
             mask[slot, ..., :length] = True
         self.keys, self.values, self.mask = keys, values, mask
+        for layer in self.cache.layers:  # the last step's views would keep the old buffers alive
+            layer.keys = layer.values = None
         self.slots, self.capacity, self.high_water = slots, capacity, self.rows
         self._arange = torch.arange(slots, device=self.device)
+        self._columns = torch.arange(capacity, device=self.device)
+        self._window_mask = torch.zeros_like(mask) if self.window else None
         self._positions = torch.zeros(slots, dtype=torch.long, device=self.device)
