@@ -121,3 +121,13 @@ def test_cuda_graphs_asked_for_on_cpu_say_so_and_decode_without_them(tiny_model_
         assert len(stream.generated_ids) == 5
     finally:
         bot.close()
+
+
+def test_a_static_pool_batches_only_as_many_replies_as_half_the_free_gpu_memory_holds():
+    """The static pool is allocated whole when decoding starts: on a small card (the original RTX 3080's 10 GB,
+    7.5 GB free after Llama-3.2-1B's weights) 32 replies of 8,192 tokens (8.6 GB in bf16) would run out of memory
+    at the first reply. Arithmetic only: no GPU here."""
+    gib, per_token = 1024**3, 32 * 1024  # Llama-3.2-1B in bf16: 16 layers x 8 heads x 64 dims x 2 x 2 bytes
+    assert fixed_steps.static_slots(int(7.5 * gib), 8192, per_token, 32) == 14  # 3.75 GB of 8,193-token slots
+    assert fixed_steps.static_slots(100 * gib, 8192, per_token, 32) == 32  # an H100: the batch as set
+    assert fixed_steps.static_slots(gib // 8, 8192, per_token, 32) == 0  # not one: no graphs (said in the log)

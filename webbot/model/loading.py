@@ -81,16 +81,21 @@ def progress_in_log(what: str):
         done.set()
 
 
-def default_kv_cache_mb(device: str, batch_bytes: int = 0) -> int:
+def default_kv_cache_mb(device: str, batch_bytes: int = 0, copies: int = 2) -> int:
     """The KV cache budget when none is set: KV_CACHE_MB_CPU on CPU. On CUDA, a share of the GPU's memory, but
-    never more than is free now (after the weights, and whatever else runs on the card) less twice the largest
-    batch's KV cache, `batch_bytes` (restacking a batch holds two copies for a moment)."""
+    never more than is free now (after the weights, and whatever else runs on the card) less `copies` of the
+    largest batch's KV cache, `batch_bytes` (growing the batch's pool holds two copies for a moment; a static pool,
+    allocated once, one)."""
     if device.startswith("cuda"):
         total = torch.cuda.get_device_properties(torch.device(device)).total_memory
-        free, _ = torch.cuda.mem_get_info(torch.device(device))
-        budget = min(total * KV_CACHE_GPU_SHARE, max(0, free - 2 * batch_bytes))
+        budget = min(total * KV_CACHE_GPU_SHARE, max(0, gpu_free_bytes(device) - copies * batch_bytes))
         return int(budget / (1024 * 1024))
     return KV_CACHE_MB_CPU
+
+
+def gpu_free_bytes(device: str) -> int:
+    """Bytes free on a CUDA device now (after the weights, and whatever else runs on the card)."""
+    return torch.cuda.mem_get_info(torch.device(device))[0]
 
 
 def kv_bytes_per_token(model, dtype: str) -> int:
