@@ -148,13 +148,10 @@ def plain_greedy(bot: ChatBot, prompt_ids: list[int], new_tokens: int) -> list[i
     return out[0, len(prompt_ids):].tolist()
 
 
-@pytest.mark.slow
-
-
 class ModelStandIn(torch.nn.Module):
     """The real model behind a forward pass the test changes, to inject a failure that cannot be had on demand on
-    CPU (a NaN score, an error in one prompt's pass). The engine reads only forward, get_input_embeddings and
-    device."""
+    CPU (a NaN score, an error in one prompt's pass). The engine reads only forward, get_input_embeddings, device
+    and config."""
 
     def __init__(self, model, forward):
         super().__init__()
@@ -169,6 +166,10 @@ class ModelStandIn(torch.nn.Module):
     @property
     def device(self):
         return self.inner.device
+
+    @property
+    def config(self):
+        return self.inner.config
 
 
 def failing_on_pass(model, n: int, error: BaseException) -> ModelStandIn:
