@@ -171,17 +171,17 @@ class ChatBot(PlansReplies):
         self.memory = Memory(tokenizer, self.max_tokens, self.reply_share, recall_share=self.recall_share)
         kind = "cuda" if self.device.startswith("cuda") else "cpu"
         max_batch = self.max_batch or MAX_BATCH[kind]
+        per_token = kv_bytes_per_token(model, self.dtype)
         graphs = self.cuda_graphs and kind == "cuda"
         if self.cuda_graphs and not graphs:
             log.warning("CUDA graphs need a CUDA GPU; decoding on %s without them", self.device)
         if graphs:  # their static pool is allocated whole: batch only as many replies as fit
-            fits = static_slots(gpu_free_bytes(self.device), self.max_tokens, kv_bytes_per_token(model, self.dtype),
-                                max_batch)
+            fits = static_slots(gpu_free_bytes(self.device), self.max_tokens, per_token, max_batch)
             if fits < max_batch:
                 log.warning("CUDA graphs: the GPU has room for a static pool of %d replies of %d tokens, not %d%s",
                             fits, self.max_tokens, max_batch, "; decoding without graphs" if not fits else "")
             graphs, max_batch = fits > 0, fits or max_batch
-        batch_bytes = max_batch * self.max_tokens * kv_bytes_per_token(model, self.dtype)  # the most a batch can hold
+        batch_bytes = max_batch * self.max_tokens * per_token  # the most a batch can hold
         budget_mb = self.kv_cache_mb if self.kv_cache_mb is not None else default_kv_cache_mb(
             self.device, batch_bytes, copies=1 if graphs else 2)
         disk = None
@@ -195,7 +195,7 @@ class ChatBot(PlansReplies):
                                  on_evict=lambda entry: self.metrics.evictions.inc(), disk=disk, device=self.device)
         restored = self.cache.restore()
         fixed = partial(FixedSteps.for_model, model, slots=max_batch, tokens=self.max_tokens,
-                        pad_id=tokenizer.pad_token_id or 0, capture=True) if graphs else None
+                        capture=True) if graphs else None
         self.engine = Engine(model, tokenizer, end_of_turn_ids(model, tokenizer), self.cache, self.max_waiting,
                              max_batch, PREFILL_CHUNK[kind], self.max_seconds,
                              self.metrics, on_failure=self._failed, fixed_steps=fixed).start()

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import llama32_1b_random_dir, save_report, setup, timed_stream
+from bench.common import prefilled_rows, save_report, setup, step_model, timed_stream
 from harness import assets
 
 
@@ -53,20 +53,9 @@ def step_cost(model, prefill: list[tuple], pads: list[int], kind: str, steps: in
 
 def prefilled(model, context: int, rows: int) -> tuple[list[tuple], list[int]]:
     """Keys and values of `rows` random prompts, the longest `context` tokens, left-padded, and their pads."""
-    import torch
-    from transformers import DynamicCache
-
     from bench.left_padded import stack_left_padded
 
-    per_row = []
-    for row in range(rows):
-        length = context - row * (context // 8)  # rows of different lengths, as a batch has
-        cache = DynamicCache()
-        ids = torch.randint(1000, 30000, (1, length), generator=torch.Generator().manual_seed(row))
-        with torch.inference_mode():
-            for start in range(0, length, 512):
-                model(input_ids=ids[:, start:start + 512], past_key_values=cache, use_cache=True, logits_to_keep=1)
-        per_row.append([(layer.keys, layer.values) for layer in cache.layers])
+    per_row = prefilled_rows(model, context, rows)
     if rows == 1:
         return per_row[0], [0]
     return stack_left_padded(per_row)
@@ -75,14 +64,9 @@ def prefilled(model, context: int, rows: int) -> tuple[list[tuple], list[int]]:
 def model_level(args) -> dict:
     import torch
 
-    from chat_bot import ChatBot
-
     report = {}
-    models = {"smollm2": assets.smollm2_dir(), "llama32-1b-random": llama32_1b_random_dir()}
     for name in args.models:
-        bot = ChatBot(model=str(models[name]), max_tokens=max(args.contexts) + 512)
-        bot.load()
-        bot.engine.close()  # only its model is used, from this thread
+        bot = step_model(name, max(args.contexts) + 512)
         model = bot.engine.model
         print(f"\n{name} ({bot.dtype}, quant {bot.quant}): ms per decode step", flush=True)
         print("| context | rows | DynamicCache | buffered | buffered / dynamic |")

@@ -19,27 +19,10 @@ import argparse
 import statistics
 import time
 
-from bench.common import llama32_1b_random_dir, save_report, setup
+from bench.common import prefilled_rows, save_report, setup, step_model
 from harness import assets
 
 ROWS = 4
-
-
-def prefilled_rows(model, context: int, rows: int) -> list[list[tuple]]:
-    """Per-layer keys and values of `rows` random prompts, the longest `context` tokens, each [1, heads, n, dim]."""
-    import torch
-    from transformers import DynamicCache
-
-    out = []
-    for row in range(rows):
-        length = context - row * (context // 8)
-        cache = DynamicCache()
-        ids = torch.randint(1000, 30000, (1, length), generator=torch.Generator().manual_seed(row))
-        with torch.inference_mode():
-            for start in range(0, length, 512):
-                model(input_ids=ids[:, start:start + 512], past_key_values=cache, use_cache=True, logits_to_keep=1)
-        out.append([(layer.keys.clone(), layer.values.clone()) for layer in cache.layers])
-    return out
 
 
 def padded_costs(model, rows: list[list[tuple]], joining: list[tuple], steps: int) -> dict:
@@ -122,14 +105,9 @@ def pool_costs(model, rows: list[list[tuple]], joining: list[tuple], steps: int)
 def model_level(args) -> dict:
     import torch
 
-    from chat_bot import ChatBot
-
     report = {}
-    models = {"smollm2": assets.smollm2_dir(), "llama32-1b-random": llama32_1b_random_dir()}
     for name in args.models:
-        bot = ChatBot(model=str(models[name]), max_tokens=max(args.contexts) + 512)
-        bot.load()
-        bot.engine.close()  # only its model is used, from this thread
+        bot = step_model(name, max(args.contexts) + 512)
         model = bot.engine.model
         print(f"\n{name} ({bot.dtype}, quant {bot.quant}), {ROWS} replies of different lengths, median of "
               f"{args.reps} reps", flush=True)

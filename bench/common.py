@@ -1,4 +1,5 @@
-"""What the benchmarks share: the Llama-3.2-1B-shaped test model, a timed streaming client, reports.
+"""What the benchmarks share: the Llama-3.2-1B-shaped test model, a timed streaming client, reports, models
+loaded for timing decode steps in this thread and their prefilled KV caches.
 
 The default model has Llama-3.2-1B-Instruct's exact config with random weights (speed does
 not depend on the weights' values), built offline once with the real Llama 3.2 tokenizer.
@@ -87,3 +88,33 @@ def memory_of(pid: int) -> dict:
     """Resident memory of a process now and at its peak, in MB (Linux /proc)."""
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
     return {"rss_mb": int(fields["VmRSS"].split()[0]) / 1024, "peak_rss_mb": int(fields["VmHWM"].split()[0]) / 1024}
+
+
+def step_model(name: str, max_tokens: int):
+    """A ChatBot holding `name` (smollm2 or llama32-1b-random) as the product loads it, its engine closed so that
+    its model (`bot.engine.model`) runs from this thread only."""
+    from chat_bot import ChatBot
+
+    models = {"smollm2": assets.smollm2_dir, "llama32-1b-random": llama32_1b_random_dir}
+    bot = ChatBot(model=str(models[name]()), max_tokens=max_tokens)
+    bot.load()
+    bot.engine.close()
+    return bot
+
+
+def prefilled_rows(model, context: int, rows: int) -> list[list[tuple]]:
+    """Per-layer keys and values [1, heads, tokens, dim] of `rows` random prompts of different lengths (as a batch
+    has them), the longest `context` tokens."""
+    import torch
+    from transformers import DynamicCache
+
+    out = []
+    for row in range(rows):
+        length = context - row * (context // 8)
+        cache = DynamicCache()
+        ids = torch.randint(1000, 30000, (1, length), generator=torch.Generator().manual_seed(row))
+        with torch.inference_mode():
+            for start in range(0, length, 512):
+                model(input_ids=ids[:, start:start + 512], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out.append([(layer.keys, layer.values) for layer in cache.layers])
+    return out

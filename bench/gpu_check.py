@@ -73,6 +73,27 @@ def greedy(tokens: int):
     return SamplingParams(max_new_tokens=tokens, temperature=0)
 
 
+def synthetic_prompts(vocab: int, batch: int, context: int) -> list[list[int]]:
+    """`batch` different prompts of `context` token ids, spread over the vocabulary."""
+    return [[1000 + (i * 7919 + j * 104729) % (vocab - 2000) for j in range(context)] for i in range(batch)]
+
+
+def timed_decode(bot, prompts: list[list[int]], new_tokens: int) -> tuple[float, float | None]:
+    """Greedy replies to `prompts` submitted together: seconds to the first token, and decode tokens per second
+    from when every reply has its first token until all end."""
+    started = time.perf_counter()
+    streams = [bot.engine.submit(p, greedy(new_tokens)) for p in prompts]
+    streams[0].next_piece(timeout=600)
+    ttft = time.perf_counter() - started
+    while not all(s.generated_ids for s in streams):  # each has its first token when its first piece came
+        time.sleep(0.001)
+    all_decoding, counted = time.perf_counter(), sum(len(s.generated_ids) for s in streams)
+    for stream in streams:
+        read(stream)
+    seconds = time.perf_counter() - all_decoding
+    return ttft, (sum(len(s.generated_ids) for s in streams) - counted) / seconds if seconds > 0 else None
+
+
 # --- stages -----------------------------------------------------------------------------------------------
 
 def stage_env(args) -> dict:
@@ -165,25 +186,9 @@ def stage_speed(args) -> dict:
             for batch in batches:
                 if args.device.startswith("cuda"):
                     torch.cuda.reset_peak_memory_stats()
-                prompts = [[1000 + (i * 7919 + j * 104729) % (vocab - 2000) for j in range(context)]
-                           for i in range(batch)]
-                started = time.perf_counter()
-                streams = [bot.engine.submit(p, greedy(new_tokens)) for p in prompts]
-                streams[0].next_piece(timeout=600)
-                ttft = time.perf_counter() - started
-                firsts = []
-                for stream in streams:  # every stream has its first token when its own first piece came
-                    while not stream.generated_ids:
-                        time.sleep(0.001)
-                    firsts.append(time.perf_counter())
-                all_decoding, counted = max(firsts), sum(len(s.generated_ids) for s in streams)
-                for stream in streams:
-                    read(stream)
-                seconds = time.perf_counter() - all_decoding
-                tokens = sum(len(s.generated_ids) for s in streams) - counted
+                ttft, rate = timed_decode(bot, synthetic_prompts(vocab, batch, context), new_tokens)
                 step_bytes = weights + batch * (context + new_tokens // 2) * per_token
-                rows.append({"context": context, "batch": batch, "ttft_s": ttft,
-                             "decode_tok_s": tokens / seconds if seconds > 0 else None,
+                rows.append({"context": context, "batch": batch, "ttft_s": ttft, "decode_tok_s": rate,
                              "roofline_tok_s": batch * bandwidth / step_bytes,
                              "peak_gb": (torch.cuda.max_memory_allocated() if args.device.startswith("cuda") else
                                          resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 1e9})
@@ -204,19 +209,8 @@ def graphed_bot(model: Path, device: str, **options):
     bot = load_bot(model, device, cuda_graphs=device.startswith("cuda"), **options)
     if not device.startswith("cuda"):
         bot.engine.fixed_steps = partial(FixedSteps.for_model, bot.engine.model, slots=bot.engine.max_batch,
-                                         tokens=bot.max_tokens, pad_id=0, capture=False)
+                                         tokens=bot.max_tokens, capture=False)
     return bot
-
-
-def decode_rate(bot, prompts: list[list[int]], new_tokens: int) -> float:
-    """Tokens per second while every one of `prompts` decodes together."""
-    streams = [bot.engine.submit(p, greedy(new_tokens)) for p in prompts]
-    while not all(s.generated_ids for s in streams):
-        time.sleep(0.001)
-    started, counted = time.perf_counter(), sum(len(s.generated_ids) for s in streams)
-    for stream in streams:
-        read(stream)
-    return (sum(len(s.generated_ids) for s in streams) - counted) / (time.perf_counter() - started)
 
 
 def stage_graphs(args) -> dict:
@@ -248,8 +242,8 @@ def stage_graphs(args) -> dict:
     try:
         vocab = bots["eager"].engine.model.get_input_embeddings().num_embeddings
         for batch in (1, 8, 32):
-            prompts = [[1000 + (i * 7919 + j * 104729) % (vocab - 2000) for j in range(context)] for i in range(batch)]
-            rates = {kind: decode_rate(bot, prompts, 64) for kind, bot in bots.items()}
+            prompts = synthetic_prompts(vocab, batch, context)
+            rates = {kind: timed_decode(bot, prompts, 64)[1] for kind, bot in bots.items()}
             rows.append({"batch": batch, "context": context, **{f"{k}_tok_s": v for k, v in rates.items()},
                          "graphs_over_eager": rates["graphs"] / rates["eager"]})
     finally:

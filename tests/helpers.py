@@ -127,6 +127,19 @@ def greedy(max_new_tokens: int = 24, **kw) -> SamplingParams:
     return SamplingParams(max_new_tokens=max_new_tokens, temperature=0, **kw)
 
 
+def greedy_streams(bot: ChatBot, prompts: list[str], lengths: list[int], together: bool = True) -> list:
+    """Ended streams of a greedy reply of `lengths[i]` tokens to each of `prompts`: submitted together (so they
+    decode in one batch), or each after the last one ended."""
+    streams = []
+    for prompt, n in zip(prompts, lengths, strict=True):
+        streams.append(bot.generate(bot.plan([], prompt), greedy(n)))
+        if not together:
+            list(streams[-1])
+    for stream in streams:
+        list(stream)
+    return streams
+
+
 def converse(bot: ChatBot, questions: list[str], max_new_tokens: int = 24, system: str | None = None) -> list:
     """Ask the questions in one conversation, storing replies as the app does; (plan, stream) per turn."""
     history, turns = [], []

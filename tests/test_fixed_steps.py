@@ -9,7 +9,7 @@ from functools import partial
 import pytest
 
 from chat_bot import ChatBot
-from tests.helpers import QUESTIONS, greedy
+from tests.helpers import QUESTIONS, greedy, greedy_streams
 from webbot.model import fixed_steps
 from webbot.model.fixed_steps import FixedSteps, bucket, span_bucket
 
@@ -17,9 +17,7 @@ PROMPTS, LENGTHS = ["Hi", QUESTIONS[1] * 3, QUESTIONS[3]], [40, 25, 33]
 
 
 def _replies(bot) -> list[list[int]]:
-    streams = [bot.generate(bot.plan([], p), greedy(n)) for p, n in zip(PROMPTS, LENGTHS, strict=True)]
-    for stream in streams:
-        list(stream)
+    streams = greedy_streams(bot, PROMPTS, LENGTHS)
     assert all(s.finish_reason == "length" for s in streams)
     return [s.generated_ids for s in streams]
 
@@ -37,7 +35,7 @@ def expected(tiny_model_dir):
 def _fixed_bot(tiny_model_dir, capture: bool = False):
     bot = ChatBot(str(tiny_model_dir), max_tokens=2048, max_batch=3, kv_reuse=False).load()
     bot.engine.fixed_steps = partial(FixedSteps.for_model, bot.engine.model, slots=3, tokens=bot.max_tokens,
-                                     pad_id=0, capture=capture)
+                                     capture=capture)
     return bot
 
 
@@ -76,7 +74,7 @@ def test_a_batch_padded_to_a_bucket_gives_the_same_tokens(tiny_model_dir, expect
     its first position, and its scores dropped."""
     bot = ChatBot(str(tiny_model_dir), max_tokens=2048, max_batch=4, kv_reuse=False).load()
     bot.engine.fixed_steps = partial(FixedSteps.for_model, bot.engine.model, slots=4, tokens=bot.max_tokens,
-                                     pad_id=0, capture=False)
+                                     capture=False)
     rows = []
     bot.engine.model.register_forward_pre_hook(
         lambda module, args, kwargs: rows.append((kwargs["input_ids"].shape[0], bot.engine._pool.rows))

@@ -6,7 +6,7 @@ from transformers import DynamicCache
 
 from chat_bot import ChatBot
 from tests.helpers import QUESTIONS, greedy
-from webbot.model.kv_buffer import BufferedLayer, buffered_cache, cache_nbytes
+from webbot.model.kv_buffer import BufferedLayer, buffered_cache
 
 
 def test_a_buffered_layer_holds_what_concatenation_holds_and_copies_only_when_full():
@@ -26,7 +26,7 @@ def test_a_buffered_layer_holds_what_concatenation_holds_and_copies_only_when_fu
     # 5 + 4 tokens fit the first buffers; the 10th grows them to 14 (4 tokens of room after it), the 15th to 19
     assert len(set(buffers[:4])) == 1 and len(set(buffers[4:9])) == 1 and len(set(buffers)) == 3
     assert buffered.get_seq_length() == 17 and layer.capacity == 19
-    assert cache_nbytes(buffered) == 2 * 2 * 3 * 19 * 4 * 4  # keys and values, capacity counted
+    assert layer._keys.nbytes + layer._values.nbytes == 2 * 2 * 3 * 19 * 4 * 4  # keys and values, capacity counted
 
 
 def test_an_empty_buffered_cache_takes_a_prompt_in_chunks_without_growing():

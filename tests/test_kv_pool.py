@@ -9,7 +9,7 @@ import torch
 from transformers import DynamicCache
 
 from chat_bot import ChatBot
-from tests.helpers import QUESTIONS, greedy
+from tests.helpers import QUESTIONS, greedy, greedy_streams
 from webbot.model.fixed_steps import FixedSteps
 from webbot.model.kv_buffer import GROWTH_ROOM
 from webbot.model.kv_pool import PoolFull, SlotPool
@@ -104,11 +104,7 @@ def test_replies_joining_and_leaving_never_move_the_others_and_change_no_token(t
     moved only when they grew, never when a reply joined or left."""
     prompts, lengths = ["Hi", QUESTIONS[1] * 3, QUESTIONS[3]], [40, 25, 33]
     alone = ChatBot(str(tiny_model_dir), max_tokens=2048, max_batch=1, kv_reuse=False).load()
-    expected = []
-    for prompt, n in zip(prompts, lengths, strict=True):
-        stream = alone.generate(alone.plan([], prompt), greedy(n))
-        list(stream)
-        expected.append(stream.generated_ids)
+    expected = [s.generated_ids for s in greedy_streams(alone, prompts, lengths, together=False)]
     alone.close()
 
     bot = ChatBot(str(tiny_model_dir), max_tokens=2048, max_batch=3, kv_reuse=False).load()
@@ -124,10 +120,7 @@ def test_replies_joining_and_leaving_never_move_the_others_and_change_no_token(t
     for room in (GROWTH_ROOM, 8):
         engine.growth_room = room
         steps.clear()
-        streams = [bot.generate(bot.plan([], p), greedy(n)) for p, n in zip(prompts, lengths, strict=True)]
-        for stream in streams:
-            list(stream)
-        assert [s.generated_ids for s in streams] == expected
+        assert [s.generated_ids for s in greedy_streams(bot, prompts, lengths)] == expected
         assert sum(step[0] == 3 for step in steps) >= 20  # the three decoded together for most of the shortest
         pairs = list(zip(steps, steps[1:], strict=False))
         # a new buffer only when the pool changed shape (grew for a reply or a token, or shrank)...
@@ -188,7 +181,7 @@ def test_a_sliding_window_models_replies_equal_generate(sliding_model_dir, steps
     bot = ChatBot(str(sliding_model_dir), max_tokens=2048, max_batch=2, kv_reuse=False).load()
     if steps == "fixed shapes":
         bot.engine.fixed_steps = partial(FixedSteps.for_model, bot.engine.model, slots=2, tokens=bot.max_tokens,
-                                         pad_id=0, capture=False)
+                                         capture=False)
     try:
         plans = [bot.plan([], p) for p in ("Hi", QUESTIONS[1])]
         streams = [bot.generate(plan, greedy(30)) for plan in plans]

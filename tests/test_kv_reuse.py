@@ -11,7 +11,7 @@ import time
 import pytest
 
 from chat_bot import ChatBot
-from tests.helpers import QUESTIONS, ModelStandIn, converse, fake_kv, greedy, plain_greedy
+from tests.helpers import QUESTIONS, ModelStandIn, converse, fake_kv, greedy, greedy_streams, plain_greedy
 from webbot.model.kv_cache import common_prefix
 from webbot.model.stream import SamplingParams
 
@@ -109,11 +109,7 @@ def test_concurrent_streams_give_the_same_greedy_tokens_as_sequential_ones(tiny_
     prompts = ["Hi", QUESTIONS[1] * 3, "What is 2+2?", QUESTIONS[3], "Name a colour.", QUESTIONS[5]]
     lengths = [40, 35, 30, 25, 40, 12]
     one = ChatBot(str(tiny_model_dir), max_tokens=2048, max_batch=1, kv_reuse=False).load()
-    expected = []
-    for prompt, n in zip(prompts, lengths, strict=True):
-        stream = one.generate(one.plan([], prompt), greedy(n))
-        list(stream)
-        expected.append(stream.generated_ids)
+    expected = [s.generated_ids for s in greedy_streams(one, prompts, lengths, together=False)]
 
     batched = ChatBot(str(tiny_model_dir), max_tokens=2048, max_batch=8, kv_reuse=False).load()
     sizes = _batch_sizes(batched)

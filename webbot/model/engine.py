@@ -258,8 +258,8 @@ class Engine:
         started = time.monotonic()
         inputs = {"input_ids": torch.tensor([row.ids[row.pos:end]], device=device),
                   "position_ids": torch.arange(row.pos, end, device=device).unsqueeze(0)}
-        logits = self._forward(row.cache, row.pos, lambda: self.model(**inputs, past_key_values=row.cache,
-                                                                      use_cache=True, logits_to_keep=1).logits[:, -1])
+        logits = self._forward(lambda: self.model(**inputs, past_key_values=row.cache, use_cache=True,
+                                                  logits_to_keep=1).logits[:, -1], row.cache, row.pos)
         self.cache.rates.prefilled(end - row.pos, time.monotonic() - started)
         row.pos = end
         if end < len(row.ids):
@@ -285,14 +285,14 @@ class Engine:
             return
         self._join()
         ids = [row.ids[-1] for row in self.rows]
+        # a step run again writes the same positions, and the pool's lengths move only once it succeeds
         if self._steps is not None:
-            logits = self._forward(self._pool.cache, 0, lambda: self._steps.run(ids))
+            logits = self._forward(lambda: self._steps.run(ids))
         else:
             cache, mask, positions = self._pool.prepare()
             inputs = {"input_ids": torch.tensor([[i] for i in ids], device=self.model.device),
                       "position_ids": positions, "attention_mask": mask}
-            logits = self._forward(cache, 0, lambda: self.model(**inputs, past_key_values=cache,
-                                                                use_cache=True).logits[:, -1])
+            logits = self._forward(lambda: self.model(**inputs, past_key_values=cache, use_cache=True).logits[:, -1])
         self._pool.advance()
         tokens = sample_tokens(logits, [row.stream.params for row in self.rows])
         for row, token in list(zip(self.rows, tokens, strict=True)):
@@ -303,14 +303,15 @@ class Engine:
             if reason:
                 self._leave(row, reason)
 
-    def _forward(self, cache, length: int, run: Callable):
+    def _forward(self, run: Callable, cache=None, length: int = 0):
         """`run()`: a forward pass of the model. Out of memory, the prefix cache's kept tensors are let go and the
-        pass runs once more from where it started (what it wrote into `cache` past `length` is forgotten first)."""
+        pass runs once more from where it started (what it wrote into a buffered `cache` past `length` is forgotten
+        first)."""
         try:
             return run()
         except torch.OutOfMemoryError:
             freed = self.cache.release()
-            for layer in cache.layers:
+            for layer in cache.layers if cache is not None else ():
                 layer.truncate(length)
             log.warning("out of memory in a forward pass: let go of %.0f MB of kept KV caches, trying it once more",
                         freed / 2**20)

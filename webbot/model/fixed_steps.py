@@ -55,21 +55,21 @@ def span_bucket(positions: int, capacity: int) -> int:
 class FixedSteps:
     """Decode steps over a static pool at bucketed shapes, captured as CUDA graphs when `capture` is on."""
 
-    def __init__(self, model, pool: SlotPool, pad_id: int, capture: bool = False):
+    def __init__(self, model, pool: SlotPool, capture: bool = False):
         if not pool.static:
             raise ValueError("fixed-shape steps need a static pool")
         self.model, self.pool = model, pool
         self.capture = capture and pool.device.type == "cuda"
-        self.input_ids = torch.full((pool.slots, 1), pad_id, dtype=torch.long, device=pool.device)
+        self.input_ids = torch.zeros((pool.slots, 1), dtype=torch.long, device=pool.device)  # spare rows: any id
         self.graphs: dict[tuple[int, int], tuple | None] = {}  # (rows, span): (graph, logits), None: runs eagerly
         self._memory = None  # the memory pool the graphs share
 
     @classmethod
-    def for_model(cls, model, kv: list[tuple], slots: int, tokens: int, pad_id: int, capture: bool) -> "FixedSteps":
+    def for_model(cls, model, kv: list[tuple], slots: int, tokens: int, capture: bool) -> "FixedSteps":
         """Steps for up to `slots` replies of up to `tokens` tokens each, with a pool shaped like `kv` (one reply's
         per-layer keys and values)."""
         pool = SlotPool.like(kv, slots=slots, capacity=tokens + 1, static=True, window=window_of(model.config))
-        return cls(model, pool, pad_id, capture)
+        return cls(model, pool, capture)
 
     def shape(self, rows: int) -> tuple[int, int]:
         """The (rows, span) a step over the pool's replies runs at."""
@@ -80,7 +80,7 @@ class FixedSteps:
         """One decode step: `ids` holds each reply's last token, reply i in slot i. Returns scores [rows, vocab]."""
         count = len(ids)
         rows, span = self.shape(count)
-        self.input_ids[:count, 0].copy_(torch.tensor(ids), non_blocking=True)  # spare rows keep any valid id
+        self.input_ids[:count, 0].copy_(torch.tensor(ids), non_blocking=True)
         cache, mask, positions = self.pool.prepare(step_rows=rows, span=span)
         inputs = {"input_ids": self.input_ids[:rows], "position_ids": positions, "attention_mask": mask,
                   "past_key_values": cache, "use_cache": True}

@@ -39,13 +39,6 @@ class BufferedLayer(DynamicLayer):
         """Tokens the buffers hold before they must grow."""
         return 0 if self._keys is None else self._keys.shape[2]
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes the buffers take (capacity, not just the filled part)."""
-        if self._keys is None:
-            return 0
-        return 2 * self._keys.numel() * self._keys.element_size()
-
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
         self.is_initialized = True
@@ -96,11 +89,6 @@ def buffered_cache(kv: list[tuple] | None = None, room: int = GROWTH_ROOM) -> Ca
     if kv:
         return Cache(layers=[BufferedLayer.holding(keys, values, room) for keys, values in kv])
     return Cache(layer_class_to_replicate=lambda: BufferedLayer(room))
-
-
-def cache_nbytes(cache: Cache | None) -> int:
-    """Bytes a buffered cache's layers hold (their capacity, not just the filled part)."""
-    return sum(layer.nbytes for layer in cache.layers) if cache is not None else 0
 
 
 def compact(tensor):

@@ -62,10 +62,6 @@ class PoolLayer(DynamicLayer):
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.pool.span, 0
 
-    def truncate(self, length: int) -> None:
-        """Nothing to forget: a step that failed is run again writing the same positions, and lengths move only
-        once it succeeds (`SlotPool.advance`)."""
-
     def reset(self) -> None:
         raise NotImplementedError("a pool's layers are reset by taking its rows out")
 
@@ -78,7 +74,7 @@ class SlotPool:
 
     def __init__(self, layers: int, kv_heads: int, head_dim: int, dtype, device, room: int = GROWTH_ROOM,
                  slots: int = 1, capacity: int = 0, static: bool = False, window: int | None = None):
-        self.shape = (kv_heads, head_dim)
+        self.kv_heads, self.head_dim = kv_heads, head_dim
         self.window = window  # the model's sliding window, when some of its layers attend only that far back
         self.dtype, self.device, self.room, self.static = dtype, torch.device(device), room, static
         self.lengths: list[int] = []
@@ -106,7 +102,7 @@ class SlotPool:
     def nbytes(self) -> int:
         """Bytes the pool's buffers take in memory. On CPU, slots never written take none (`_resize`)."""
         slots = self.slots if self.device.type != "cpu" or self.static else self.high_water
-        per_slot = 2 * self.shape[0] * self.capacity * self.shape[1] * self.keys[0].element_size()
+        per_slot = 2 * self.kv_heads * self.capacity * self.head_dim * self.keys[0].element_size()
         return self._layers * slots * per_slot
 
     def add(self, kv: list[tuple]) -> int:
@@ -189,7 +185,7 @@ class SlotPool:
         memory the system hands out as it is first written, so slots no reply has used yet take no memory: the
         engine makes a pool with a slot for every reply it may batch, and adding one never copies the others. A
         static pool is zeroed whole: its steps read every slot."""
-        shape = (slots, *self.shape[:1], capacity, self.shape[1])
+        shape = (slots, self.kv_heads, capacity, self.head_dim)
         make = torch.zeros if self.static else torch.empty
         keys = [make(shape, dtype=self.dtype, device=self.device) for _ in range(self._layers)]
         values = [make(shape, dtype=self.dtype, device=self.device) for _ in range(self._layers)]
